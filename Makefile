@@ -1,0 +1,38 @@
+# One entry point for people and CI. Every target installs what it needs first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+
+.PHONY: install run demo test lint typecheck bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[local,cloud,dev]"
+	@rm -f $(VENV)/.installed-*; touch $@
+
+install: $(STAMP)
+
+run: install  ## the whole stack on embedded defaults (starts nats-server if none is reachable)
+	$(VENV)/bin/voiceagent up
+
+demo: install  ## stack up, one scripted two-turn call, stack down
+	$(VENV)/bin/voiceagent demo
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: install
+	$(PY) -m mypy
+
+test: install lint typecheck  ## the whole suite, unit and integration
+	$(PY) -m pytest -q
+
+bench: install  ## capacity and latency table
+	$(VENV)/bin/voiceagent bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Agent providers: one module each, behind :class:`services.agent.providers.base.AgentProvider`."""

@@ -1,0 +1,68 @@
+"""The agent provider interface: a turn's input and history in, streamed text and actions out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TurnKind = Literal["call_started", "utterance", "dtmf", "silence", "call_limit"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TurnInput:
+    """Why the agent is asked to speak, and what it knows.
+
+    ``history`` is the conversation so far in chat-completions shape (``role``/``content``
+    dicts, tool calls included), already truncated to what the caller actually heard.
+    """
+
+    call_sid: str
+    kind: TurnKind
+    text: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HangupAction:
+    """End the call after this turn's audio has played."""
+
+    reason: str = "agent"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferAction:
+    """Transfer the caller to ``to`` (E.164) after this turn's audio has played."""
+
+    to: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryItem:
+    """A non-spoken item to append to history (e.g. a tool call and its result)."""
+
+    message: dict[str, Any]
+
+
+AgentOutput = str | HangupAction | TransferAction | HistoryItem
+
+
+class AgentProvider(ABC):
+    """A conversational agent. Implement :meth:`respond`; the worker does the rest.
+
+    The worker cuts streamed text into sentences for TTS, stores history, handles
+    interruption (by cancelling the iteration) and publishes actions as control messages.
+    """
+
+    name: str = "agent"
+
+    @abstractmethod
+    def respond(self, turn: TurnInput) -> AsyncIterator[AgentOutput]:
+        """Yield reply text (any granularity: tokens or sentences) and actions, in order."""
+
+    async def warm_up(self) -> None:  # noqa: B027 - optional hook
+        """Prepare before the first call (optional)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release resources at shutdown (optional)."""

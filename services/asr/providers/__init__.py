@@ -1,0 +1,1 @@
+"""ASR providers: one module each, behind :class:`services.asr.providers.base.AsrProvider`."""

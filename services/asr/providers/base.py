@@ -1,0 +1,48 @@
+"""The ASR provider interface: one streaming recognizer per call."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+SpeechKind = Literal["speech_started", "speech_stopped", "interim", "final"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpeechEvent:
+    """What a recognizer noticed in the caller's audio.
+
+    ``audio_ms`` is the position in the call's inbound audio (ms since the stream began) where
+    the event happened: the speech onset for ``speech_started``, the end of speech otherwise.
+    """
+
+    kind: SpeechKind
+    audio_ms: int
+    text: str = ""
+    confidence: float | None = None
+    speech_start_ms: int | None = None
+    speech_end_ms: int | None = None
+
+
+class AsrProvider(ABC):
+    """A speech recognizer. Implement :meth:`stream`; the worker does the rest."""
+
+    name: str = "asr"
+
+    @abstractmethod
+    def stream(self, audio: AsyncIterator[bytes]) -> AsyncIterator[SpeechEvent]:
+        """Recognize one call.
+
+        ``audio`` yields 8 kHz mu-law chunks (normally 20 ms) and ends when the call ends.
+        Yield events as they happen; finish when ``audio`` is exhausted and all speech is
+        flushed. Raise :class:`shared.errors.ProviderError` for failures the worker should
+        report; a provider that can reconnect on its own should do so before raising.
+        """
+
+    async def warm_up(self) -> None:  # noqa: B027 - optional hook
+        """Load models / open pools before the first call (optional)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release shared resources at shutdown (optional)."""

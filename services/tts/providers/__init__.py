@@ -1,0 +1,1 @@
+"""TTS providers: one module each, behind :class:`services.tts.providers.base.TtsProvider`."""

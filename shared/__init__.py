@@ -1,0 +1,1 @@
+"""The project's common library: subjects, message schemas, audio codecs, settings, logging."""

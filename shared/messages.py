@@ -1,0 +1,236 @@
+"""Versioned message models for text and control traffic on the bus (JSON).
+
+Audio never goes through these models: it crosses the bus as raw bytes with headers
+(see :mod:`shared.headers`). Every model carries ``v`` (schema version) and ``type``
+(discriminator), so a consumer can reject what it does not understand instead of guessing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION = 1
+
+
+def now() -> float:
+    """Wall-clock seconds, the timestamp every message carries."""
+    return time.time()
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    v: int = SCHEMA_VERSION
+    call_sid: str = Field(min_length=1, max_length=64)
+    at: float = Field(default_factory=now)
+
+    def to_bytes(self) -> bytes:
+        """JSON encoding used on the bus."""
+        return self.model_dump_json().encode()
+
+
+# ---------------------------------------------------------------- voice.<call>.transcript
+
+
+class SpeechStarted(_Msg):
+    """The recognizer's VAD heard the caller start speaking."""
+
+    type: Literal["speech_started"] = "speech_started"
+    utterance_id: int
+    audio_ms: int = Field(description="position in the call's inbound audio")
+
+
+class SpeechStopped(_Msg):
+    """The caller stopped speaking (end of utterance by VAD / endpointing)."""
+
+    type: Literal["speech_stopped"] = "speech_stopped"
+    utterance_id: int
+    audio_ms: int
+    speech_ms: int = Field(description="length of the utterance's speech")
+
+
+class Transcript(_Msg):
+    """Interim or final words of one utterance."""
+
+    type: Literal["transcript"] = "transcript"
+    utterance_id: int
+    text: str
+    is_final: bool
+    confidence: float | None = None
+    speech_start_ms: int | None = None
+    speech_end_ms: int | None = None
+    endpointing_ms: float | None = Field(
+        default=None, description="last speech to end-of-utterance decision"
+    )
+    asr_ms: float | None = Field(default=None, description="end-of-utterance to final text")
+    speech_ended_at: float | None = Field(
+        default=None, description="wall clock of the end of caller speech (latency origin)"
+    )
+
+
+TranscriptMsg = Annotated[SpeechStarted | SpeechStopped | Transcript, Field(discriminator="type")]
+
+# ---------------------------------------------------------------- voice.<call>.reply
+
+
+class ReplySegment(_Msg):
+    """One sentence of an agent reply; TTS turns it into one audio segment."""
+
+    type: Literal["segment"] = "segment"
+    turn: int = Field(ge=0)
+    seq: int = Field(ge=0)
+    text: str
+    last: bool = Field(description="no further segment of this turn follows")
+    utterance_id: int | None = Field(default=None, description="caller utterance it answers")
+    speech_ended_at: float | None = None
+
+
+ReplyMsg = Annotated[ReplySegment, Field(discriminator="type")]
+
+# ---------------------------------------------------------------- voice.<call>.control
+
+
+class CallStarted(_Msg):
+    """Gateway: the Twilio stream started; workers may set up state for the call."""
+
+    type: Literal["call_started"] = "call_started"
+    stream_sid: str
+    gateway_id: str
+    parameters: dict[str, str] = Field(default_factory=dict)
+
+
+class CallEnded(_Msg):
+    """Gateway: the call is over; every service forgets it."""
+
+    type: Literal["call_ended"] = "call_ended"
+    reason: str = "stop"
+
+
+class Interrupt(_Msg):
+    """The caller barged in on ``turn``: stop generating, synthesizing and playing it."""
+
+    type: Literal["interrupt"] = "interrupt"
+    turn: int
+
+
+class Played(_Msg):
+    """Gateway: what the caller actually heard of one segment (from Twilio marks)."""
+
+    type: Literal["played"] = "played"
+    turn: int
+    seq: int
+    heard_text: str
+    complete: bool
+
+
+class Hangup(_Msg):
+    """Agent: end the call once ``after_turn`` has been played."""
+
+    type: Literal["hangup"] = "hangup"
+    after_turn: int | None = None
+    reason: str = "agent"
+
+
+class Transfer(_Msg):
+    """Agent: transfer the caller to ``to`` once ``after_turn`` has been played."""
+
+    type: Literal["transfer"] = "transfer"
+    to: str
+    after_turn: int | None = None
+
+
+class Dtmf(_Msg):
+    """Gateway: the caller pressed a key."""
+
+    type: Literal["dtmf"] = "dtmf"
+    digit: str = Field(pattern=r"^[0-9*#A-Da-dw]$")
+
+
+ControlMsg = Annotated[
+    CallStarted | CallEnded | Interrupt | Played | Hangup | Transfer | Dtmf,
+    Field(discriminator="type"),
+]
+
+# ---------------------------------------------------------------- voice.<call>.events
+
+EventValue = str | int | float | bool | None
+
+
+class Event(_Msg):
+    """Lifecycle and timing record for tailing and dashboards. Never carries PHI."""
+
+    type: Literal["event"] = "event"
+    service: str
+    name: str
+    turn: int | None = None
+    data: dict[str, EventValue] = Field(default_factory=dict)
+
+
+EventMsg = Annotated[Event, Field(discriminator="type")]
+
+# ---------------------------------------------------------------- voice._sys.asr.* (claims)
+
+
+class AsrClaim(_Msg):
+    """Gateway -> ASR queue group (request): please recognize this call."""
+
+    type: Literal["asr_claim"] = "asr_claim"
+    gateway_id: str
+    attempt: int = 0
+
+
+class AsrClaimReply(_Msg):
+    """ASR worker -> gateway (reply): accepted (and by whom) or refused (at capacity)."""
+
+    type: Literal["asr_claim_reply"] = "asr_claim_reply"
+    worker_id: str
+    accepted: bool
+
+
+class AsrHeartbeat(_Msg):
+    """ASR worker -> gateway, every ``HEARTBEAT_S``: this worker still holds the call."""
+
+    type: Literal["asr_heartbeat"] = "asr_heartbeat"
+    worker_id: str
+
+
+HEARTBEAT_S = 0.5
+HEARTBEAT_MISSES = 3  # missed heartbeats before the gateway claims the call again
+
+
+# ---------------------------------------------------------------- parsing
+
+_transcript = TypeAdapter[TranscriptMsg](TranscriptMsg)
+_reply = TypeAdapter[ReplyMsg](ReplyMsg)
+_control = TypeAdapter[ControlMsg](ControlMsg)
+_event = TypeAdapter[EventMsg](EventMsg)
+
+
+def parse_transcript(data: bytes | str) -> SpeechStarted | SpeechStopped | Transcript:
+    """Parse a ``.transcript`` message; raises ``pydantic.ValidationError`` on bad input."""
+    return _transcript.validate_json(data)
+
+
+def parse_reply(data: bytes | str) -> ReplySegment:
+    """Parse a ``.reply`` message; raises ``pydantic.ValidationError`` on bad input."""
+    return _reply.validate_json(data)
+
+
+def parse_control(
+    data: bytes | str,
+) -> CallStarted | CallEnded | Interrupt | Played | Hangup | Transfer | Dtmf:
+    """Parse a ``.control`` message; raises ``pydantic.ValidationError`` on bad input."""
+    return _control.validate_json(data)
+
+
+def parse_event(data: bytes | str) -> Event:
+    """Parse an ``.events`` message; raises ``pydantic.ValidationError`` on bad input."""
+    return _event.validate_json(data)
+
+
+def event(*, call_sid: str, service: str, name: str, turn: int | None = None, **data: Any) -> Event:
+    """Build an :class:`Event` (helper so services do not repeat field names)."""
+    return Event(call_sid=call_sid, service=service, name=name, turn=turn, data=data)

@@ -1,0 +1,92 @@
+"""NATS subject names, defined once.
+
+Every per-call subject lives under ``voice.<call_sid>.`` so ``nats sub 'voice.CA123.>'`` shows a
+whole call. Cluster-wide work distribution (claims, heartbeats) lives under ``voice._sys.``, which
+can never collide with a call SID (Twilio SIDs are alphanumeric).
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "voice"
+SYS = f"{PREFIX}._sys"
+
+_SID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _checked(call_sid: str) -> str:
+    # A SID with '.', '*' or '>' would address other calls' subjects.
+    if not _SID_RE.fullmatch(call_sid):
+        raise ValueError("invalid call sid for a subject")
+    return call_sid
+
+
+def call_root(call_sid: str) -> str:
+    """``voice.<call>``: prefix of every subject of one call."""
+    return f"{PREFIX}.{_checked(call_sid)}"
+
+
+def call_all(call_sid: str) -> str:
+    """``voice.<call>.>``: everything on one call (for tailing)."""
+    return f"{call_root(call_sid)}.>"
+
+
+def audio_in(call_sid: str) -> str:
+    """Caller audio, gateway -> ASR: raw 8 kHz mu-law bytes, metadata in headers."""
+    return f"{call_root(call_sid)}.audio.in"
+
+
+def transcript(call_sid: str) -> str:
+    """ASR -> agent (and gateway): speech start/stop, interim and final transcripts, DTMF."""
+    return f"{call_root(call_sid)}.transcript"
+
+
+def reply(call_sid: str) -> str:
+    """Agent -> TTS (and gateway): one sentence segment of a turn's reply."""
+    return f"{call_root(call_sid)}.reply"
+
+
+def audio_out(call_sid: str) -> str:
+    """TTS -> gateway: raw 8 kHz mu-law bytes of one segment, metadata in headers."""
+    return f"{call_root(call_sid)}.audio.out"
+
+
+def control(call_sid: str) -> str:
+    """Anyone -> everyone on the call: start, end, interrupt, hangup, transfer, dtmf, played."""
+    return f"{call_root(call_sid)}.control"
+
+
+def events(call_sid: str) -> str:
+    """Every service: lifecycle and per-stage timings (what ``voiceagent tail`` shows)."""
+    return f"{call_root(call_sid)}.events"
+
+
+# Wildcards used by worker subscriptions (one subscription serves every call).
+ALL_TRANSCRIPT = f"{PREFIX}.*.transcript"
+ALL_REPLY = f"{PREFIX}.*.reply"
+ALL_CONTROL = f"{PREFIX}.*.control"
+ALL_EVENTS = f"{PREFIX}.*.events"
+ALL_CALLS = f"{PREFIX}.>"
+
+# ASR claim protocol (see docs/subjects.md): request/reply to a queue group.
+ASR_CLAIM = f"{SYS}.asr.claim"
+
+
+def asr_heartbeat(call_sid: str) -> str:
+    """ASR worker -> gateway: 'I still hold this call' (see docs/subjects.md)."""
+    return f"{SYS}.asr.heartbeat.{_checked(call_sid)}"
+
+
+# Queue groups: one member of each group handles each message.
+QUEUE_ASR = "asr"
+QUEUE_AGENT = "agent"
+QUEUE_TTS = "tts"
+
+
+def call_sid_of(subject: str) -> str:
+    """The call SID of a per-call subject (``voice.<call>.x``)."""
+    parts = subject.split(".")
+    if len(parts) < 3 or parts[0] != PREFIX or parts[1] == "_sys":
+        raise ValueError("not a per-call subject")
+    return parts[1]

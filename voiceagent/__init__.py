@@ -1,0 +1,1 @@
+"""The voiceagent command line: up, per-service runners, call simulator, tail."""
