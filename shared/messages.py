@@ -149,8 +149,16 @@ class Dtmf(_Msg):
     digit: str = Field(pattern=r"^[0-9*#A-Da-dw]$")
 
 
+class StageFailed(_Msg):
+    """A stage gave up on its provider for this call: the agent apologizes out loud."""
+
+    type: Literal["stage_failed"] = "stage_failed"
+    service: str
+    reason: str = ""
+
+
 ControlMsg = Annotated[
-    CallStarted | CallEnded | Interrupt | Played | Hangup | Transfer | Dtmf,
+    CallStarted | CallEnded | Interrupt | Played | Hangup | Transfer | Dtmf | StageFailed,
     Field(discriminator="type"),
 ]
 
@@ -221,7 +229,7 @@ def parse_reply(data: bytes | str) -> ReplySegment:
 
 def parse_control(
     data: bytes | str,
-) -> CallStarted | CallEnded | Interrupt | Played | Hangup | Transfer | Dtmf:
+) -> CallStarted | CallEnded | Interrupt | Played | Hangup | Transfer | Dtmf | StageFailed:
     """Parse a ``.control`` message; raises ``pydantic.ValidationError`` on bad input."""
     return _control.validate_json(data)
 
