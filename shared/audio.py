@@ -58,7 +58,11 @@ def _numpy_lin2ulaw(data: bytes) -> bytes:
 
 
 try:  # pragma: no cover - which branch runs depends on the interpreter
-    import audioop as _audioop
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop as _audioop
 
     def ulaw_to_pcm16(data: bytes) -> bytes:
         """Decode mu-law bytes to little-endian 16-bit PCM."""
