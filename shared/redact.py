@@ -23,9 +23,10 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # Dates (DOB): 1990-01-31, 01/31/1990, 31.01.1990
     (re.compile(r"\b\d{4}-\d{1,2}-\d{1,2}\b"), "[DATE]"),
     (re.compile(r"\b\d{1,2}[/.]\d{1,2}[/.]\d{2,4}\b"), "[DATE]"),
-    # Phone numbers: E.164 or national formats with 7+ digits
-    (re.compile(r"(?<![\w])\+?\d[\d\s().-]{6,}\d(?![\w])"), "[PHONE]"),
+    # Phone numbers: E.164 or national formats with 7+ digits (IPv4 addresses are kept, below)
+    (re.compile(r"(?<![\w.:])\+?\d[\d\s().-]{6,}\d(?![\w]|\.\d|:\d)"), "[PHONE]"),
 ]
+_IPV4 = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b")
 
 # Keys whose values are never logged in clear, whatever they contain.
 SECRET_KEYS = frozenset(
@@ -36,9 +37,18 @@ TEXT_KEYS = frozenset({"text", "transcript", "heard_text", "utterance"})
 
 def redact(text: str) -> str:
     """Replace PHI-looking substrings of ``text`` with placeholders."""
+    # Addresses like 127.0.0.1:4222 are configuration, not PHI: shield them from the
+    # phone-number pattern, which would otherwise swallow them.
+    shielded: list[str] = []
+
+    def _shield(m: re.Match[str]) -> str:
+        shielded.append(m.group(0))
+        return f"\x00{len(shielded) - 1}\x00"
+
+    text = _IPV4.sub(_shield, text)
     for pattern, repl in _PATTERNS:
         text = pattern.sub(repl, text)
-    return text
+    return re.sub("\x00(\\d+)\x00", lambda m: shielded[int(m.group(1))], text)
 
 
 def redact_value(key: str, value: Any, *, allow_text: bool = False) -> Any:

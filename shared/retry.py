@@ -25,7 +25,7 @@ from shared.metrics import PROVIDER_ERRORS, PROVIDER_RETRIES
 
 T = TypeVar("T")
 
-_backoff = wait_exponential_jitter(initial=0.2, max=2.0, jitter=0.1)
+_backoff = wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.1)
 
 
 def _retryable(exc: BaseException) -> bool:
