@@ -35,7 +35,7 @@ async def _on_error(e: Exception) -> None:
 
 
 async def _on_disconnect() -> None:
-    log.warning("nats disconnected; reconnecting")
+    log.info("nats disconnected (reconnects unless closing)")
 
 
 async def _on_reconnect() -> None:

@@ -69,7 +69,7 @@ def setup_logging(
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Libraries that log request lines or payloads would bypass our field redaction.
-    for noisy in ("uvicorn.access", "httpx", "httpcore", "faststream.access"):
+    for noisy in ("uvicorn.access", "httpx", "httpx2", "httpcore", "faststream.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -86,6 +86,10 @@ class ReplySegment(_Msg):
     last: bool = Field(description="no further segment of this turn follows")
     utterance_id: int | None = Field(default=None, description="caller utterance it answers")
     speech_ended_at: float | None = None
+    cacheable: bool = Field(
+        default=False,
+        description="fixed prompt (greeting, reprompt, apology): TTS caches its audio at once",
+    )
 
 
 ReplyMsg = Annotated[ReplySegment, Field(discriminator="type")]
@@ -188,6 +192,12 @@ class AsrClaim(_Msg):
     type: Literal["asr_claim"] = "asr_claim"
     gateway_id: str
     attempt: int = 0
+    last_utterance_id: int = Field(
+        default=0,
+        ge=0,
+        description="highest utterance id already seen on this call (re-claims after failover): "
+        "the worker numbers the call's utterances from the next one",
+    )
 
 
 class AsrClaimReply(_Msg):

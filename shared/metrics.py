@@ -24,6 +24,9 @@ STAGE_LATENCY = Histogram(
 PROVIDER_ERRORS = Counter(
     "voice_provider_errors_total", "Provider errors", ["service", "provider", "kind"]
 )
+TTS_CACHE = Counter(
+    "voice_tts_cache_total", "TTS prompt cache lookups (hit, miss, stored, error)", ["result"]
+)
 PROVIDER_RETRIES = Counter(
     "voice_provider_retries_total", "Provider retries", ["service", "provider"]
 )

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
         default=200, description="how far ahead of real time reply audio is sent to Twilio"
     )
     call_token_ttl_s: float = 60.0
+    drain_grace_s: float = Field(
+        default=600.0, description="on SIGTERM, how long the gateway lets live calls finish"
+    )
 
     # Bus and state
     nats_url: str = "nats://127.0.0.1:4222"
@@ -65,6 +68,14 @@ class Settings(BaseSettings):
     deepgram_api_key: SecretStr = SecretStr("")
     deepgram_url: str = Field(default="", description="override, e.g. ws://127.0.0.1:9001")
     deepgram_model: str = "nova-3"
+    deepgram_utterance_end_ms: int = Field(
+        default=1000, description="Deepgram UtteranceEnd gap (>= 1000): ends an utterance in noise"
+    )
+    asr_stall_s: float = Field(
+        default=5.0,
+        description="cloud ASR: no message this long while audio flows means the socket is "
+        "dead: reconnect and re-send the unfinalized audio",
+    )
     openai_api_key: SecretStr = SecretStr("")
     openai_base_url: str = ""
     openai_model: str = "gpt-4o-mini"
@@ -81,8 +92,30 @@ class Settings(BaseSettings):
     knowledge_file: Path | None = Field(
         default=None, description="demo agent's question/answer file (markdown)"
     )
+    transfer_targets: str = Field(
+        default="",
+        description="where the agent may transfer calls: comma-separated name=+E164 "
+        "(e.g. reception=+15551234567); empty: no transfers",
+    )
     local_tts_engine: Literal["piper", "espeak"] = "piper"
+    tts_cache_ttl_s: int = Field(
+        default=7 * 86400, description="lifetime of cached prompt audio in Redis; 0: no cache"
+    )
+    tts_cache_max_chars: int = Field(
+        default=160, description="segments longer than this are never cached"
+    )
     asr_threads: int = Field(default=1, description="CPU threads for the local recognizer")
+    asr_decoders: int = Field(
+        default=2, description="local whisper decodes run at once per ASR process (queue beyond)"
+    )
+    asr_max_calls: int = Field(
+        default=0,
+        description="calls one ASR worker holds at once; 0: the provider's default "
+        "(local: 10 per CPU core, cloud: 200)",
+    )
+    asr_drain_s: float = Field(
+        default=15.0, description="on SIGTERM, how long ASR waits for calls to reach a pause"
+    )
     vad_threshold: float = 0.5
     endpointing_ms: int = Field(default=600, description="silence that ends a caller turn")
     min_speech_ms: int = Field(default=200, description="shorter sounds are not speech")

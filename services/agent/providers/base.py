@@ -61,6 +61,11 @@ class AgentProvider(ABC):
     def respond(self, turn: TurnInput) -> AsyncIterator[AgentOutput]:
         """Yield reply text (any granularity: tokens or sentences) and actions, in order."""
 
+    def cacheable(self, sentence: str) -> bool:
+        """Whether ``sentence`` is fixed text (a greeting or prompt, no caller data) whose
+        audio TTS may cache and reuse across calls. Default: nothing is."""
+        return False
+
     async def warm_up(self) -> None:  # noqa: B027 - optional hook
         """Prepare before the first call (optional)."""
 

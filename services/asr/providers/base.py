@@ -30,6 +30,8 @@ class AsrProvider(ABC):
     """A speech recognizer. Implement :meth:`stream`; the worker does the rest."""
 
     name: str = "asr"
+    #: calls one worker process holds when ``ASR_MAX_CALLS`` is 0 (CPU-bound providers: fewer)
+    default_max_calls: int = 200
 
     @abstractmethod
     def stream(self, audio: AsyncIterator[bytes]) -> AsyncIterator[SpeechEvent]:

@@ -5,6 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 
+from shared.audio import FRAME_BYTES
+
+# Providers yield audio in chunks of at most this size (160 ms of 8 kHz mu-law, 8 Twilio frames):
+# small enough to start playback early and to stop promptly on barge-in, large enough that a
+# segment is a handful of bus messages.
+CHUNK_BYTES = FRAME_BYTES * 8
+
 
 class TtsProvider(ABC):
     """A speech synthesizer. Implement :meth:`synthesize`; the worker does the rest."""

@@ -1,0 +1,209 @@
+"""Conversation history per call, in Redis (``va:`` keys), so any agent replica takes any turn.
+
+Stored entries are chat-completions messages plus private ``_``-prefixed fields (the turn, and
+for spoken replies the segments as published). :meth:`History.load` returns clean messages
+with truncations applied and private fields removed, ready for a provider.
+
+Truncation (barge-in): ``Played(complete=False)`` for segment ``seq`` of ``turn`` is recorded
+in a separate hash and applied when history is read: that turn's reply becomes the segments
+before ``seq`` plus the heard part of ``seq``. Recording rather than rewriting means it does
+not matter whether the ``Played`` reaches Redis before or after the (possibly other) replica
+that generated the turn has appended its reply: the gateway publishes both at barge-in.
+
+Keys (all expire after ``ttl_s`` without writes): ``va:hist:<call>`` list of JSON entries,
+``va:heard:<call>`` hash turn -> JSON, ``va:turn:<call>`` turn counter, ``va:gen:<call>`` the
+turn being generated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from services.agent.store import Store, call_key
+from shared.logging import kv
+
+log = logging.getLogger(__name__)
+
+HISTORY_TTL_S = 24 * 3600.0
+MAX_MESSAGES = 200  # older entries are dropped; a phone call rarely gets near this
+GENERATING_TTL_S = 120.0  # a replica that dies mid-turn leaves no stale flag for long
+
+
+def user_message(text: str, *, turn: int) -> dict[str, Any]:
+    """A caller message (what ASR heard, or a key press) for ``turn``."""
+    return {"role": "user", "content": text, "_turn": turn}
+
+
+def spoken_message(segments: list[str], *, turn: int, seq0: int) -> dict[str, Any]:
+    """An assistant reply as spoken: ``segments`` were published as seq ``seq0``, ``seq0+1``..."""
+    return {
+        "role": "assistant",
+        "content": " ".join(segments),
+        "_turn": turn,
+        "_seq0": seq0,
+        "_segs": list(segments),
+    }
+
+
+def item_message(message: dict[str, Any], *, turn: int) -> dict[str, Any]:
+    """A non-spoken item (a tool call or result) produced during ``turn``."""
+    return {**message, "_turn": turn}
+
+
+def truncate_spoken(
+    entries: list[dict[str, Any]], heard: dict[int, tuple[int, str]]
+) -> list[dict[str, Any]]:
+    """Apply barge-in truncations: ``heard`` maps turn -> (seq cut, heard text of that seq).
+
+    Segments after the cut are removed; a reply of which nothing was heard disappears.
+    ``heard_text`` may be that segment's heard part or the turn's whole heard text so far.
+    """
+    if not heard:
+        return entries
+    out: list[dict[str, Any]] = []
+    for e in entries:
+        turn = e.get("_turn")
+        segs = e.get("_segs")
+        if not isinstance(turn, int) or turn not in heard or not isinstance(segs, list):
+            out.append(e)
+            continue
+        cut, heard_text = heard[turn]
+        seq0 = int(e.get("_seq0", 0))
+        prior = " ".join(str(s) for s in _turn_segments(entries, turn)[:cut])
+        if prior and heard_text.startswith(prior):
+            heard_text = heard_text[len(prior) :].strip()
+        kept: list[str] = []
+        for i, s in enumerate(segs):
+            seq = seq0 + i
+            if seq < cut:
+                kept.append(str(s))
+            elif seq == cut and heard_text.strip():
+                kept.append(heard_text.strip())
+        if kept:
+            out.append({**e, "content": " ".join(kept), "_segs": kept})
+    return out
+
+
+def _turn_segments(entries: list[dict[str, Any]], turn: int) -> list[str]:
+    """All segments of ``turn`` in seq order (a turn may span several spoken entries)."""
+    by_seq: dict[int, str] = {}
+    for e in entries:
+        if e.get("_turn") == turn and isinstance(e.get("_segs"), list):
+            seq0 = int(e.get("_seq0", 0))
+            for i, s in enumerate(e["_segs"]):
+                by_seq[seq0 + i] = str(s)
+    return [by_seq[k] for k in sorted(by_seq)]
+
+
+def sanitize(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop tool calls without results and results without calls (trimmed or cancelled turns).
+
+    Chat APIs reject a history where an assistant ``tool_calls`` message is not followed by a
+    result for each call, or a ``tool`` message has no call before it.
+    """
+    answered = {m.get("tool_call_id") for m in messages if m.get("role") == "tool"}
+    out: list[dict[str, Any]] = []
+    called: set[Any] = set()
+    for m in messages:
+        calls = m.get("tool_calls")
+        if m.get("role") == "assistant" and calls:
+            ids = {c.get("id") for c in calls if isinstance(c, dict)}
+            if not ids <= answered:
+                if m.get("content"):
+                    out.append({k: v for k, v in m.items() if k != "tool_calls"})
+                continue
+            called |= ids
+        elif m.get("role") == "tool" and m.get("tool_call_id") not in called:
+            continue
+        out.append(m)
+    return out
+
+
+def public(entry: dict[str, Any]) -> dict[str, Any]:
+    """A stored entry without its private fields."""
+    return {k: v for k, v in entry.items() if not k.startswith("_")}
+
+
+class History:
+    """Per-call conversation history, turn ids and the 'generating' flag."""
+
+    def __init__(
+        self, *, store: Store, ttl_s: float = HISTORY_TTL_S, max_messages: int = MAX_MESSAGES
+    ) -> None:
+        self.store = store
+        self.ttl_s = ttl_s
+        self.max_messages = max_messages
+
+    async def next_turn(self, call_sid: str) -> int:
+        """Allocate the call's next turn id (1, 2, ...; never reused within a call)."""
+        return await self.store.incr(call_key("turn", call_sid), ttl_s=self.ttl_s)
+
+    async def entries(self, call_sid: str) -> list[dict[str, Any]]:
+        """Stored entries with truncations applied, private fields kept (for tests and tools)."""
+        raw = await self.store.lrange(call_key("hist", call_sid))
+        entries: list[dict[str, Any]] = []
+        for item in raw:
+            try:
+                value = json.loads(item)
+            except ValueError:
+                log.warning("unreadable history entry dropped", **kv(call=call_sid))
+                continue
+            if isinstance(value, dict):
+                entries.append(value)
+        heard: dict[int, tuple[int, str]] = {}
+        for turn_s, data in (await self.store.hgetall(call_key("heard", call_sid))).items():
+            try:
+                rec = json.loads(data)
+                heard[int(turn_s)] = (int(rec["seq"]), str(rec["text"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return truncate_spoken(entries, heard)
+
+    async def load(self, call_sid: str) -> list[dict[str, Any]]:
+        """The conversation so far, as clean chat messages, truncated to what was heard."""
+        return sanitize([public(e) for e in await self.entries(call_sid)])
+
+    async def append(self, call_sid: str, messages: list[dict[str, Any]]) -> None:
+        """Append entries (built with :func:`user_message`, :func:`spoken_message`, ...)."""
+        await self.store.rpush(
+            call_key("hist", call_sid),
+            [json.dumps(m, separators=(",", ":")) for m in messages],
+            ttl_s=self.ttl_s,
+            max_len=self.max_messages,
+        )
+
+    async def record_played(
+        self, call_sid: str, *, turn: int, seq: int, heard_text: str, complete: bool
+    ) -> None:
+        """Apply a ``Played``: an incomplete segment truncates its turn's reply."""
+        if complete:
+            return
+        rec = json.dumps({"seq": seq, "text": heard_text})
+        # The first barge-in of a turn wins: later cuts of the same turn are its echoes.
+        await self.store.hset(
+            call_key("heard", call_sid), str(turn), rec, ttl_s=self.ttl_s, only_new=True
+        )
+
+    async def mark_generating(self, call_sid: str, turn: int) -> int | None:
+        """Say ``turn`` is being generated; return the turn that was before (if unfinished)."""
+        old = await self.store.swap(call_key("gen", call_sid), str(turn), ttl_s=GENERATING_TTL_S)
+        try:
+            return int(old) if old is not None else None
+        except ValueError:
+            return None
+
+    async def done_generating(self, call_sid: str, turn: int) -> None:
+        """Clear the flag if it still names ``turn`` (a newer turn may have replaced it)."""
+        await self.store.delete_if_equal(call_key("gen", call_sid), str(turn))
+
+    async def end_call(self, call_sid: str) -> None:
+        """The call is over: drop its counters; history and bookings expire with their TTL."""
+        await self.store.delete(call_key("turn", call_sid), call_key("gen", call_sid))
+
+    def forget_local(self, call_sid: str) -> None:
+        """Drop this process's mirror of the call (every replica, on ``CallEnded``)."""
+        self.store.forget_local(
+            *(call_key(k, call_sid) for k in ("hist", "heard", "turn", "gen", "appt"))
+        )

@@ -1,0 +1,1 @@
+"""The agent persona files (markdown, shipped as package data)."""

@@ -1,0 +1,354 @@
+"""OpenAI chat-completions agent with tools: the built-in call tools plus every MCP tool.
+
+Any OpenAI-compatible server works through ``OPENAI_BASE_URL`` (vLLM, llama.cpp server,
+Ollama). The SDK's own retries are off (``max_retries=0``): our policy (:mod:`shared.retry`)
+retries a round until its first output, inside the provider deadline, and honours
+``Retry-After``; once text has been spoken a failure propagates and the worker speaks its
+fallback.
+
+A turn is a loop of streamed rounds: content deltas are yielded as they arrive (the worker
+cuts sentences); tool-call deltas are accumulated by index; when the model asks for tools they
+run (built-ins here, MCP tools through :class:`McpTools`), the assistant message and each tool
+result are yielded as :class:`HistoryItem` (the worker stores them) and appended to the
+conversation, and the next round starts. At most :data:`MAX_TOOL_ROUNDS` rounds call tools; the
+last one forbids tools so the model has to answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import openai
+from openai import AsyncOpenAI, omit
+
+from services.agent.providers.base import (
+    AgentOutput,
+    AgentProvider,
+    HangupAction,
+    HistoryItem,
+    TransferAction,
+    TurnInput,
+)
+from services.agent.tools import CallTools
+from shared.errors import ProviderAuthError, ProviderError, ProviderTimeout
+from shared.logging import kv
+from shared.metrics import PROVIDER_ERRORS, STAGE_LATENCY
+from shared.retry import stream_with_retries
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolUnionParam
+
+    from services.agent.mcp_tools import McpTools
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "openai"
+SERVICE = "agent"
+MAX_TOOL_ROUNDS = 4
+DEFAULT_PROMPT_FILE = Path(__file__).resolve().parents[1] / "prompts" / "AGENTS.md"
+_RETRYABLE_STATUS = frozenset({408, 409, 429})
+
+# What the model is told when the turn is not a caller utterance (the kinds of TurnInput).
+_EVENT_NOTES = {
+    "call_started": "The call has just connected. Greet the caller and ask how you can help.",
+    "silence": "The caller has been silent for a while. Ask briefly whether they are still there.",
+    "call_limit": "The call has reached its time limit. Say a short goodbye and end the call.",
+}
+
+
+def load_prompt(path: Path | None) -> str:
+    """The system prompt: the persona file (``AGENT_PROMPT_FILE``), else the bundled one."""
+    return (path or DEFAULT_PROMPT_FILE).read_text(encoding="utf-8").strip()
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds from ``retry-after-ms`` / ``retry-after`` (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if not value:
+            continue
+        try:
+            return max(0.0, float(value) / divisor)
+        except ValueError:
+            pass
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            pass
+    return None
+
+
+def wrap_error(e: Exception) -> ProviderError:
+    """An ``openai`` SDK error as one of our :class:`ProviderError` types."""
+    if isinstance(e, ProviderError):
+        return e
+    if isinstance(e, openai.APITimeoutError):
+        return ProviderTimeout("openai request timed out", provider=PROVIDER)
+    if isinstance(e, openai.APIConnectionError):
+        return ProviderError("openai connection failed", provider=PROVIDER, retryable=True)
+    if isinstance(e, openai.AuthenticationError | openai.PermissionDeniedError):
+        return ProviderAuthError(
+            f"openai refused the credentials ({e.status_code})",
+            provider=PROVIDER,
+            status=e.status_code,
+        )
+    if isinstance(e, openai.APIStatusError):
+        status = e.status_code
+        return ProviderError(
+            f"openai answered {status}",
+            provider=PROVIDER,
+            retryable=status in _RETRYABLE_STATUS or status >= 500,
+            retry_after=_retry_after(e.response.headers),
+            status=status,
+        )
+    return ProviderError(f"openai failed: {type(e).__name__}", provider=PROVIDER, retryable=False)
+
+
+@dataclass
+class _ToolCall:
+    """A tool call being assembled from streamed deltas."""
+
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+    def message(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass
+class _Calls:
+    """End of a round that asked for tools (yielded after the round's content)."""
+
+    calls: list[_ToolCall] = field(default_factory=list)
+
+
+def turn_messages(turn: TurnInput, *, system_prompt: str) -> list[dict[str, Any]]:
+    """The chat-completions conversation for ``turn``: persona, history, the new input."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}]
+    messages.extend(turn.history)
+    if turn.kind == "utterance" and turn.text:
+        messages.append({"role": "user", "content": turn.text})
+    elif turn.kind == "dtmf":
+        messages.append({"role": "user", "content": f"(The caller pressed the key {turn.text}.)"})
+    elif turn.kind in _EVENT_NOTES:
+        messages.append({"role": "system", "content": _EVENT_NOTES[turn.kind]})
+    return messages
+
+
+class OpenAIAgent(AgentProvider):
+    """Streams replies from an OpenAI-compatible chat-completions endpoint, with tools."""
+
+    name = PROVIDER
+
+    def __init__(self, *, settings: Settings, tools: CallTools, mcp: McpTools | None) -> None:
+        key = settings.openai_api_key.get_secret_value()
+        if not key and not settings.openai_base_url:
+            raise ProviderAuthError("OPENAI_API_KEY is not set", provider=PROVIDER)
+        self._settings = settings
+        self._tools = tools
+        self._mcp = mcp
+        self._model = settings.openai_model
+        self._system_prompt = load_prompt(settings.agent_prompt_file)
+        self._client = AsyncOpenAI(
+            base_url=settings.openai_base_url or None,
+            # Local OpenAI-compatible servers often need no key; the SDK insists on one.
+            api_key=key or "unused",
+            timeout=settings.provider_timeout_s,
+            max_retries=0,
+        )
+
+    # -- lifecycle
+
+    async def warm_up(self) -> None:
+        """One tiny request with the real prompt prefix: opens the connection pool, loads the
+        model on local servers and primes prompt caches. Failures are logged, never fatal."""
+        started = time.perf_counter()
+        tools = self.tool_schemas()
+        try:
+            await self._client.chat.completions.create(
+                model=self._model,
+                messages=[
+                    {"role": "system", "content": self._system_prompt},
+                    {"role": "user", "content": "Say OK."},
+                ],
+                # Same tools as real turns: they are part of the cached prompt prefix.
+                tools=cast("list[ChatCompletionToolUnionParam]", tools) if tools else omit,
+                timeout=self._settings.provider_timeout_s,
+            )
+        except Exception as e:
+            err = wrap_error(e)
+            log.warning(
+                "openai warm-up failed; continuing",
+                **kv(error=str(err), status=err.status, base_url=self._base_url_label()),
+            )
+            return
+        log.info(
+            "openai warm-up done",
+            **kv(
+                model=self._model,
+                ms=round((time.perf_counter() - started) * 1000),
+                base_url=self._base_url_label(),
+            ),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    def _base_url_label(self) -> str:
+        return self._settings.openai_base_url or "api.openai.com"
+
+    # -- tools
+
+    def tool_schemas(self) -> list[dict[str, Any]]:
+        """Every tool offered to the model: built-ins first, then the MCP server's."""
+        schemas = list(self._tools.schemas())
+        if self._mcp is not None:
+            schemas.extend(self._mcp.schemas)
+        return schemas
+
+    async def _run_tool(
+        self, call: _ToolCall, turn: TurnInput
+    ) -> tuple[str, HangupAction | TransferAction | None]:
+        """Execute one tool call: the text result for the model, and any call action."""
+        try:
+            args = json.loads(call.arguments or "{}")
+            if not isinstance(args, dict):
+                raise ValueError("arguments are not an object")
+        except ValueError:
+            return "Tool error: the arguments were not valid JSON.", None
+        if self._tools.has(call.name):
+            outcome = await self._tools.run(call.name, args, call_sid=turn.call_sid)
+            return outcome.text, outcome.action
+        if self._mcp is not None and call.name in self._mcp:
+            return await self._mcp.call(call.name, args), None
+        return f"Tool error: there is no tool named {call.name}.", None
+
+    # -- the turn
+
+    async def respond(self, turn: TurnInput) -> AsyncIterator[AgentOutput]:
+        messages = turn_messages(turn, system_prompt=self._system_prompt)
+        tools = self.tool_schemas()
+        spoken = False
+        final = not tools
+        for round_no in range(MAX_TOOL_ROUNDS + 1):
+            final = final or round_no == MAX_TOOL_ROUNDS
+            calls: list[_ToolCall] = []
+            content: list[str] = []
+            stream = stream_with_retries(
+                partial(self._round, messages, tools, final=final),
+                service=SERVICE,
+                provider=PROVIDER,
+                attempts=self._settings.provider_retries + 1,
+                deadline_s=self._settings.provider_timeout_s,
+                first_item_timeout_s=self._settings.provider_timeout_s / 2,
+                idle_timeout_s=self._settings.provider_timeout_s,
+            )
+            async for item in stream:
+                if isinstance(item, _Calls):
+                    calls = item.calls
+                else:
+                    content.append(item)
+                    spoken = True
+                    yield item
+            if not calls:
+                return
+            if final:
+                # A server that ignores tool_choice="none": stop rather than loop.
+                log.warning("model called tools after its last tool round; ignored")
+                return
+            assistant: dict[str, Any] = {
+                "role": "assistant",
+                "content": "".join(content) or None,
+                "tool_calls": [c.message() for c in calls],
+            }
+            messages.append(assistant)
+            # The worker stores the spoken words itself (truncated to what was heard).
+            yield HistoryItem(message={**assistant, "content": None})
+            outcomes = await asyncio.gather(*(self._timed_tool(c, turn) for c in calls))
+            actions: list[HangupAction | TransferAction] = []
+            for call, (result, action) in zip(calls, outcomes, strict=True):
+                tool_msg = {"role": "tool", "tool_call_id": call.id, "content": result}
+                messages.append(tool_msg)
+                yield HistoryItem(message=tool_msg)
+                if action is not None:
+                    actions.append(action)
+            for action in actions:
+                yield action
+            if actions:
+                if spoken:
+                    return  # the model already said its goodbye / hold line
+                final = True  # one last round, without tools, for the words that go with it
+
+    async def _timed_tool(
+        self, call: _ToolCall, turn: TurnInput
+    ) -> tuple[str, HangupAction | TransferAction | None]:
+        started = time.perf_counter()
+        outcome = await self._run_tool(call, turn)
+        elapsed = time.perf_counter() - started
+        STAGE_LATENCY.labels(SERVICE, "tool_call").observe(elapsed)
+        log.info("tool called", **kv(call=turn.call_sid, tool=call.name, ms=round(elapsed * 1000)))
+        return outcome
+
+    async def _round(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, final: bool
+    ) -> AsyncIterator[str | _Calls]:
+        """One streamed completion: content deltas, then the tool calls it asked for."""
+        try:
+            stream = await self._client.chat.completions.create(
+                model=self._model,
+                messages=cast("list[ChatCompletionMessageParam]", messages),
+                stream=True,
+                tools=cast("list[ChatCompletionToolUnionParam]", tools) if tools else omit,
+                tool_choice="none" if tools and final else omit,
+            )
+        except Exception as e:
+            raise wrap_error(e) from e
+        pending: dict[int, _ToolCall] = {}
+        finish: str | None = None
+        try:
+            async for chunk in stream:
+                for choice in chunk.choices:
+                    if choice.index != 0:
+                        continue
+                    delta = choice.delta
+                    if delta.content:
+                        yield delta.content
+                    for tc in delta.tool_calls or ():
+                        call = pending.setdefault(tc.index, _ToolCall())
+                        if tc.id:
+                            call.id = tc.id
+                        if tc.function is not None:
+                            call.name += tc.function.name or ""
+                            call.arguments += tc.function.arguments or ""
+                    if choice.finish_reason:
+                        finish = choice.finish_reason
+        except Exception as e:
+            raise wrap_error(e) from e
+        finally:
+            await stream.close()
+        if finish is None:
+            # The stream ended without a finish_reason: a proxy or server cut it short.
+            PROVIDER_ERRORS.labels(SERVICE, PROVIDER, "truncated").inc()
+            raise ProviderError("openai stream ended early", provider=PROVIDER, retryable=True)
+        calls = [c for _, c in sorted(pending.items()) if c.name]
+        for n, call in enumerate(calls):
+            call.id = call.id or f"call_{n}"
+        if calls:
+            yield _Calls(calls=calls)

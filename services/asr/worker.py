@@ -1,0 +1,577 @@
+"""ASR worker: claims calls, recognizes their audio, publishes speech events and transcripts.
+
+The claim protocol is the one in ``docs/subjects.md``: claims arrive as requests to the ``asr``
+queue group; an accepted call gets a raw nats-py audio subscription feeding a bounded queue
+(the oldest frames are dropped when the recognizer falls behind), one provider stream, and a
+heartbeat every ``HEARTBEAT_S`` until the call ends. One call's recognizer failing is restarted
+a few times, then the call is released (the gateway re-claims it); other calls never notice.
+
+On SIGTERM the worker leaves the claim queue, hands each call back at its next pause between
+utterances (or flushes it at the end of ``ASR_DRAIN_S``), then exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from faststream.nats import NatsBroker, NatsMessage
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import ValidationError
+
+from services.asr.providers.base import AsrProvider, SpeechEvent
+from services.asr.utterances import AudioClock, Utterance, UtteranceTracker
+from shared import headers as H
+from shared import subjects
+from shared.bus import audio_client, make_broker
+from shared.errors import ProviderError
+from shared.logging import kv, setup_logging
+from shared.messages import (
+    HEARTBEAT_S,
+    AsrClaim,
+    AsrClaimReply,
+    AsrHeartbeat,
+    CallEnded,
+    SpeechStarted,
+    SpeechStopped,
+    StageFailed,
+    Transcript,
+    event,
+    parse_control,
+)
+from shared.metrics import (
+    ACTIVE_CALLS,
+    BAD_MESSAGES,
+    FRAMES,
+    FRAMES_DROPPED,
+    PROVIDER_ERRORS,
+    STAGE_LATENCY,
+)
+from shared.service import serve_metrics, stop_event
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+SERVICE = "asr"
+QUEUE_FRAMES = 250  # 5 s of audio per call waiting for its recognizer, then drop the oldest
+MAX_RESTARTS = 3  # recognizer restarts per call before it is handed back to the gateway
+RESTART_BACKOFF_S = 0.25
+STABLE_S = 60.0  # a recognizer that ran this long has its restart budget refilled
+FLUSH_TIMEOUT_S = 5.0  # after the audio ends, how long the last utterance may take
+AUDIO_IDLE_S = 30.0  # no audio for this long: the gateway is gone, let the call go
+MAX_CLOCK_SKEW_S = 5.0  # Va-Sent further than this from our clock is ignored
+ENDED_REMEMBERED = 10_000  # ended calls remembered (a late claim for one is refused)
+
+# mu-law bytes, Twilio media timestamp (ms, when sent), wall clock when the gateway sent it
+Frame = tuple[bytes, int | None, float]
+
+
+@dataclass(eq=False)
+class _Call:
+    sid: str
+    queue: asyncio.Queue[Frame | None]
+    tracker: UtteranceTracker
+    clock: AudioClock = field(default_factory=AudioClock)
+    sub: Subscription | None = None
+    task: asyncio.Task[None] | None = None
+    last_seq: int = -1
+    last_audio: float = field(default_factory=time.monotonic)
+    closing: bool = False
+
+
+def default_worker_id(settings: Settings) -> str:
+    """``<service>-<host>-<pid>``: unique per process, readable in ``tail``."""
+    return f"{settings.service_name or SERVICE}-{socket.gethostname()}-{os.getpid()}"
+
+
+def frame_meta(headers: dict[str, str] | None, now: float) -> tuple[int | None, int | None, float]:
+    """(seq, Twilio timestamp ms, sent wall clock) of an ``audio.in`` frame.
+
+    Raises ``ValueError`` on unparsable headers. A sender clock far from ours is ignored.
+    """
+    if not headers:
+        return None, None, now
+    seq = headers.get(H.SEQ)
+    ts = headers.get(H.TS_MS)
+    sent = headers.get(H.SENT_NS)
+    wall = now
+    if sent:
+        t = int(sent) / 1e9
+        if abs(t - now) <= MAX_CLOCK_SKEW_S:
+            wall = t
+    return (int(seq) if seq else None), (int(ts) if ts else None), wall
+
+
+def put_dropping_oldest(q: asyncio.Queue[Frame | None], item: Frame | None) -> bool:
+    """Enqueue without waiting; returns True when the oldest item had to go."""
+    dropped = False
+    if q.full():
+        q.get_nowait()
+        dropped = True
+    q.put_nowait(item)
+    return dropped
+
+
+async def _raw_body(msg: NatsMessage) -> bytes:
+    # FastStream would json-decode by content type before our handler could count bad input.
+    return msg.body
+
+
+class AsrWorker:
+    """Holds calls for one provider. :meth:`attach` before the broker starts, then :meth:`start`."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        provider: AsrProvider,
+        broker: NatsBroker,
+        worker_id: str | None = None,
+    ) -> None:
+        self._settings = settings
+        self._provider = provider
+        self._broker = broker
+        self.worker_id = worker_id or default_worker_id(settings)
+        self.max_calls = settings.asr_max_calls or provider.default_max_calls
+        self._calls: dict[str, _Call] = {}
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._claim_sub: Any = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._draining = False
+        self._active = ACTIVE_CALLS.labels(SERVICE)
+
+    @property
+    def calls(self) -> list[str]:
+        """SIDs of the calls held now."""
+        return list(self._calls)
+
+    def attach(self) -> None:
+        """Subscribe: claims through the ``asr`` queue group, control on a plain subscription."""
+        # Replies are sent by hand: a malformed claim gets none (FastStream would send b"").
+        self._claim_sub = self._broker.subscriber(
+            subjects.ASR_CLAIM, queue=subjects.QUEUE_ASR, decoder=_raw_body, no_reply=True
+        )
+        self._claim_sub(self.on_claim)
+        self._broker.subscriber(subjects.ALL_CONTROL, decoder=_raw_body, no_reply=True)(
+            self.on_control
+        )
+
+    async def start(self) -> None:
+        """Start heartbeating (the broker must be connected)."""
+        # Subscriptions are registered once the server has our SUBs: only then are we "ready".
+        await self._nc.flush()
+        self._heartbeat = asyncio.create_task(self._heartbeats())
+
+    @property
+    def _nc(self) -> NATS:
+        return audio_client(self._broker)
+
+    # ------------------------------------------------------------------ handlers
+
+    async def on_claim(self, body: bytes, msg: NatsMessage) -> None:
+        """Accept (or refuse) a call and reply :class:`AsrClaimReply`."""
+        try:
+            claim = AsrClaim.model_validate_json(body)
+            subjects.audio_in(claim.call_sid)  # a SID that cannot address subjects is refused
+        except (ValidationError, ValueError) as e:
+            BAD_MESSAGES.labels(SERVICE, "claim").inc()
+            log.warning("bad claim dropped", **kv(error=type(e).__name__))
+            return
+        accepted = await self._accept(claim)
+        reply = AsrClaimReply(call_sid=claim.call_sid, worker_id=self.worker_id, accepted=accepted)
+        raw: Msg = msg.raw_message
+        try:
+            if raw.reply:
+                await raw.respond(reply.to_bytes())
+            if accepted:
+                await self._beat(claim.call_sid)
+        except Exception as e:  # connection lost: the gateway will claim again
+            log.warning("claim reply failed", **kv(call=claim.call_sid, error=type(e).__name__))
+
+    async def on_control(self, body: bytes, msg: NatsMessage) -> None:
+        """``CallEnded``: close the recognizer, unsubscribe and forget the call."""
+        try:
+            ctl = parse_control(body)
+            call_sid = subjects.call_sid_of(msg.raw_message.subject)
+            if ctl.call_sid != call_sid:
+                raise ValueError("call sid does not match the subject")
+        except (ValidationError, ValueError) as e:
+            BAD_MESSAGES.labels(SERVICE, "control").inc()
+            log.warning("bad control message dropped", **kv(error=type(e).__name__))
+            return
+        if isinstance(ctl, CallEnded):
+            self._ended[call_sid] = None
+            if len(self._ended) > ENDED_REMEMBERED:
+                self._ended.popitem(last=False)
+            if call_sid in self._calls:
+                self._spawn(self.release(call_sid, reason="call_ended"))
+
+    # ------------------------------------------------------------------ claims
+
+    async def _accept(self, claim: AsrClaim) -> bool:
+        sid = claim.call_sid
+        if sid in self._calls:
+            log.info("call re-claimed; keeping its recognizer", **kv(call=sid))
+            return True
+        if self._draining or sid in self._ended:
+            return False
+        if len(self._calls) >= self.max_calls:
+            log.info("claim refused: at capacity", **kv(call=sid, calls=len(self._calls)))
+            return False
+        call = _Call(
+            sid=sid,
+            queue=asyncio.Queue(maxsize=QUEUE_FRAMES),
+            tracker=UtteranceTracker(last_id=claim.last_utterance_id),
+        )
+        self._calls[sid] = call  # before any await: a concurrent re-claim finds it
+        try:
+            call.sub = await self._nc.subscribe(subjects.audio_in(sid), cb=self._audio_cb(call))
+        except Exception as e:
+            self._calls.pop(sid, None)
+            log.error("audio subscription failed", **kv(call=sid, error=type(e).__name__))
+            return False
+        call.task = asyncio.create_task(self._run(call))
+        self._active.set(len(self._calls))
+        log.info(
+            "call claimed", **kv(call=sid, provider=self._provider.name, attempt=claim.attempt)
+        )
+        self._spawn(
+            self._event(sid, "asr.claimed", worker_id=self.worker_id, provider=self._provider.name)
+        )
+        return True
+
+    def _audio_cb(self, call: _Call) -> Callable[[Msg], Awaitable[None]]:
+        frames_in = FRAMES.labels(SERVICE, "in")
+        full = FRAMES_DROPPED.labels(SERVICE, "queue_full")
+        duplicate = FRAMES_DROPPED.labels(SERVICE, "duplicate")
+        bad = BAD_MESSAGES.labels(SERVICE, "audio")
+
+        async def on_audio(msg: Msg) -> None:
+            if call.closing or not msg.data:
+                return
+            now = time.time()
+            try:
+                seq, ts, wall = frame_meta(msg.headers, now)
+            except ValueError:
+                bad.inc()  # keep the audio: the headers are only metadata
+                seq, ts, wall = None, None, now
+            if seq is not None:
+                if seq <= call.last_seq:  # re-sent after a re-claim: already heard
+                    duplicate.inc()
+                    return
+                call.last_seq = seq
+            frames_in.inc()
+            call.last_audio = time.monotonic()
+            if put_dropping_oldest(call.queue, (msg.data, ts, wall)):
+                full.inc()
+
+        return on_audio
+
+    async def _frames(self, call: _Call) -> AsyncIterator[bytes]:
+        """The call's queued audio, for one recognizer stream (ends at the ``None`` marker)."""
+        first = True
+        while True:
+            item = await call.queue.get()
+            if item is None:
+                return
+            data, ts, wall = item
+            if first:
+                call.clock.start_stream(ts)
+                first = False
+            call.clock.consumed(len(data), wall)
+            yield data
+
+    # ------------------------------------------------------------------ recognition
+
+    async def _run(self, call: _Call) -> None:
+        """One call's recognizer, restarted on failure (bounded), events published in order."""
+        restarts = 0
+        provider = self._provider.name
+        while True:
+            started = time.monotonic()
+            try:
+                async for ev in self._provider.stream(self._frames(call)):
+                    await self._on_speech(call, ev)
+                if call.closing:  # the audio ended and the recognizer flushed
+                    return
+                raise ProviderError("recognizer stream ended early", provider=provider)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                kind = "provider" if isinstance(e, ProviderError) else "crash"
+                PROVIDER_ERRORS.labels(SERVICE, provider, kind).inc()
+                log.error(
+                    "recognizer failed",
+                    exc_info=not isinstance(e, ProviderError),
+                    **kv(call=call.sid, provider=provider, error=type(e).__name__),
+                )
+                call.tracker.abandon()
+                await self._event(call.sid, "asr.error", provider=provider, error=type(e).__name__)
+            if call.closing:
+                return
+            if time.monotonic() - started > STABLE_S:
+                restarts = 0
+            if restarts >= MAX_RESTARTS:
+                await self._give_up(call)
+                return
+            restarts += 1
+            await asyncio.sleep(RESTART_BACKOFF_S * 2 ** (restarts - 1))
+
+    async def _give_up(self, call: _Call) -> None:
+        log.error("recognizer keeps failing; releasing the call", **kv(call=call.sid))
+        failed = StageFailed(call_sid=call.sid, service=SERVICE, reason="recognizer failed")
+        await self._publish(subjects.control(call.sid), failed.to_bytes())
+        await self._event(call.sid, "asr.failed", provider=self._provider.name)
+        self._spawn(self.release(call.sid, reason="failed", flush=False))
+
+    async def _on_speech(self, call: _Call, ev: SpeechEvent) -> None:
+        """Publish one recognizer event as its bus message, with timings."""
+        u = call.tracker.on(ev.kind)
+        clock = call.clock
+        sid = call.sid
+        start_ms = ev.speech_start_ms if ev.speech_start_ms is not None else u.start_ms
+        if ev.kind == "speech_started":
+            u.start_ms = start_ms if start_ms is not None else ev.audio_ms
+            audio_ms = clock.call_ms(ev.audio_ms)
+            msg = SpeechStarted(call_sid=sid, utterance_id=u.id, audio_ms=audio_ms)
+            await self._publish(subjects.transcript(sid), msg.to_bytes())
+            await self._event(sid, "asr.speech_started", utterance_id=u.id, audio_ms=audio_ms)
+        elif ev.kind == "speech_stopped":
+            self._mark_end(u, clock, ev.audio_ms)
+            speech_ms = max(0, ev.audio_ms - start_ms) if start_ms is not None else 0
+            stopped = SpeechStopped(
+                call_sid=sid,
+                utterance_id=u.id,
+                audio_ms=clock.call_ms(ev.audio_ms),
+                speech_ms=speech_ms,
+            )
+            await self._publish(subjects.transcript(sid), stopped.to_bytes())
+            endpointing = round(u.endpointing_ms or 0.0, 1)
+            STAGE_LATENCY.labels(SERVICE, "endpointing").observe(endpointing / 1000)
+            await self._event(
+                sid,
+                "asr.speech_stopped",
+                utterance_id=u.id,
+                speech_ms=speech_ms,
+                endpointing_ms=endpointing,
+            )
+        else:
+            await self._on_text(call, u, ev, start_ms)
+
+    async def _on_text(
+        self, call: _Call, u: Utterance, ev: SpeechEvent, start_ms: int | None
+    ) -> None:
+        clock = call.clock
+        final = ev.kind == "final"
+        end_ms = ev.speech_end_ms if ev.speech_end_ms is not None else ev.audio_ms
+        asr_ms: float | None = None
+        if final:
+            if u.stopped_perf is None:  # final before (or without) a stop
+                self._mark_end(u, clock, end_ms)
+            assert u.stopped_perf is not None
+            asr_ms = round((time.perf_counter() - u.stopped_perf) * 1000, 1)
+        msg = Transcript(
+            call_sid=call.sid,
+            utterance_id=u.id,
+            text=ev.text,
+            is_final=final,
+            confidence=ev.confidence,
+            speech_start_ms=clock.call_ms(start_ms) if start_ms is not None else None,
+            speech_end_ms=clock.call_ms(end_ms),
+            endpointing_ms=(
+                round(u.endpointing_ms, 1) if final and u.endpointing_ms is not None else None
+            ),
+            asr_ms=asr_ms,
+            speech_ended_at=u.speech_ended_at if final else None,
+        )
+        await self._publish(subjects.transcript(call.sid), msg.to_bytes())
+        if not final:
+            return
+        assert asr_ms is not None
+        STAGE_LATENCY.labels(SERVICE, "asr_final").observe(asr_ms / 1000)
+        log.info(
+            "utterance final",
+            **kv(call=call.sid, utterance_id=u.id, asr_ms=asr_ms, text=ev.text),
+        )
+        await self._event(
+            call.sid,
+            "asr.final",
+            utterance_id=u.id,
+            asr_ms=asr_ms,
+            endpointing_ms=msg.endpointing_ms,
+            speech_ms=(end_ms - start_ms) if start_ms is not None else None,
+            words=len(ev.text.split()),
+            empty=not ev.text.strip(),
+            confidence=ev.confidence,
+            provider=self._provider.name,
+        )
+
+    @staticmethod
+    def _mark_end(u: Utterance, clock: AudioClock, end_stream_ms: int) -> None:
+        u.stopped_perf = time.perf_counter()
+        u.endpointing_ms = clock.lag_ms(end_stream_ms)
+        u.speech_ended_at = clock.wall_at(end_stream_ms)
+
+    # ------------------------------------------------------------------ release
+
+    async def release(self, call_sid: str, *, reason: str, flush: bool = True) -> None:
+        """Stop holding a call: no more heartbeats or audio; flush its last utterance if asked."""
+        call = self._calls.pop(call_sid, None)
+        if call is None:
+            return
+        call.closing = True
+        self._active.set(len(self._calls))
+        if call.sub is not None:
+            try:
+                await call.sub.unsubscribe()
+            except Exception as e:  # connection closed: the server dropped it anyway
+                log.debug("audio unsubscribe failed", **kv(error=type(e).__name__))
+        task = call.task
+        if task is not None and task is not asyncio.current_task():
+            if flush:
+                put_dropping_oldest(call.queue, None)  # the recognizer flushes and ends
+                _, late = await asyncio.wait({task}, timeout=FLUSH_TIMEOUT_S)
+                if late:
+                    task.cancel()
+            else:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        log.info("call released", **kv(call=call_sid, reason=reason))
+        await self._event(
+            call_sid, "asr.released", reason=reason, audio_ms=round(call.clock.total_ms)
+        )
+
+    # ------------------------------------------------------------------ heartbeats
+
+    async def _beat(self, call_sid: str) -> None:
+        hb = AsrHeartbeat(call_sid=call_sid, worker_id=self.worker_id)
+        await self._nc.publish(subjects.asr_heartbeat(call_sid), hb.to_bytes())
+
+    async def _heartbeats(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += HEARTBEAT_S
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            now = time.monotonic()
+            for sid, call in list(self._calls.items()):
+                if now - call.last_audio > AUDIO_IDLE_S:
+                    log.warning("no audio for a while; releasing the call", **kv(call=sid))
+                    self._spawn(self.release(sid, reason="idle"))
+                    continue
+                try:
+                    await self._beat(sid)
+                except Exception as e:  # reconnecting: the next beat goes out after it
+                    log.debug("heartbeat failed", **kv(error=type(e).__name__))
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _publish(self, subject: str, data: bytes) -> None:
+        try:
+            await self._nc.publish(subject, data)
+        except Exception as e:
+            log.warning("publish failed", **kv(error=type(e).__name__))
+
+    async def _event(self, call_sid: str, name: str, **data: Any) -> None:
+        ev = event(call_sid=call_sid, service=SERVICE, name=name, **data)
+        await self._publish(subjects.events(call_sid), ev.to_bytes())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def drain(self, *, grace_s: float) -> None:
+        """Refuse new claims; hand each call back at a pause, flush the rest after ``grace_s``."""
+        self._draining = True
+        sub = getattr(self._claim_sub, "subscription", None)
+        if sub is not None:
+            try:
+                await sub.drain()  # other workers get the claims from now on
+            except Exception as e:
+                log.warning("claim subscription drain failed", **kv(error=type(e).__name__))
+            self._claim_sub.subscription = None  # FastStream must not unsubscribe it again
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        log.info("draining calls", **kv(calls=len(self._calls), grace_s=grace_s))
+        while self._calls and loop.time() < deadline:
+            for sid, call in list(self._calls.items()):
+                if call.tracker.idle:
+                    self._spawn(self.release(sid, reason="drain"))
+            await asyncio.sleep(0.05)
+        for sid in list(self._calls):
+            self._spawn(self.release(sid, reason="drain"))
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=FLUSH_TIMEOUT_S + 1)
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop heartbeating and cancel what is left (after :meth:`drain`, nothing)."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        for call in list(self._calls.values()):
+            if call.task is not None:
+                call.task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+async def run(settings: Settings) -> int:
+    """Run the worker until SIGTERM/SIGINT, then drain and return the exit code."""
+    from services.asr.providers.select import make_provider
+
+    stop = stop_event()
+    serve_metrics(settings.metrics_port)
+    provider = make_provider(settings)
+    try:
+        await provider.warm_up()
+    except ProviderError as e:
+        if not e.retryable:  # a missing model or package will not come back by itself
+            log.error("asr provider failed to start", **kv(provider=provider.name, error=str(e)))
+            return 1
+        log.warning("asr provider warm-up failed", **kv(provider=provider.name, error=str(e)))
+    broker = make_broker(settings, name=settings.service_name or SERVICE)
+    worker = AsrWorker(settings=settings, provider=provider, broker=broker)
+    worker.attach()
+    await broker.start()
+    await worker.start()
+    log.info(
+        "asr worker ready",
+        **kv(provider=provider.name, worker_id=worker.worker_id, max_calls=worker.max_calls),
+    )
+    await stop.wait()
+    log.info("asr worker draining", **kv(calls=len(worker.calls)))
+    await worker.drain(grace_s=settings.asr_drain_s)
+    await broker.stop()
+    await provider.aclose()
+    log.info("asr worker stopped")
+    return 0
+
+
+def main() -> None:
+    """``python -m services.asr``."""
+    settings = get_settings()
+    setup_logging(
+        service=settings.service_name or SERVICE,
+        level=settings.log_level,
+        json_lines=settings.log_format == "json",
+        allow_text=settings.log_transcripts,
+    )
+    sys.exit(asyncio.run(run(settings)))

@@ -1,0 +1,256 @@
+"""The gateway's side of the ASR claim protocol (docs/subjects.md), and caller audio publishing.
+
+One ASR worker holds each call. The link asks the ``asr`` queue group for one (request/reply),
+retries on refusal or no responders, watches the worker's heartbeats, claims again after
+``HEARTBEAT_MISSES`` missed ones, and keeps the last seconds of caller audio so that what was
+said while no recognizer listened is replayed to the new one.
+
+Frames are published only while a worker holds the call; until then (and between a lost
+worker and the next claim) they wait in the ring buffer. This gives the recognizer every frame
+once, in order, after a claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import ValidationError
+
+from shared import headers as H
+from shared import subjects
+from shared.audio import FRAME_MS
+from shared.logging import kv
+from shared.messages import (
+    HEARTBEAT_MISSES,
+    HEARTBEAT_S,
+    AsrClaim,
+    AsrClaimReply,
+    AsrHeartbeat,
+    parse_transcript,
+)
+from shared.metrics import BAD_MESSAGES, FRAMES, FRAMES_DROPPED, STAGE_LATENCY
+
+log = logging.getLogger(__name__)
+
+SERVICE = "gateway"
+RING_S = 3.0  # caller audio kept for replay after a (re-)claim
+CLAIM_TIMEOUT_S = 1.0
+REFUSED_BACKOFF_S = (0.05, 0.5)  # all replicas busy: ask again soon
+UNAVAILABLE_BACKOFF_S = (0.25, 2.0)  # no ASR worker up at all
+
+_FRAMES_IN = FRAMES.labels(SERVICE, "in")
+_DROPPED_NO_ASR = FRAMES_DROPPED.labels(SERVICE, "no_asr")
+
+EventSink = Callable[..., Awaitable[None]]
+
+
+def backoff(attempt: int, bounds: tuple[float, float]) -> float:
+    """Exponential delay for the ``attempt``-th retry (0-based), capped."""
+    low, high = bounds
+    return float(min(high, low * (2 ** min(attempt, 16))))
+
+
+class AsrLink:
+    """Claims and keeps an ASR worker for one call; publishes the caller's audio to it."""
+
+    def __init__(
+        self,
+        *,
+        nc: NATS,
+        call_sid: str,
+        gateway_id: str,
+        event: EventSink,
+        ring_s: float = RING_S,
+        claim_timeout_s: float = CLAIM_TIMEOUT_S,
+        heartbeat_s: float = HEARTBEAT_S,
+        heartbeat_misses: int = HEARTBEAT_MISSES,
+    ) -> None:
+        self._nc = nc
+        self._call = call_sid
+        self._gateway_id = gateway_id
+        self._event = event
+        self._subject = subjects.audio_in(call_sid)
+        self._ring: deque[tuple[int, bytes, str, str]] = deque(
+            maxlen=max(1, int(ring_s * 1000 / FRAME_MS))
+        )
+        self._n = 0  # frames received
+        self._published = 0  # highest frame index published to the current worker
+        self._claimed = False
+        self._claim_timeout = claim_timeout_s
+        self._hb_s = heartbeat_s
+        self._hb_limit = heartbeat_s * heartbeat_misses
+        self._last_hb = 0.0
+        self.worker_id: str | None = None
+        self.claims = 0
+        self.last_utterance_id = 0  # passed on re-claims so utterance ids keep increasing
+        self._task: asyncio.Task[None] | None = None
+        self._subs: list[Subscription] = []
+        self._closed = False
+
+    @property
+    def claimed(self) -> bool:
+        """A worker holds the call and receives live audio."""
+        return self._claimed
+
+    async def start(self) -> None:
+        """Listen for heartbeats and start claiming in the background."""
+        self._subs = [
+            await self._nc.subscribe(subjects.asr_heartbeat(self._call), cb=self._on_hb),
+            await self._nc.subscribe(subjects.transcript(self._call), cb=self._on_transcript),
+        ]
+        self._task = asyncio.create_task(self._run(), name=f"asr-link-{id(self):x}")
+
+    async def close(self) -> None:
+        """Stop claiming and watching (the worker forgets the call on ``CallEnded``)."""
+        self._closed = True
+        self._claimed = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs = []
+
+    # ------------------------------------------------------------------ hot path
+
+    async def send(self, frame: bytes, seq: str, ts: str) -> None:
+        """One inbound 20 ms frame: published now if a worker holds the call, else kept."""
+        self._n += 1
+        ring = self._ring
+        if len(ring) == ring.maxlen and ring[0][0] > self._published:
+            _DROPPED_NO_ASR.inc()
+        ring.append((self._n, frame, seq, ts))
+        _FRAMES_IN.inc()
+        if self._claimed:
+            self._published = self._n
+            await self._publish(frame, seq, ts)
+
+    async def _publish(self, frame: bytes, seq: str, ts: str) -> None:
+        hdrs = {
+            H.SCHEMA: H.AUDIO_IN_SCHEMA,
+            H.SEQ: seq,
+            H.TS_MS: ts,
+            H.SENT_NS: str(time.time_ns()),
+        }
+        await self._nc.publish(self._subject, frame, headers=hdrs)
+
+    async def _flush(self) -> int:
+        """Publish what the worker has not had yet; live publishing resumes when caught up."""
+        sent = 0
+        while True:
+            pending = [f for f in self._ring if f[0] > self._published]
+            if not pending:
+                self._claimed = True  # no await since the check: no frame can slip between
+                return sent
+            for n, frame, seq, ts in pending:
+                await self._publish(frame, seq, ts)
+                self._published = n
+                sent += 1
+
+    # ------------------------------------------------------------------ claim / watch
+
+    async def _on_hb(self, msg: Msg) -> None:
+        try:
+            hb = AsrHeartbeat.model_validate_json(msg.data)
+        except ValidationError:
+            BAD_MESSAGES.labels(SERVICE, "asr_heartbeat").inc()
+            return
+        if hb.worker_id == self.worker_id:
+            self._last_hb = time.monotonic()
+
+    async def _on_transcript(self, msg: Msg) -> None:
+        try:
+            tr = parse_transcript(msg.data)
+        except ValidationError:
+            return  # the agent counts bad transcripts; we only need the ids
+        if tr.utterance_id > self.last_utterance_id:
+            self.last_utterance_id = tr.utterance_id
+
+    async def _run(self) -> None:
+        reclaim = False
+        while not self._closed:
+            try:
+                await self._claim(reclaim=reclaim)
+                await self._watch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the link must outlive any bus hiccup
+                log.warning("asr link error", **kv(call=self._call, error=type(e).__name__))
+                await asyncio.sleep(0.5)
+            reclaim = True
+
+    async def _claim(self, *, reclaim: bool) -> None:
+        started = time.monotonic()
+        attempt = refused = unavailable = 0
+        reported = False
+        while not self._closed:
+            body = AsrClaim(
+                call_sid=self._call,
+                gateway_id=self._gateway_id,
+                attempt=attempt,
+                last_utterance_id=self.last_utterance_id,
+            )
+            attempt += 1
+            try:
+                msg = await self._nc.request(
+                    subjects.ASR_CLAIM, body.to_bytes(), timeout=self._claim_timeout
+                )
+                reply = AsrClaimReply.model_validate_json(msg.data)
+            except nats.errors.NoRespondersError:
+                if not reported:
+                    reported = True
+                    log.warning("no ASR worker answers", **kv(call=self._call))
+                    await self._event("asr.unavailable", attempt=attempt)
+                await asyncio.sleep(backoff(unavailable, UNAVAILABLE_BACKOFF_S))
+                unavailable += 1
+                continue
+            except nats.errors.TimeoutError:
+                continue
+            except ValidationError:
+                BAD_MESSAGES.labels(SERVICE, "asr_claim_reply").inc()
+                await asyncio.sleep(backoff(refused, REFUSED_BACKOFF_S))
+                refused += 1
+                continue
+            if not reply.accepted:
+                await asyncio.sleep(backoff(refused, REFUSED_BACKOFF_S))
+                refused += 1
+                continue
+            self.worker_id = reply.worker_id
+            self._last_hb = time.monotonic()
+            self.claims += 1
+            replayed = await self._flush()
+            took = time.monotonic() - started
+            STAGE_LATENCY.labels(SERVICE, "asr_claim").observe(took)
+            data: dict[str, Any] = {
+                "worker": reply.worker_id,
+                "attempts": attempt,
+                "ms": round(took * 1000, 1),
+                "replayed_frames": replayed,
+                "reclaim": reclaim,
+            }
+            await self._event("asr.claimed", **data)
+            return
+
+    async def _watch(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self._hb_s / 2)
+            if time.monotonic() - self._last_hb > self._hb_limit:
+                self._claimed = False
+                # The next worker starts a fresh recognizer: give it the whole ring again.
+                self._published = self._ring[0][0] - 1 if self._ring else self._n
+                log.warning("asr worker lost; claiming again", **kv(call=self._call))
+                await self._event("asr.lost", worker=self.worker_id)
+                self.worker_id = None
+                return

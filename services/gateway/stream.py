@@ -1,0 +1,239 @@
+"""``WS /twilio-stream``: Twilio's bidirectional Media Streams protocol on one socket.
+
+Checks the upgrade's signature before accepting, the call token on ``start``, then feeds the
+messages to a :class:`~services.gateway.call.CallSession`. A bad frame (malformed, unknown,
+oversized, binary, wrong stream) is counted, logged without its content, and dropped: the call
+goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import contextlib
+import logging
+import time
+
+from pydantic import ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from services.gateway.call import CallSession
+from services.gateway.runtime import Gateway
+from services.gateway.security import (
+    SIGNATURE_HEADER,
+    SIGNATURE_SETTINGS_HEADER,
+    signature_valid,
+)
+from services.gateway.twiml import PARAM_CALL_SID, PARAM_TOKEN
+from shared.logging import kv
+from shared.metrics import BAD_MESSAGES
+from shared.twilio import Connected, DtmfMsg, Mark, Media, Start, Stop, parse_inbound
+
+log = logging.getLogger(__name__)
+
+SERVICE = "gateway"
+PATH = "/twilio-stream"
+START_TIMEOUT_S = 10.0  # a socket that sends no valid ``start`` by then is closed
+BAD_LOG_LIMIT = 5  # bad frames logged per call (all are counted)
+POLICY_VIOLATION = 1008
+
+_BAD_TWILIO = BAD_MESSAGES.labels(SERVICE, "twilio")
+
+
+class _Refused(Exception):
+    """Close the socket with 1008 (policy violation)."""
+
+
+class TwilioStream:
+    """One Twilio media-stream WebSocket."""
+
+    def __init__(self, *, ws: WebSocket, gateway: Gateway) -> None:
+        self._ws = ws
+        self._gw = gateway
+        self._session: CallSession | None = None
+        self._stream_sid: str | None = None
+        self._send_lock = asyncio.Lock()
+        self._closed = False
+        self.bad_frames = 0
+
+    def upgrade_allowed(self) -> bool:
+        """Twilio signed this upgrade over our public ``wss://`` URL (or checks are off)."""
+        s = self._gw.settings
+        if not s.validate_signatures:
+            return True
+        return signature_valid(
+            auth_token=s.twilio_auth_token.get_secret_value(),
+            url=s.stream_url,
+            params={},
+            signature=self._ws.headers.get(SIGNATURE_HEADER),
+            settings_header=self._ws.headers.get(SIGNATURE_SETTINGS_HEADER),
+        )
+
+    async def run(self) -> None:
+        """Serve the socket until Twilio stops the stream, it drops, or we hang up."""
+        if not self.upgrade_allowed():
+            log.warning("stream upgrade refused: bad signature")
+            await self._ws.close(code=POLICY_VIOLATION)
+            return
+        await self._ws.accept()
+        reason = "disconnected"
+        try:
+            reason = await self._receive_loop()
+        except _Refused:
+            reason = "refused"
+            await self.close(code=POLICY_VIOLATION)
+        except WebSocketDisconnect:
+            reason = "disconnected"
+        except Exception as e:
+            if isinstance(e, RuntimeError) and self._closed:
+                reason = "closed"  # a receive after our own close (hangup): the socket is done
+            else:
+                call = self._session.call_sid if self._session is not None else None
+                log.exception("media stream failed", **kv(call=call))
+                reason = "error"
+                await self.close(code=1011)
+        finally:
+            session = self._session
+            if session is not None:
+                try:
+                    await session.end(reason)
+                finally:
+                    self._gw.remove_call(session)
+            await self.close()
+
+    async def _receive_loop(self) -> str:
+        limit = self._gw.settings.ws_max_message_bytes
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if self._session is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._bad("no start")
+                    raise _Refused
+                try:
+                    message = await asyncio.wait_for(self._ws.receive(), remaining)
+                except TimeoutError:
+                    self._bad("no start")
+                    raise _Refused from None
+            else:
+                message = await self._ws.receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                return "disconnected"
+            text = message.get("text")
+            if text is None:
+                self._bad("binary frame", size=len(message.get("bytes") or b""))
+                continue
+            if len(text) > limit:
+                self._bad("oversized", size=len(text))
+                continue
+            if await self._dispatch(text):
+                return "stop"
+
+    async def _dispatch(self, text: str) -> bool:
+        """Handle one text frame; True when the stream is over."""
+        try:
+            msg = parse_inbound(text)
+        except ValidationError as e:
+            self._bad("malformed", size=len(text), errors=e.error_count())
+            return False
+        session = self._session
+        if isinstance(msg, Media):
+            if session is None or msg.stream_sid != self._stream_sid:
+                self._bad("media outside a started stream")
+                return False
+            if msg.media.track not in ("inbound", "inbound_track"):
+                return False
+            try:
+                frame = msg.audio()
+            except (binascii.Error, ValueError):
+                self._bad("bad media payload", size=len(msg.media.payload))
+                return False
+            await session.on_media(
+                frame, str(msg.media.chunk or ""), str(msg.media.timestamp or "")
+            )
+            return False
+        if isinstance(msg, Mark):
+            if session is not None and msg.stream_sid == self._stream_sid:
+                await session.on_mark(msg.mark.name)
+            else:
+                self._bad("mark outside a started stream")
+            return False
+        if isinstance(msg, DtmfMsg):
+            if session is not None and msg.stream_sid == self._stream_sid:
+                await session.on_dtmf(msg.dtmf.digit)
+            else:
+                self._bad("dtmf outside a started stream")
+            return False
+        if isinstance(msg, Start):
+            await self._start(msg)
+            return False
+        if isinstance(msg, Stop):
+            if session is not None and msg.stream_sid != self._stream_sid:
+                self._bad("stop for another stream")
+                return False
+            return True
+        if isinstance(msg, Connected):
+            return False
+        return False  # pragma: no cover - the union is exhaustive
+
+    async def _start(self, msg: Start) -> None:
+        if self._session is not None:
+            self._bad("second start")
+            return
+        info = msg.start
+        params = dict(info.custom_parameters)
+        token = params.pop(PARAM_TOKEN, None)
+        if params.get(PARAM_CALL_SID) != info.call_sid or msg.stream_sid != info.stream_sid:
+            log.warning("stream refused: call sid mismatch", **kv(call=info.call_sid))
+            raise _Refused
+        if not self._gw.tokens.redeem(token, info.call_sid):
+            log.warning("stream refused: bad or reused token", **kv(call=info.call_sid))
+            raise _Refused
+        nc = self._gw.nc
+        if nc is None:
+            log.error("stream refused: bus not connected", **kv(call=info.call_sid))
+            raise _Refused
+        session = CallSession(
+            nc=nc,
+            settings=self._gw.settings,
+            call_sid=info.call_sid,
+            stream_sid=msg.stream_sid,
+            gateway_id=self._gw.gateway_id,
+            send=self.send,
+            close=self.close,
+            parameters=params,
+            vad_pool=self._gw.vad_pool,
+        )
+        if not self._gw.add_call(session):
+            log.warning("stream refused: call already live here", **kv(call=info.call_sid))
+            raise _Refused
+        self._session = session
+        self._stream_sid = msg.stream_sid
+        log.info("call started", **kv(call=info.call_sid))
+        await session.start()
+
+    # ------------------------------------------------------------------ output
+
+    async def send(self, text: str) -> None:
+        """One text frame to Twilio (serialized: playback and barge-in both send)."""
+        if self._closed:
+            return
+        async with self._send_lock:
+            await self._ws.send_text(text)
+
+    async def close(self, code: int = 1000) -> None:
+        """Close the socket (Twilio then runs the next TwiML verb: none, so the call ends)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._ws.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self._ws.close(code=code)
+
+    def _bad(self, why: str, **fields: object) -> None:
+        _BAD_TWILIO.inc()
+        self.bad_frames += 1
+        if self.bad_frames <= BAD_LOG_LIMIT:
+            call = self._session.call_sid if self._session is not None else None
+            log.warning("bad twilio frame dropped", **kv(why=why, call=call, **fields))

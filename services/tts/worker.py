@@ -1,0 +1,414 @@
+"""TTS worker: reply segments in (queue group ``tts``), 8 kHz mu-law chunks out.
+
+Stateless between segments, so any replica takes any segment. Per call it keeps only what
+barge-in needs: the turns interrupted lately (bounded) and the segments in flight, which it
+synthesizes one at a time in arrival order (the caller hears segment 0 first; running its
+successors in parallel would only slow it down).
+
+Every segment received ends with a chunk carrying ``Va-Last: 1`` (possibly empty), also when
+its text is empty, its synthesis failed, or its turn was interrupted: the gateway never waits
+for audio that will not come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from faststream.nats import NatsBroker, NatsMessage
+from nats.aio.client import Client as NATS
+from pydantic import ValidationError
+
+from services.tts.prompt_cache import PromptCache
+from services.tts.providers.base import TtsProvider
+from shared import headers as H
+from shared import subjects
+from shared.bus import audio_client, make_broker
+from shared.errors import ProviderError
+from shared.logging import kv, setup_logging
+from shared.messages import (
+    CallEnded,
+    Interrupt,
+    ReplySegment,
+    event,
+    parse_control,
+    parse_reply,
+)
+from shared.metrics import BAD_MESSAGES, PROVIDER_ERRORS, STAGE_LATENCY
+from shared.retry import stream_with_retries
+from shared.service import serve_metrics, stop_event
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+SERVICE = "tts"
+CANCELLED_TURNS_PER_CALL = 32  # interrupted turns remembered per call (oldest forgotten)
+MAX_CALLS = 10_000  # per-call records kept (least recently used forgotten first)
+DRAIN_TIMEOUT_S = 30.0
+
+
+def audio_headers(*, turn: int, seq: int, chunk: int, last: bool) -> dict[str, str]:
+    """NATS headers of one ``audio.out`` chunk."""
+    h = {
+        H.SCHEMA: H.AUDIO_OUT_SCHEMA,
+        H.TURN: str(turn),
+        H.SEG: str(seq),
+        H.CHUNK: str(chunk),
+        H.ENCODING: H.MULAW_8K,
+        H.SERVICE: SERVICE,
+        H.SENT_NS: str(time.time_ns()),
+    }
+    if last:
+        h[H.LAST] = "1"
+    return h
+
+
+@dataclass
+class _Call:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    cancelled: deque[int] = field(default_factory=lambda: deque(maxlen=CANCELLED_TURNS_PER_CALL))
+    tasks: dict[int, set[asyncio.Task[None]]] = field(default_factory=dict)
+
+
+class CallRegistry:
+    """Bounded per-call state: interrupted turns, in-flight segment tasks, ended calls."""
+
+    def __init__(self, *, max_calls: int = MAX_CALLS) -> None:
+        self._calls: OrderedDict[str, _Call] = OrderedDict()
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._max = max_calls
+
+    def get(self, call_sid: str) -> _Call:
+        """The call's record, created on first use (evicting the least recent idle one)."""
+        state = self._calls.get(call_sid)
+        if state is None:
+            state = self._calls[call_sid] = _Call()
+            if len(self._calls) > self._max:
+                for sid, old in self._calls.items():
+                    if not old.tasks and sid != call_sid:
+                        del self._calls[sid]
+                        break
+        else:
+            self._calls.move_to_end(call_sid)
+        return state
+
+    def is_cancelled(self, call_sid: str, turn: int) -> bool:
+        """True when the call ended or ``turn`` was interrupted."""
+        if call_sid in self._ended:
+            return True
+        state = self._calls.get(call_sid)
+        return state is not None and turn in state.cancelled
+
+    def interrupt(self, call_sid: str, turn: int) -> int:
+        """Remember ``turn`` as cancelled and cancel its tasks; returns how many were running."""
+        state = self.get(call_sid)
+        if turn not in state.cancelled:
+            state.cancelled.append(turn)
+        tasks = state.tasks.get(turn, set())
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
+
+    def end(self, call_sid: str) -> None:
+        """Forget the call; cancel what it still has in flight."""
+        state = self._calls.pop(call_sid, None)
+        self._ended[call_sid] = None
+        if len(self._ended) > self._max:
+            self._ended.popitem(last=False)
+        if state is not None:
+            for tasks in state.tasks.values():
+                for task in tasks:
+                    task.cancel()
+
+    def track(self, call_sid: str, turn: int, task: asyncio.Task[None]) -> None:
+        """Register a segment task until it finishes."""
+        state = self.get(call_sid)
+        state.tasks.setdefault(turn, set()).add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            running = state.tasks.get(turn)
+            if running is not None:
+                running.discard(t)
+                if not running:
+                    del state.tasks[turn]
+
+        task.add_done_callback(done)
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+
+class _SegmentOut:
+    """Publishes the chunks of one segment, numbered, and its final ``Va-Last`` marker."""
+
+    def __init__(self, *, nc: NATS, seg: ReplySegment) -> None:
+        self._nc = nc
+        self._subject = subjects.audio_out(seg.call_sid)
+        self._seg = seg
+        self.chunks = 0
+        self.audio_bytes = 0
+        self.closed = False
+
+    async def send(self, data: bytes) -> None:
+        await self._publish(data, last=False)
+        self.audio_bytes += len(data)
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await self._publish(b"", last=True)
+
+    async def _publish(self, data: bytes, *, last: bool) -> None:
+        hdrs = audio_headers(turn=self._seg.turn, seq=self._seg.seq, chunk=self.chunks, last=last)
+        self.chunks += 1
+        await self._nc.publish(self._subject, data, headers=hdrs)
+
+
+async def _raw_body(msg: NatsMessage) -> bytes:
+    # FastStream would json-decode by content type before our handler could count bad input.
+    return msg.body
+
+
+class TtsWorker:
+    """Turns reply segments into audio on the bus. Attach to a broker before starting it."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        provider: TtsProvider,
+        fallback: TtsProvider | None,
+        broker: NatsBroker,
+        cache: PromptCache | None = None,
+    ) -> None:
+        self._settings = settings
+        self._provider = provider
+        self._cache = cache  # prompt audio cache (services/tts/prompt_cache.py); None: off
+        self._fallback = fallback if fallback is not provider else None
+        self._broker = broker
+        self._calls = CallRegistry()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reply_sub: Any = None
+
+    @property
+    def broker(self) -> NatsBroker:
+        """The broker this worker is attached to."""
+        return self._broker
+
+    def attach(self) -> None:
+        """Subscribe: replies through the queue group, control on a plain subscription."""
+        self._reply_sub = self._broker.subscriber(
+            subjects.ALL_REPLY, queue=subjects.QUEUE_TTS, decoder=_raw_body
+        )
+        self._reply_sub(self.on_reply)
+        self._broker.subscriber(subjects.ALL_CONTROL, decoder=_raw_body)(self.on_control)
+
+    async def start(self) -> None:
+        """Start the broker; returns once the server has our subscriptions (ready to serve)."""
+        await self._broker.start()
+        await audio_client(self._broker).flush()
+
+    # ------------------------------------------------------------------ handlers
+
+    async def on_reply(self, body: bytes, msg: NatsMessage) -> None:
+        """Start synthesizing one segment (returns at once; the work runs in a task)."""
+        received = time.perf_counter()
+        try:
+            seg = parse_reply(body)
+            if seg.call_sid != subjects.call_sid_of(msg.raw_message.subject):
+                raise ValueError("call sid does not match the subject")
+        except (ValidationError, ValueError) as e:
+            BAD_MESSAGES.labels(SERVICE, "reply").inc()
+            log.warning("bad reply message dropped", **kv(error=type(e).__name__))
+            return
+        task = asyncio.create_task(self._segment(seg, received))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._calls.track(seg.call_sid, seg.turn, task)
+
+    async def on_control(self, body: bytes, msg: NatsMessage) -> None:
+        """Interrupt: drop the turn's pending and running segments. CallEnded: forget it."""
+        try:
+            ctl = parse_control(body)
+            call_sid = subjects.call_sid_of(msg.raw_message.subject)
+            if ctl.call_sid != call_sid:
+                raise ValueError("call sid does not match the subject")
+        except (ValidationError, ValueError) as e:
+            BAD_MESSAGES.labels(SERVICE, "control").inc()
+            log.warning("bad control message dropped", **kv(error=type(e).__name__))
+            return
+        if isinstance(ctl, Interrupt):
+            running = self._calls.interrupt(call_sid, ctl.turn)
+            log.info("turn interrupted", **kv(call=call_sid, turn=ctl.turn, cancelled=running))
+        elif isinstance(ctl, CallEnded):
+            self._calls.end(call_sid)
+
+    # ------------------------------------------------------------------ one segment
+
+    async def _segment(self, seg: ReplySegment, received: float) -> None:
+        out = _SegmentOut(nc=audio_client(self._broker), seg=seg)
+        try:
+            async with self._calls.get(seg.call_sid).lock:
+                if not self._calls.is_cancelled(seg.call_sid, seg.turn):
+                    await self._speak(seg, out, received)
+        except asyncio.CancelledError:
+            log.info("segment cancelled", **kv(call=seg.call_sid, turn=seg.turn, seq=seg.seq))
+            await self._close(out, seg)
+            raise
+        except Exception:  # never let one segment take the worker down
+            log.exception("segment failed", **kv(call=seg.call_sid, turn=seg.turn, seq=seg.seq))
+        await self._close(out, seg)
+
+    async def _close(self, out: _SegmentOut, seg: ReplySegment) -> None:
+        try:
+            await out.close()
+        except Exception as e:  # connection closed at shutdown: nothing left to tell
+            log.warning("could not end segment", **kv(call=seg.call_sid, error=type(e).__name__))
+
+    async def _speak(self, seg: ReplySegment, out: _SegmentOut, received: float) -> None:
+        start = time.perf_counter()
+        used = self._provider.name
+        fallback = False
+        first_at: float | None = None
+        if seg.text.strip():
+            try:
+                async for chunk in self._primary(seg.text, cacheable=seg.cacheable):
+                    first_at = first_at or self._first_audio(seg, received, used)
+                    await out.send(chunk)
+            except Exception as e:
+                if not isinstance(e, ProviderError):  # ProviderErrors are counted by the retrier
+                    PROVIDER_ERRORS.labels(SERVICE, used, "unexpected").inc()
+                log.warning(
+                    "tts provider failed",
+                    **kv(call=seg.call_sid, provider=used, error=type(e).__name__),
+                )
+                # Replaying the sentence after some of it was sent would repeat words.
+                if out.audio_bytes == 0 and self._fallback is not None:
+                    used, fallback = self._fallback.name, True
+                    async for chunk in self._fallback.synthesize(seg.text):
+                        first_at = first_at or self._first_audio(seg, received, used)
+                        await out.send(chunk)
+        synth_s = time.perf_counter() - start
+        STAGE_LATENCY.labels(SERVICE, "tts_segment").observe(synth_s)
+        await self._event(
+            seg,
+            "tts.segment_done",
+            audio_ms=round(out.audio_bytes / 8, 1),
+            synth_ms=round(synth_s * 1000, 1),
+            chunks=out.chunks,
+            provider=used,
+            fallback=fallback,
+        )
+
+    def _primary(self, text: str, *, cacheable: bool = False) -> Any:
+        s = self._settings
+        attempts = max(1, s.provider_retries + 1)
+        cache, provider = self._cache, self._provider
+
+        def make() -> AsyncIterator[bytes]:
+            # Cached prompts skip synthesis; misses go to the provider (and may be stored).
+            if cache is not None:
+                return cache.synthesize(provider, text, cacheable=cacheable)
+            return provider.synthesize(text)
+
+        return stream_with_retries(
+            make,
+            service=SERVICE,
+            provider=self._provider.name,
+            attempts=attempts,
+            deadline_s=s.provider_timeout_s,
+            first_item_timeout_s=max(1.0, s.provider_timeout_s / attempts),
+            idle_timeout_s=s.provider_timeout_s,
+        )
+
+    def _first_audio(self, seg: ReplySegment, received: float, provider: str) -> float:
+        now = time.perf_counter()
+        STAGE_LATENCY.labels(SERVICE, "tts_first_audio").observe(now - received)
+        data: dict[str, Any] = {"ms": round((now - received) * 1000, 1), "provider": provider}
+        if seg.speech_ended_at is not None:  # end of caller speech -> first reply audio
+            data["since_speech_end_ms"] = round((time.time() - seg.speech_ended_at) * 1000, 1)
+        task = asyncio.create_task(self._event(seg, "tts.first_audio", **data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return now
+
+    async def _event(self, seg: ReplySegment, name: str, **data: Any) -> None:
+        ev = event(call_sid=seg.call_sid, service=SERVICE, name=name, turn=seg.turn, **data)
+        try:
+            await audio_client(self._broker).publish(subjects.events(seg.call_sid), ev.to_bytes())
+        except Exception as e:  # events are best effort
+            log.debug("event not published", **kv(error=type(e).__name__))
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def drain(self, *, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Stop taking segments, let the received ones finish (up to ``timeout_s``)."""
+        sub = getattr(self._reply_sub, "subscription", None)
+        if sub is not None:
+            try:
+                # nats-py drain: unsubscribe, then hand over what was already delivered.
+                await sub.drain()
+            except Exception as e:
+                log.warning("reply subscription drain failed", **kv(error=type(e).__name__))
+            self._reply_sub.subscription = None  # FastStream must not unsubscribe it again
+        pending = set(self._tasks)
+        if pending:
+            log.info("draining segments", **kv(segments=len(pending)))
+            _, late = await asyncio.wait(pending, timeout=timeout_s)
+            for task in late:
+                task.cancel()
+
+
+async def run(settings: Settings) -> int:
+    """Run the worker until SIGTERM/SIGINT, then drain and return the exit code."""
+    from services.tts.providers.espeak import EspeakTts
+    from services.tts.providers.select import start_provider
+
+    stop = stop_event()
+    serve_metrics(settings.metrics_port)
+    provider = await start_provider(settings)
+    fallback: TtsProvider | None = None
+    if provider.name != "espeak":
+        fallback = EspeakTts(settings=settings)
+        try:
+            await fallback.warm_up()
+        except Exception as e:
+            log.error("espeak fallback unavailable", **kv(error=str(e)))
+            fallback = None
+    broker = make_broker(settings, name=settings.service_name or SERVICE)
+    cache = PromptCache.from_settings(settings)
+    worker = TtsWorker(
+        settings=settings, provider=provider, fallback=fallback, broker=broker, cache=cache
+    )
+    worker.attach()
+    await worker.start()
+    log.info(
+        "tts worker ready",
+        **kv(provider=provider.name, fallback=fallback.name if fallback else None),
+    )
+    await stop.wait()
+    log.info("tts worker draining")
+    await worker.drain()
+    await broker.stop()
+    await provider.aclose()
+    await cache.aclose()
+    log.info("tts worker stopped")
+    return 0
+
+
+def main() -> None:
+    """``python -m services.tts``."""
+    settings = get_settings()
+    setup_logging(
+        service=settings.service_name or SERVICE,
+        level=settings.log_level,
+        json_lines=settings.log_format == "json",
+        allow_text=settings.log_transcripts,
+    )
+    sys.exit(asyncio.run(run(settings)))

@@ -1,0 +1,367 @@
+"""The agent worker's turn handling on a real NATS, with scripted providers.
+
+The providers here are test doubles of the *plug-in interface* (AgentProvider), not of our
+code: they make the model's timing and failures controllable, so what is checked is what the
+worker puts on the bus (segments, last flags, fallbacks, interrupts, actions) and stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, ClassVar
+
+import pytest
+from nats.aio.client import Client as NATS
+from prometheus_client import REGISTRY
+
+from services.agent.history import History
+from services.agent.providers.base import (
+    AgentOutput,
+    AgentProvider,
+    HangupAction,
+    HistoryItem,
+    TransferAction,
+    TurnInput,
+)
+from services.agent.store import Store
+from services.agent.worker import FALLBACK_TEXT, STAGE_APOLOGY, AgentWorker
+from shared import subjects
+from shared.bus import make_broker
+from shared.errors import ProviderError
+from shared.messages import (
+    CallStarted,
+    Dtmf,
+    Event,
+    Hangup,
+    Interrupt,
+    Played,
+    ReplySegment,
+    StageFailed,
+    Transcript,
+    Transfer,
+)
+from shared.settings import Settings
+from tests.integration.agent_bus import CallTap, connect, new_sid, private_nats_server
+
+TIMEOUT_S = 0.6
+
+
+class Scripted(AgentProvider):
+    """Plays a script chosen by the caller's words: text, pauses (floats), errors, actions."""
+
+    name = "scripted"
+
+    SCRIPTS: ClassVar[dict[str, list[Any]]] = {
+        "hello": ["Hi", " there", ". How can", " I help", " you today", "?"],
+        "fail": [ProviderError("model down", provider="scripted", retryable=False)],
+        "hang": [30.0],
+        "tool": [
+            "Let me check that",
+            ".",
+            0.4,
+            HistoryItem(message={"role": "assistant", "content": None, "tool_calls": []}),
+            "We are open until six.",
+        ],
+        "pause-end": ["First sentence. ", 0.3],
+        "bye": ["Goodbye!", HangupAction(reason="done")],
+        "transfer": ["Transferring you now.", TransferAction(to="+15551230000")],
+        "slow": [f"Sentence number {i}. " if i % 2 == 0 else 0.15 for i in range(40)],
+        "fail-late": ["One sentence. Another", ProviderError("cut", provider="scripted")],
+        "7": ["You pressed seven."],
+    }
+
+    def __init__(self) -> None:
+        self.inputs: list[TurnInput] = []
+
+    async def respond(self, turn: TurnInput) -> AsyncIterator[AgentOutput]:
+        self.inputs.append(turn)
+        script = ["Welcome."] if turn.kind == "call_started" else self.SCRIPTS[turn.text]
+        for step in script:
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+            elif isinstance(step, Exception):
+                raise step
+            else:
+                yield step
+
+
+@pytest.fixture(scope="module")
+def nats_url_private() -> Iterator[str]:
+    with private_nats_server() as url:
+        yield url
+
+
+class Rig:
+    def __init__(self, worker: AgentWorker, provider: Scripted, history: History, nc: NATS):
+        self.worker = worker
+        self.provider = provider
+        self.history = history
+        self.nc = nc
+
+    async def tap(self) -> CallTap:
+        return await CallTap(self.nc, new_sid()).start()
+
+
+@pytest.fixture
+async def rig(nats_url_private: str, redis_url: str) -> AsyncIterator[Rig]:
+    settings = Settings(
+        nats_url=nats_url_private, redis_url=redis_url, provider_timeout_s=TIMEOUT_S
+    )
+    broker = make_broker(settings, name="agent-test")
+    provider = Scripted()
+    store = Store(url=redis_url)
+    history = History(store=store)
+    worker = AgentWorker(settings=settings, provider=provider, history=history, broker=broker)
+    worker.attach()
+    await broker.start()
+    nc = await connect(nats_url_private)
+    try:
+        yield Rig(worker, provider, history, nc)
+    finally:
+        await nc.close()
+        await worker.drain(timeout_s=2)
+        await broker.stop()
+        await store.aclose()
+
+
+def final(sid: str, text: str, **kw: Any) -> Transcript:
+    return Transcript(call_sid=sid, utterance_id=1, text=text, is_final=True, **kw)
+
+
+async def say(tap: CallTap, text: str, **kw: Any) -> None:
+    await tap.send(subjects.transcript(tap.sid), final(tap.sid, text, **kw))
+
+
+def segments(tap: CallTap, turn: int | None = None) -> list[ReplySegment]:
+    segs = tap.of(ReplySegment)
+    return [s for s in segs if turn is None or s.turn == turn]
+
+
+def turn_done(tap: CallTap, turn: int) -> bool:
+    return any(e.name == "agent.turn_done" for e in tap.of(Event, turn=turn))
+
+
+async def test_streamed_reply_is_cut_into_sentences_last_flag_on_the_final_one(rig: Rig) -> None:
+    tap = await rig.tap()
+    await say(tap, "hello", speech_ended_at=time.time())
+    await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="last segment")
+    segs = segments(tap)
+    assert [(s.turn, s.seq, s.text, s.last) for s in segs] == [
+        (1, 0, "Hi there.", False),
+        (1, 1, "How can I help you today?", True),
+    ]
+    assert all(s.utterance_id == 1 for s in segs)
+    await tap.wait_for(lambda: turn_done(tap, 1), what="turn done")
+    names = [e.name for e in tap.of(Event)]
+    assert names[:2] == ["agent.turn_started", "agent.first_sentence"]
+    first = tap.of(Event, name="agent.first_sentence")[0]
+    assert first.data["ms"] is not None and "since_speech_end_ms" in first.data
+    assert await rig.history.load(tap.sid) == [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "Hi there. How can I help you today?"},
+    ]
+
+
+async def test_greeting_on_call_started_gets_turn_one(rig: Rig) -> None:
+    tap = await rig.tap()
+    await tap.send(
+        subjects.control(tap.sid), CallStarted(call_sid=tap.sid, stream_sid="MZ1", gateway_id="g")
+    )
+    await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="greeting")
+    assert [(s.turn, s.text, s.last) for s in segments(tap)] == [(1, "Welcome.", True)]
+    assert rig.provider.inputs[-1].kind == "call_started"
+
+
+async def test_provider_error_is_never_dead_air(rig: Rig) -> None:
+    tap = await rig.tap()
+    await say(tap, "fail")
+    await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="fallback")
+    segs = segments(tap)
+    assert [(s.text, s.last, s.cacheable) for s in segs] == [(FALLBACK_TEXT, True, True)]
+
+
+async def test_provider_that_hangs_gets_the_fallback_within_its_deadline(rig: Rig) -> None:
+    tap = await rig.tap()
+    started = time.monotonic()
+    await say(tap, "hang")
+    await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="fallback")
+    assert segments(tap)[0].text == FALLBACK_TEXT
+    assert time.monotonic() - started < TIMEOUT_S + 0.5
+
+
+async def test_failure_after_some_text_keeps_what_was_said_and_apologizes(rig: Rig) -> None:
+    tap = await rig.tap()
+    await say(tap, "fail-late")
+    await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="fallback")
+    assert [(s.seq, s.text, s.last) for s in segments(tap)] == [
+        (0, "One sentence.", False),
+        (1, FALLBACK_TEXT, True),
+    ]
+
+
+async def test_sentence_before_a_tool_call_is_not_held_back(rig: Rig) -> None:
+    tap = await rig.tap()
+    started = time.monotonic()
+    await say(tap, "tool")
+    await tap.wait_for(lambda: len(segments(tap)) >= 1, what="first sentence")
+    assert time.monotonic() - started < 0.35, "the sentence must not wait for the tool"
+    assert segments(tap)[0].text == "Let me check that." and not segments(tap)[0].last
+    await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="last")
+    assert [(s.seq, s.text, s.last) for s in segments(tap)] == [
+        (0, "Let me check that.", False),
+        (1, "We are open until six.", True),
+    ]
+
+
+async def test_stream_ending_after_a_pause_closes_the_turn_with_an_empty_last(rig: Rig) -> None:
+    tap = await rig.tap()
+    await say(tap, "pause-end")
+    await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="last")
+    assert [(s.text, s.last) for s in segments(tap)] == [("First sentence.", False), ("", True)]
+
+
+async def test_actions_are_published_after_the_turn(rig: Rig) -> None:
+    tap = await rig.tap()
+    await say(tap, "bye")
+    await tap.wait_for(lambda: bool(tap.of(Hangup)), what="hangup")
+    assert tap.of(Hangup)[0].after_turn == 1 and tap.of(Hangup)[0].reason == "done"
+    assert segments(tap)[-1].last
+    await say(tap, "transfer")
+    await tap.wait_for(lambda: bool(tap.of(Transfer)), what="transfer")
+    assert tap.of(Transfer)[0].after_turn == 2
+    assert tap.of(Transfer)[0].to == "+15551230000"
+
+
+async def test_interrupt_stops_the_turn_and_history_keeps_only_what_was_sent(rig: Rig) -> None:
+    tap = await rig.tap()
+    await say(tap, "slow")
+    await tap.wait_for(lambda: len(segments(tap)) >= 2, what="two segments")
+    await tap.send(subjects.control(tap.sid), Interrupt(call_sid=tap.sid, turn=1))
+    await tap.wait_for(lambda: turn_done(tap, 1), what="turn done")
+    sent = len(segments(tap))
+    await asyncio.sleep(0.5)
+    assert len(segments(tap)) == sent, "no segment after the interrupt"
+    assert not any(s.last for s in segments(tap))
+    done = tap.of(Event, name="agent.turn_done")[0]
+    assert done.data["outcome"] == "interrupted"
+    said = (await rig.history.load(tap.sid))[-1]["content"]
+    assert said == " ".join(s.text for s in segments(tap))
+
+
+async def test_new_utterance_cancels_the_generating_turn_and_answers(rig: Rig) -> None:
+    tap = await rig.tap()
+    await say(tap, "slow")
+    await tap.wait_for(lambda: len(segments(tap, 1)) >= 1, what="turn 1 started")
+    await say(tap, "hello")
+    await tap.wait_for(lambda: any(s.last for s in segments(tap, 2)), what="turn 2 answered")
+    assert tap.of(Interrupt, turn=1), "downstream must be told to drop turn 1"
+    n1 = len(segments(tap, 1))
+    await asyncio.sleep(0.4)
+    assert len(segments(tap, 1)) == n1
+    # Turn 2's model saw turn 1's words and what was said of it.
+    history = rig.provider.inputs[-1].history
+    assert history[0] == {"role": "user", "content": "slow"}
+    assert history[1]["role"] == "assistant" and history[1]["content"].startswith("Sentence")
+
+
+async def test_played_truncates_the_reply_in_history(rig: Rig) -> None:
+    tap = await rig.tap()
+    await say(tap, "hello")
+    await tap.wait_for(lambda: turn_done(tap, 1), what="turn done")
+    await tap.send(
+        subjects.control(tap.sid),
+        Played(call_sid=tap.sid, turn=1, seq=1, heard_text="How can", complete=False),
+    )
+
+    async def truncated() -> bool:
+        return (await rig.history.load(tap.sid))[-1]["content"] == "Hi there. How can"
+
+    for _ in range(50):
+        if await truncated():
+            break
+        await asyncio.sleep(0.02)
+    assert await truncated()
+
+
+def _bad_count() -> float:
+    total = 0.0
+    for source in ("transcript", "control"):
+        v = REGISTRY.get_sample_value(
+            "voice_bad_messages_total", {"service": "agent", "source": source}
+        )
+        total += v or 0.0
+    return total
+
+
+async def test_malformed_messages_are_dropped_and_the_worker_goes_on(rig: Rig) -> None:
+    tap = await rig.tap()
+    before = _bad_count()
+    await tap.send(subjects.transcript(tap.sid), b"{not json")
+    await tap.send(subjects.control(tap.sid), b'{"type": "dtmf", "call_sid": "x"}')
+    # A body naming another call than its subject is refused too.
+    await tap.send(subjects.transcript(tap.sid), final(new_sid(), "hello"))
+    await tap.send(subjects.transcript(tap.sid), b"\xff\xfe")
+    await say(tap, "hello")
+    await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="answer")
+    assert _bad_count() - before == 4
+    assert [s.turn for s in segments(tap)] == [1, 1]
+
+
+async def test_interim_and_empty_transcripts_start_no_turn(rig: Rig) -> None:
+    tap = await rig.tap()
+    await tap.send(
+        subjects.transcript(tap.sid),
+        Transcript(call_sid=tap.sid, utterance_id=1, text="hel", is_final=False),
+    )
+    await tap.send(subjects.transcript(tap.sid), final(tap.sid, "   "))
+    await say(tap, "hello")
+    await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="answer")
+    assert {s.turn for s in segments(tap)} == {1}
+
+
+async def test_drain_lets_a_running_turn_finish(nats_url_private: str) -> None:
+    settings = Settings(nats_url=nats_url_private, redis_url="", provider_timeout_s=2.0)
+    broker = make_broker(settings, name="agent-drain-test")
+    worker = AgentWorker(
+        settings=settings, provider=Scripted(), history=History(store=Store(url="")), broker=broker
+    )
+    worker.attach()
+    await broker.start()
+    nc = await connect(nats_url_private)
+    tap = await CallTap(nc, new_sid()).start()
+    try:
+        await say(tap, "tool")
+        await tap.wait_for(lambda: len(segments(tap)) >= 1, what="turn running")
+        await worker.drain(timeout_s=5)
+        await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="turn finished")
+        # No longer taking turns.
+        await say(tap, "hello")
+        await asyncio.sleep(0.3)
+        assert {s.turn for s in segments(tap)} == {1}
+    finally:
+        await nc.close()
+        await broker.stop()
+
+
+async def test_key_press_is_a_turn_with_the_digit_as_input(rig: Rig) -> None:
+    tap = await rig.tap()
+    await tap.send(subjects.control(tap.sid), Dtmf(call_sid=tap.sid, digit="7"))
+    await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="answer")
+    assert segments(tap)[0].text == "You pressed seven."
+    assert rig.provider.inputs[-1].kind == "dtmf"
+    assert (await rig.history.load(tap.sid))[0]["content"] == "(The caller pressed the key 7.)"
+
+
+async def test_a_failed_recognizer_gets_an_apology_a_failed_voice_does_not(rig: Rig) -> None:
+    tap = await rig.tap()
+    await tap.send(
+        subjects.control(tap.sid), StageFailed(call_sid=tap.sid, service="tts", reason="down")
+    )
+    await tap.send(
+        subjects.control(tap.sid), StageFailed(call_sid=tap.sid, service="asr", reason="down")
+    )
+    await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="apology")
+    await asyncio.sleep(0.2)
+    assert [(s.text, s.last) for s in segments(tap)] == [(STAGE_APOLOGY, True)]

@@ -1,0 +1,394 @@
+"""The ASR worker as a real process (`python -m services.asr`) on a real NATS server.
+
+Plays the gateway's part: claims a call by request, publishes Twilio-sized audio frames with
+their headers, and listens to what the worker publishes. The server is private to this module:
+other ASR workers on the machine's NATS (same `asr` queue group) would take some claims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+
+from services.asr.providers.base import AsrProvider, SpeechEvent
+from services.asr.providers.local import normalize_words
+from services.asr.worker import MAX_RESTARTS, AsrWorker
+from shared import headers as H
+from shared import subjects
+from shared.audio import frames
+from shared.bus import make_broker
+from shared.messages import (
+    AsrClaim,
+    AsrClaimReply,
+    CallEnded,
+    Event,
+    SpeechStarted,
+    SpeechStopped,
+    Transcript,
+    parse_control,
+    parse_event,
+    parse_transcript,
+)
+from shared.settings import Settings
+from tests.conftest import _free_port, _reachable, nats_server_binary
+from tests.speech import silence_mulaw, synthesize_mulaw
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_CALLS = 3
+SENTENCE = "Can I speak to the pharmacy please?"
+
+
+@contextlib.contextmanager
+def nats_server() -> Iterator[str]:
+    """A private nats-server (no other ASR worker in our queue group)."""
+    port = _free_port()
+    store = tempfile.mkdtemp(prefix="nats-asr-")
+    proc = subprocess.Popen(
+        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-sd", store],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not _reachable("127.0.0.1", port):
+            assert time.monotonic() < deadline, "nats-server did not start"
+            time.sleep(0.05)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(store, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def private_nats() -> Iterator[str]:
+    with nats_server() as url:
+        yield url
+
+
+class Worker:
+    """`python -m services.asr` with its stderr collected line by line."""
+
+    def __init__(self, nats_url: str, **env: str) -> None:
+        full_env = {
+            **os.environ,
+            "NATS_URL": nats_url,
+            "ASR_PROVIDER": "local",
+            "DEEPGRAM_API_KEY": "",
+            "ASR_MAX_CALLS": str(MAX_CALLS),
+            "LOG_FORMAT": "text",
+            "METRICS_PORT": "0",
+            **env,
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.asr"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.log: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+            self.lines.put(line)
+
+    def wait_for_log(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if text in self.lines.get(timeout=0.1):
+                    return
+            except queue.Empty:
+                assert self.proc.poll() is None, "worker exited:\n" + "".join(self.log)
+        raise AssertionError(f"no {text!r} in the worker log:\n" + "".join(self.log))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def worker(private_nats: str) -> Iterator[Worker]:
+    w = Worker(private_nats)
+    w.wait_for_log("asr worker ready")
+    yield w
+    assert w.stop() == 0
+
+
+class Call:
+    """One simulated call, from the gateway's side of the bus."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.sid = "CA" + uuid.uuid4().hex
+        self.speech: asyncio.Queue[SpeechStarted | SpeechStopped | Transcript] = asyncio.Queue()
+        self.events: list[Event] = []
+        self.raw_events: list[bytes] = []
+        self.heartbeats: list[float] = []
+        self.seq = 0
+
+    async def listen(self) -> None:
+        await self.nc.subscribe(subjects.transcript(self.sid), cb=self._on_transcript)
+        await self.nc.subscribe(subjects.events(self.sid), cb=self._on_event)
+        await self.nc.subscribe(subjects.asr_heartbeat(self.sid), cb=self._on_heartbeat)
+        await self.nc.flush()
+
+    async def _on_transcript(self, msg: Msg) -> None:
+        self.speech.put_nowait(parse_transcript(msg.data))
+
+    async def _on_event(self, msg: Msg) -> None:
+        self.raw_events.append(msg.data)
+        self.events.append(parse_event(msg.data))
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        self.heartbeats.append(time.monotonic())
+
+    async def claim(self, *, last_utterance_id: int = 0) -> AsrClaimReply:
+        claim = AsrClaim(
+            call_sid=self.sid, gateway_id="gw-test", last_utterance_id=last_utterance_id
+        )
+        reply = await self.nc.request(subjects.ASR_CLAIM, claim.to_bytes(), timeout=5)
+        return AsrClaimReply.model_validate_json(reply.data)
+
+    async def send_audio(self, audio: bytes, *, pace_s: float = 0.005) -> None:
+        """Frames as the gateway publishes them (faster than real time to keep tests short)."""
+        for frame in frames(audio):
+            self.seq += 1
+            headers = {
+                H.SCHEMA: H.AUDIO_IN_SCHEMA,
+                H.SEQ: str(self.seq),
+                H.TS_MS: str((self.seq - 1) * 20),
+                H.SENT_NS: str(time.time_ns()),
+            }
+            await self.nc.publish(subjects.audio_in(self.sid), frame, headers=headers)
+            await asyncio.sleep(pace_s)
+
+    async def end(self) -> None:
+        await self.nc.publish(subjects.control(self.sid), CallEnded(call_sid=self.sid).to_bytes())
+        await self.nc.flush()
+
+    async def next_speech(self, wait_s: float = 15) -> SpeechStarted | SpeechStopped | Transcript:
+        return await asyncio.wait_for(self.speech.get(), wait_s)
+
+    def event_names(self) -> list[str]:
+        return [e.name for e in self.events]
+
+
+@pytest.fixture
+async def nc(private_nats: str, worker: Worker) -> AsyncIterator[NATS]:
+    client = await nats.connect(private_nats)
+    yield client
+    await client.close()
+
+
+async def new_call(nc: NATS) -> Call:
+    call = Call(nc)
+    await call.listen()
+    return call
+
+
+async def test_a_claimed_call_gets_its_transcript(nc: NATS) -> None:
+    call = await new_call(nc)
+    reply = await call.claim()
+    assert reply.accepted and reply.call_sid == call.sid and reply.worker_id
+    # A re-claim (the gateway missed heartbeats) is accepted without a second recognizer.
+    again = await call.claim()
+    assert again.accepted and again.worker_id == reply.worker_id
+
+    await call.send_audio(silence_mulaw(400) + synthesize_mulaw(SENTENCE) + silence_mulaw(900))
+    started, stopped, final = [await call.next_speech() for _ in range(3)]
+
+    assert isinstance(started, SpeechStarted) and started.utterance_id == 1
+    assert 300 <= started.audio_ms <= 700
+    assert isinstance(stopped, SpeechStopped) and stopped.utterance_id == 1
+    assert stopped.audio_ms > started.audio_ms and stopped.speech_ms > 1000
+    assert isinstance(final, Transcript) and final.is_final and final.utterance_id == 1
+    assert {"speak", "pharmacy"} <= set(normalize_words(final.text))
+    assert final.endpointing_ms is not None and 550 <= final.endpointing_ms <= 900
+    assert final.asr_ms is not None and 0 < final.asr_ms < 10_000
+    assert final.speech_ended_at is not None and abs(final.speech_ended_at - time.time()) < 10
+    with pytest.raises(asyncio.TimeoutError):  # one recognizer: no duplicate transcript
+        await call.next_speech(wait_s=1.0)
+
+    names = call.event_names()
+    assert {"asr.claimed", "asr.speech_started", "asr.speech_stopped", "asr.final"} <= set(names)
+    asr_final = next(e for e in call.events if e.name == "asr.final")
+    assert asr_final.data["asr_ms"] == final.asr_ms and asr_final.data["words"] == len(
+        final.text.split()
+    )
+    assert not any(b"pharmacy" in raw.lower() for raw in call.raw_events)  # never the text
+    assert len(call.heartbeats) >= 2
+    await call.end()
+
+
+async def test_call_ended_stops_heartbeats_and_frees_the_slot(nc: NATS) -> None:
+    call = await new_call(nc)
+    assert (await call.claim()).accepted
+    await asyncio.sleep(1.2)
+    assert len(call.heartbeats) >= 2
+
+    await call.end()
+    await asyncio.sleep(0.3)  # one beat may already have been on its way
+    count = len(call.heartbeats)
+    await asyncio.sleep(1.5)
+    assert len(call.heartbeats) == count
+    assert "asr.released" in call.event_names()
+    # The ended call is not taken again; a new one is.
+    assert not (await call.claim()).accepted
+    other = await new_call(nc)
+    assert (await other.claim()).accepted
+    await other.end()
+
+
+async def test_malformed_messages_are_dropped_and_the_worker_goes_on(nc: NATS) -> None:
+    held = await new_call(nc)
+    assert (await held.claim()).accepted
+
+    with pytest.raises(NatsTimeout):  # no reply to garbage (and no crash)
+        await nc.request(subjects.ASR_CLAIM, b"{not json", timeout=0.5)
+    with pytest.raises(NatsTimeout):
+        await nc.request(subjects.ASR_CLAIM, b'{"type":"asr_claim","call_sid":"a.b"}', timeout=0.5)
+    await nc.publish(subjects.control(held.sid), b"\x00\xff garbage")
+    await nc.publish(subjects.control(held.sid), b'{"type":"call_ended","call_sid":"CAother"}')
+    await nc.publish(subjects.audio_in(held.sid), b"\xff" * 160, headers={H.SEQ: "nope"})
+    await nc.flush()
+
+    beats = len(held.heartbeats)
+    await asyncio.sleep(1.1)
+    assert len(held.heartbeats) > beats  # still holds the call (the mismatched end ignored)
+    fresh = await new_call(nc)
+    assert (await fresh.claim()).accepted
+    await held.end()
+    await fresh.end()
+
+
+async def test_a_worker_at_capacity_refuses_claims(nc: NATS) -> None:
+    calls = [await new_call(nc) for _ in range(MAX_CALLS + 1)]
+    replies = [await c.claim() for c in calls]
+    assert [r.accepted for r in replies] == [True] * MAX_CALLS + [False]
+    for c in calls:
+        await c.end()
+
+
+async def test_sigterm_finishes_the_utterance_in_progress_and_exits_0() -> None:
+    with nats_server() as url:
+        w = Worker(url, ASR_DRAIN_S="1")
+        try:
+            w.wait_for_log("asr worker ready")
+            client = await nats.connect(url)
+            try:
+                call = await new_call(client)
+                assert (await call.claim(last_utterance_id=4)).accepted
+                # The caller is mid-sentence (no pause yet) when the worker is told to stop.
+                await call.send_audio(silence_mulaw(300) + synthesize_mulaw(SENTENCE))
+                started = await call.next_speech()
+                assert isinstance(started, SpeechStarted) and started.utterance_id == 5
+                w.proc.send_signal(signal.SIGTERM)
+
+                stopped, final = await call.next_speech(), await call.next_speech()
+                assert isinstance(stopped, SpeechStopped) and isinstance(final, Transcript)
+                assert final.utterance_id == 5 and "pharmacy" in normalize_words(final.text)
+                assert await asyncio.to_thread(w.proc.wait, 20) == 0, "".join(w.log)
+                assert "asr.released" in call.event_names()
+            finally:
+                await client.close()
+        finally:
+            w.stop()
+
+
+class FlakyAsr(AsrProvider):
+    """A provider with a bug: any frame starting with a zero byte crashes its stream."""
+
+    name = "flaky"
+
+    async def stream(self, audio: AsyncIterator[bytes]) -> AsyncIterator[SpeechEvent]:
+        n = 0
+        async for chunk in audio:
+            if chunk[:1] == b"\x00":
+                raise RuntimeError("recognizer bug")
+            n += 1
+            if n % 10 == 0:
+                yield SpeechEvent(kind="final", audio_ms=n * 20, text=f"frame {n}")
+
+
+async def test_a_crashing_recognizer_is_restarted_then_released_without_hurting_others() -> None:
+    with nats_server() as url:
+        settings = Settings(_env_file=None, nats_url=url, asr_max_calls=10)
+        broker = make_broker(settings, name="asr-test")
+        worker = AsrWorker(settings=settings, provider=FlakyAsr(), broker=broker)
+        worker.attach()
+        await broker.start()
+        await worker.start()
+        client = await nats.connect(url)
+        try:
+            bad, good = await new_call(client), await new_call(client)
+            stage_failed: list[bytes] = []
+
+            async def on_control(msg: Msg) -> None:
+                stage_failed.append(msg.data)
+
+            await client.subscribe(subjects.control(bad.sid), cb=on_control)
+            assert (await bad.claim()).accepted and (await good.claim()).accepted
+            await bad.send_audio(b"\xff" * 1600)
+            await good.send_audio(b"\xff" * 1600)
+            assert (await bad.next_speech()).utterance_id == 1
+            assert (await good.next_speech()).utterance_id == 1
+
+            # Every restart meets another poisoned frame: 1 + MAX_RESTARTS crashes, then give up.
+            await bad.send_audio(b"\x00" * 160 * (MAX_RESTARTS + 1))
+            await good.send_audio(b"\xff" * 1600)
+            assert (await good.next_speech()).utterance_id == 2
+            deadline = time.monotonic() + 10
+            while "asr.failed" not in bad.event_names():
+                assert time.monotonic() < deadline, bad.event_names()
+                await asyncio.sleep(0.05)
+            assert bad.event_names().count("asr.error") == MAX_RESTARTS + 1
+            assert await _eventually(bad, "asr.released")
+            assert [parse_control(m).type for m in stage_failed] == ["stage_failed"]
+            assert bad.sid not in worker.calls and good.sid in worker.calls
+
+            bad_beats, good_beats = len(bad.heartbeats), len(good.heartbeats)
+            await asyncio.sleep(1.1)
+            assert len(bad.heartbeats) == bad_beats and len(good.heartbeats) > good_beats
+            await good.send_audio(b"\xff" * 1600)
+            assert (await good.next_speech()).utterance_id == 3
+        finally:
+            await client.close()
+            await worker.drain(grace_s=0)
+            await broker.stop()
+
+
+async def _eventually(call: Call, name: str, wait_s: float = 5) -> bool:
+    deadline = time.monotonic() + wait_s
+    while name not in call.event_names():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True

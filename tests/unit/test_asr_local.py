@@ -1,0 +1,125 @@
+"""The embedded recognizer (Silero VAD + whisper tiny.en) on real synthesized speech.
+
+Audio takes the caller's path: Piper speech -> 8 kHz mu-law -> 20 ms frames, as the gateway
+publishes it. The model loads once for the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from services.asr.providers.base import SpeechEvent
+from services.asr.providers.local import LocalAsr, normalize_words
+from shared.audio import frames, ulaw_to_float
+from shared.settings import Settings
+from tests.speech import noise_mulaw, silence_mulaw, synthesize_mulaw
+
+BOOKING = "I would like to book an appointment for next Tuesday."
+NAME = "My name is John Smith."
+
+
+@pytest.fixture(scope="module")
+async def asr() -> LocalAsr:
+    provider = LocalAsr(settings=Settings(_env_file=None, endpointing_ms=600, min_speech_ms=200))
+    await provider.warm_up()
+    return provider
+
+
+async def _feed(audio: bytes) -> AsyncIterator[bytes]:
+    for frame in frames(audio):
+        yield frame
+
+
+async def recognize(asr: LocalAsr, audio: bytes) -> list[SpeechEvent]:
+    return [ev async for ev in asr.stream(_feed(audio))]
+
+
+def speech_bounds_ms(mulaw: bytes) -> tuple[int, int]:
+    """Where the synthesized speech really starts and ends (first/last loud sample)."""
+    x = np.abs(ulaw_to_float(mulaw))
+    loud = np.flatnonzero(x > 0.02)
+    return int(loud[0] // 8), int(loud[-1] // 8)
+
+
+def kinds(events: list[SpeechEvent]) -> list[str]:
+    return [e.kind for e in events]
+
+
+async def test_final_transcript_has_the_words_and_plausible_timestamps(asr: LocalAsr) -> None:
+    speech = synthesize_mulaw(BOOKING)
+    onset, offset = speech_bounds_ms(speech)
+    events = await recognize(asr, silence_mulaw(500) + speech + silence_mulaw(1000))
+
+    assert kinds(events) == ["speech_started", "speech_stopped", "final"]
+    started, stopped, final = events
+    assert normalize_words(final.text) == normalize_words(BOOKING)
+    assert final.confidence is not None and final.confidence > 0.5
+    # Onset is timestamped where speech began, not where min_speech_ms confirmed it.
+    assert abs(started.audio_ms - (500 + onset)) <= 120
+    assert abs(stopped.audio_ms - (500 + offset)) <= 250
+    assert final.speech_start_ms == started.audio_ms
+    assert final.speech_end_ms == stopped.audio_ms
+
+
+async def test_two_utterances_come_out_in_order(asr: LocalAsr) -> None:
+    audio = (
+        silence_mulaw(300)
+        + synthesize_mulaw(BOOKING)
+        + silence_mulaw(1200)
+        + synthesize_mulaw(NAME)
+        + silence_mulaw(800)
+    )
+    events = await recognize(asr, audio)
+
+    assert kinds(events) == ["speech_started", "speech_stopped", "final"] * 2
+    first, second = events[2], events[5]
+    assert normalize_words(first.text) == normalize_words(BOOKING)
+    assert {"john", "smith"} <= set(normalize_words(second.text))
+    assert events[3].audio_ms > events[1].audio_ms  # second onset after first end
+
+
+async def test_a_short_pause_does_not_split_the_utterance(asr: LocalAsr) -> None:
+    audio = (
+        silence_mulaw(300)
+        + synthesize_mulaw("Hello there.")
+        + silence_mulaw(250)
+        + synthesize_mulaw("How are you today?")
+        + silence_mulaw(900)
+    )
+    events = await recognize(asr, audio)
+
+    assert kinds(events) == ["speech_started", "speech_stopped", "final"]
+    words = normalize_words(events[2].text)
+    assert "hello" in words and "today" in words
+
+
+async def test_speech_cut_off_by_the_end_of_the_call_is_still_transcribed(asr: LocalAsr) -> None:
+    events = await recognize(asr, silence_mulaw(300) + synthesize_mulaw(NAME))
+
+    assert kinds(events) == ["speech_started", "speech_stopped", "final"]
+    assert {"john", "smith"} <= set(normalize_words(events[2].text))
+
+
+@pytest.mark.parametrize(
+    "audio",
+    [silence_mulaw(3000), noise_mulaw(3000, level=0.05), noise_mulaw(3000, level=0.3, seed=1)],
+    ids=["silence", "quiet-noise", "loud-noise"],
+)
+async def test_silence_and_noise_produce_no_events(asr: LocalAsr, audio: bytes) -> None:
+    assert await recognize(asr, audio) == []
+
+
+async def test_calls_are_independent_streams(asr: LocalAsr) -> None:
+    """Two concurrent calls: each gets its own words (no state shared but the model)."""
+    a = silence_mulaw(200) + synthesize_mulaw(BOOKING) + silence_mulaw(800)
+    b = silence_mulaw(600) + synthesize_mulaw(NAME) + silence_mulaw(800)
+    ev_a, ev_b = await asyncio.gather(recognize(asr, a), recognize(asr, b))
+
+    finals_a = [normalize_words(e.text) for e in ev_a if e.kind == "final"]
+    assert finals_a == [normalize_words(BOOKING)]
+    finals_b = [e for e in ev_b if e.kind == "final"]
+    assert len(finals_b) == 1 and {"john", "smith"} <= set(normalize_words(finals_b[0].text))

@@ -1,0 +1,10 @@
+"""Local fakes of external services that speak the real wire protocols (tests, offline demos).
+
+- ``voiceagent.fakes.openai``: OpenAI-compatible chat completions (streaming SSE, tool calls,
+  fault injection); ``python -m voiceagent.fakes.openai --port N``.
+- ``voiceagent.fakes.mcp_server``: an MCP server over streamable HTTP with two clinic tools;
+  ``python -m voiceagent.fakes.mcp_server --port N``.
+- ``voiceagent.fakes.elevenlabs``: ElevenLabs text-to-speech streaming (ulaw_8000 audio really
+  spoken by a local engine, ``xi-api-key``, fault injection: 401/429/500/hang/cut);
+  ``python -m voiceagent.fakes.elevenlabs --port N``.
+"""

@@ -1,0 +1,227 @@
+"""``voiceagent tail``: the bus traffic of one call (or all), one readable line per message.
+
+Text (transcripts, replies, heard text) passes :func:`shared.redact.redact` unless
+``--show-text``; call SIDs are shown as their log tag (``call-1a2b3c4d``) unless ``--show-text``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared import headers as H
+from shared import subjects
+from shared.audio import duration_ms
+from shared.messages import (
+    AsrClaim,
+    AsrClaimReply,
+    AsrHeartbeat,
+    CallEnded,
+    CallStarted,
+    Dtmf,
+    Event,
+    Hangup,
+    Interrupt,
+    Played,
+    ReplySegment,
+    SpeechStarted,
+    SpeechStopped,
+    StageFailed,
+    Transcript,
+    Transfer,
+    parse_control,
+    parse_event,
+    parse_reply,
+    parse_transcript,
+)
+from shared.redact import redact, redact_value, sid_tag
+
+_SYS_PREFIX = subjects.SYS + "."
+_CALL_PREFIX = subjects.PREFIX + "."
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
+
+
+def _split(subject: str) -> tuple[str, str]:
+    """(call sid or "", subject suffix) of a ``voice.*`` subject."""
+    if subject.startswith(_SYS_PREFIX):
+        rest = subject[len(_SYS_PREFIX) :]
+        hb = "asr.heartbeat."
+        if rest.startswith(hb):
+            return rest[len(hb) :], "_sys.asr.heartbeat"
+        return "", "_sys." + rest
+    if subject.startswith(_CALL_PREFIX):
+        parts = subject.split(".", 2)
+        if len(parts) == 3:
+            return parts[1], parts[2]
+    return "", subject
+
+
+def _text(text: str, show_text: bool) -> str:
+    return repr(text if show_text else redact(text))
+
+
+def _audio(
+    suffix: str, headers: Mapping[str, str], data: bytes
+) -> tuple[float | None, str, str, str, str]:
+    sent = headers.get(H.SENT_NS, "")
+    at = int(sent) / 1e9 if sent.isdigit() else None
+    size = f"{len(data)} B {duration_ms(data):.0f} ms"
+    if suffix == "audio.in":
+        return at, headers.get(H.SERVICE, "gateway"), f"#{headers.get(H.SEQ, '?')}", "audio", size
+    pos = f"t{headers.get(H.TURN, '?')}/{headers.get(H.SEG, '?')}.{headers.get(H.CHUNK, '?')}"
+    kind = "audio last" if headers.get(H.LAST) == "1" else "audio"
+    return at, headers.get(H.SERVICE, "tts"), pos, kind, size
+
+
+def _describe(msg: Any, show_text: bool) -> tuple[str, str, str]:
+    """(service, turn/seq, detail) of a parsed JSON message."""
+    if isinstance(msg, Transcript):
+        kind = "final" if msg.is_final else "interim"
+        return "asr", f"u{msg.utterance_id}", f"{kind} {_text(msg.text, show_text)}"
+    if isinstance(msg, SpeechStarted):
+        return "asr", f"u{msg.utterance_id}", f"at {msg.audio_ms} ms"
+    if isinstance(msg, SpeechStopped):
+        return "asr", f"u{msg.utterance_id}", f"at {msg.audio_ms} ms, {msg.speech_ms} ms speech"
+    if isinstance(msg, ReplySegment):
+        last = " (last)" if msg.last else ""
+        return "agent", f"t{msg.turn}/{msg.seq}", f"{_text(msg.text, show_text)}{last}"
+    if isinstance(msg, Played):
+        done = "complete" if msg.complete else "cut"
+        return "gateway", f"t{msg.turn}/{msg.seq}", f"{done} {_text(msg.heard_text, show_text)}"
+    if isinstance(msg, Interrupt):
+        return "gateway", f"t{msg.turn}", ""
+    if isinstance(msg, CallStarted):
+        return "gateway", "", f"gateway={msg.gateway_id}"
+    if isinstance(msg, CallEnded):
+        return "gateway", "", f"reason={msg.reason}"
+    if isinstance(msg, Dtmf):
+        return "gateway", "", f"digit={msg.digit if show_text else '*'}"
+    if isinstance(msg, Hangup):
+        return "agent", f"t{msg.after_turn}" if msg.after_turn is not None else "", msg.reason
+    if isinstance(msg, Transfer):
+        to = msg.to if show_text else redact(msg.to)
+        return "agent", f"t{msg.after_turn}" if msg.after_turn is not None else "", f"to={to}"
+    if isinstance(msg, StageFailed):
+        return msg.service, "", msg.reason
+    if isinstance(msg, Event):
+        data = " ".join(
+            f"{k}={redact_value(k, v, allow_text=show_text)}" for k, v in msg.data.items()
+        )
+        turn = f"t{msg.turn}" if msg.turn is not None else ""
+        return msg.service, turn, f"{msg.name} {data}".rstrip()
+    if isinstance(msg, AsrClaim):
+        return "gateway", "", f"gateway={msg.gateway_id} attempt={msg.attempt}"
+    if isinstance(msg, AsrClaimReply):
+        return "asr", "", f"{'accepted' if msg.accepted else 'refused'} by {msg.worker_id}"
+    if isinstance(msg, AsrHeartbeat):
+        return "asr", "", f"worker={msg.worker_id}"
+    return "", "", ""  # pragma: no cover - every model is listed above
+
+
+_PARSERS: dict[str, Callable[[bytes], Any]] = {
+    "transcript": parse_transcript,
+    "reply": parse_reply,
+    "control": parse_control,
+    "events": parse_event,
+    "_sys.asr.claim": AsrClaim.model_validate_json,
+    "_sys.asr.heartbeat": AsrHeartbeat.model_validate_json,
+}
+
+
+def format_message(
+    subject: str,
+    headers: Mapping[str, str] | None,
+    data: bytes,
+    *,
+    show_text: bool = False,
+    with_call: bool = False,
+    received_at: float | None = None,
+) -> str:
+    """One readable line: time, [call,] subject suffix, service, turn/seq, type, detail.
+
+    ``headers`` are the NATS headers (audio metadata); ``data`` the raw body. Never raises:
+    an unreadable body shows as ``malformed``.
+    """
+    hdrs = headers or {}
+    sid, suffix = _split(subject)
+    at: float | None = None
+    service = pos = kind = detail = ""
+    if suffix in ("audio.in", "audio.out"):
+        at, service, pos, kind, detail = _audio(suffix, hdrs, data)
+    else:
+        parser = _PARSERS.get(suffix)
+        msg: Any = None
+        if parser is not None:
+            try:
+                msg = parser(data)
+            except (ValidationError, ValueError):
+                msg = None
+            if msg is None and suffix == "_sys.asr.claim":
+                try:  # replies travel on _INBOX subjects; a claim subject carries requests only
+                    msg = AsrClaimReply.model_validate_json(data)
+                except (ValidationError, ValueError):
+                    msg = None
+        if msg is None:
+            kind, detail = "malformed" if parser else "?", f"{len(data)} B"
+        else:
+            at = msg.at
+            kind = msg.type
+            service, pos, detail = _describe(msg, show_text)
+    when = _clock(at if at is not None else (received_at or time.time()))
+    cols = [when]
+    if with_call:
+        cols.append((sid if show_text else sid_tag(sid)) if sid else "-")
+    cols += [f"{suffix:<18}", f"{service:<8}", f"{pos:<8}", f"{kind:<15}", detail]
+    return " ".join(cols).rstrip()
+
+
+async def run_tail(
+    *,
+    nats_url: str,
+    call_sid: str | None,
+    show_text: bool = False,
+    audio: bool = True,
+    out: Callable[[str], None] = print,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Subscribe and print until ``stop`` is set (or forever)."""
+    import nats
+
+    async def on_error(e: Exception) -> None:
+        out(f"(nats: {type(e).__name__}; reconnecting)")
+
+    nc = await nats.connect(
+        nats_url, name="voiceagent-tail", max_reconnect_attempts=-1, error_cb=on_error
+    )
+
+    async def on_msg(msg: Any) -> None:
+        _, suffix = _split(msg.subject)
+        if not audio and (suffix.startswith("audio.") or suffix == "_sys.asr.heartbeat"):
+            return
+        out(
+            format_message(
+                msg.subject,
+                msg.headers,
+                msg.data,
+                show_text=show_text,
+                with_call=call_sid is None,
+                received_at=time.time(),
+            )
+        )
+
+    if call_sid is None:
+        await nc.subscribe(subjects.ALL_CALLS, cb=on_msg)
+    else:
+        await nc.subscribe(subjects.call_all(call_sid), cb=on_msg)
+        await nc.subscribe(subjects.asr_heartbeat(call_sid), cb=on_msg)
+    try:
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await nc.drain()
