@@ -24,7 +24,7 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b\d{4}-\d{1,2}-\d{1,2}\b"), "[DATE]"),
     (re.compile(r"\b\d{1,2}[/.]\d{1,2}[/.]\d{2,4}\b"), "[DATE]"),
     # Phone numbers: E.164 or national formats with 7+ digits (IPv4 addresses are kept, below)
-    (re.compile(r"(?<![\w.:])\+?\d[\d\s().-]{6,}\d(?![\w]|\.\d|:\d)"), "[PHONE]"),
+    (re.compile(r"(?<![\w.:-])\+?\d[\d\s().-]{6,}\d(?![\w]|\.\d|:\d)"), "[PHONE]"),
 ]
 _IPV4 = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b")
 

@@ -88,6 +88,8 @@ class _Call:
     last_seq: int = -1
     last_audio: float = field(default_factory=time.monotonic)
     closing: bool = False
+    fallback: AsrProvider | None = None  # the local recognizer, once the cloud one gave up
+    stage_failed: bool = False  # StageFailed already published (the agent apologized)
 
 
 def default_worker_id(settings: Settings) -> str:
@@ -151,6 +153,9 @@ class AsrWorker:
         self._heartbeat: asyncio.Task[None] | None = None
         self._draining = False
         self._active = ACTIVE_CALLS.labels(SERVICE)
+        self._local: AsrProvider | None = None  # fallback recognizer, built on first need
+        self._local_lock = asyncio.Lock()
+        self._local_failed = False
 
     @property
     def calls(self) -> list[str]:
@@ -298,11 +303,13 @@ class AsrWorker:
     async def _run(self, call: _Call) -> None:
         """One call's recognizer, restarted on failure (bounded), events published in order."""
         restarts = 0
-        provider = self._provider.name
         while True:
+            recognizer = call.fallback or self._provider
+            provider = recognizer.name
+            failure: Exception | None = None
             started = time.monotonic()
             try:
-                async for ev in self._provider.stream(self._frames(call)):
+                async for ev in recognizer.stream(self._frames(call)):
                     await self._on_speech(call, ev)
                 if call.closing:  # the audio ended and the recognizer flushed
                     return
@@ -310,6 +317,7 @@ class AsrWorker:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                failure = e
                 kind = "provider" if isinstance(e, ProviderError) else "crash"
                 PROVIDER_ERRORS.labels(SERVICE, provider, kind).inc()
                 log.error(
@@ -321,6 +329,9 @@ class AsrWorker:
                 await self._event(call.sid, "asr.error", provider=provider, error=type(e).__name__)
             if call.closing:
                 return
+            if isinstance(failure, ProviderError) and await self._fall_back(call, failure):
+                restarts = 0
+                continue
             if time.monotonic() - started > STABLE_S:
                 restarts = 0
             if restarts >= MAX_RESTARTS:
@@ -331,10 +342,54 @@ class AsrWorker:
 
     async def _give_up(self, call: _Call) -> None:
         log.error("recognizer keeps failing; releasing the call", **kv(call=call.sid))
-        failed = StageFailed(call_sid=call.sid, service=SERVICE, reason="recognizer failed")
-        await self._publish(subjects.control(call.sid), failed.to_bytes())
+        if not call.stage_failed:  # the fallback path may have published it already
+            failed = StageFailed(call_sid=call.sid, service=SERVICE, reason="recognizer failed")
+            await self._publish(subjects.control(call.sid), failed.to_bytes())
         await self._event(call.sid, "asr.failed", provider=self._provider.name)
         self._spawn(self.release(call.sid, reason="failed", flush=False))
+
+    # ------------------------------------------------------------------ cloud -> local fallback
+
+    async def _fall_back(self, call: _Call, error: ProviderError) -> bool:
+        """A cloud recognizer gave up on this call (after its own reconnects and retries).
+
+        Publishes :class:`StageFailed` once (the agent apologizes out loud) and, when the local
+        recognizer is installed, carries on with it for the rest of the call (True). Without
+        one, the usual restarts of the cloud recognizer follow (False).
+        """
+        if call.fallback is not None or self._provider.name == "local":
+            return False
+        if not call.stage_failed:
+            call.stage_failed = True
+            reason = f"{self._provider.name}: {type(error).__name__}"
+            failed = StageFailed(call_sid=call.sid, service=SERVICE, reason=reason)
+            await self._publish(subjects.control(call.sid), failed.to_bytes())
+        local = await self._local_recognizer()
+        if local is None or call.closing:
+            return False
+        call.fallback = local
+        log.warning(
+            "asr falling back to the local recognizer",
+            **kv(call=call.sid, failed=self._provider.name, error=type(error).__name__),
+        )
+        await self._event(call.sid, "asr.fallback", provider=local.name, failed=self._provider.name)
+        return True
+
+    async def _local_recognizer(self) -> AsrProvider | None:
+        """The process's local recognizer, loaded on first need (None: not installed)."""
+        async with self._local_lock:
+            if self._local is None and not self._local_failed:
+                from services.asr.providers.select import make_local
+
+                try:
+                    local = make_local(self._settings)
+                    await local.warm_up()
+                except Exception as e:  # the 'local' extra is missing or its model is broken
+                    self._local_failed = True
+                    log.error("no local recognizer to fall back to", **kv(error=str(e)))
+                    return None
+                self._local = local
+            return self._local
 
     async def _on_speech(self, call: _Call, ev: SpeechEvent) -> None:
         """Publish one recognizer event as its bus message, with timings."""

@@ -149,7 +149,7 @@ async def test_demo_call_greets_answers_and_hangs_up(demo_agent: AgentProcess, n
     assert [s.seq for s in greeting] == list(range(len(greeting)))
     assert [s.last for s in greeting] == [False] * (len(greeting) - 1) + [True]
     assert len(greeting) >= 3, "the greeting is streamed sentence by sentence"
-    assert "demo assistant without a language model" in spoken(tap, 1)
+    assert "demo assistant, not a language model" in spoken(tap, 1)
     assert greeting[0].cacheable, "fixed prompts are marked for the TTS cache"
 
     await tap.send(subjects.transcript(sid), final(sid, "What are your opening hours?"))

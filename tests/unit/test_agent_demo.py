@@ -69,8 +69,9 @@ async def redis_store(redis_url: str) -> AsyncIterator[Store]:
 async def test_greeting_is_honest_about_being_a_demo(call: Call) -> None:
     text = await call.turn("call_started")
     assert text.startswith("Hello")
-    assert "without a language model" in text
-    assert "Press 1 to book" in text and "2 for opening hours" in text
+    assert "not a language model" in text
+    assert "opening hours" in text and "book an appointment" in text and "star" in text
+    assert len(text) < 200, "a phone greeting must be short"
     assert call.actions == []
 
 

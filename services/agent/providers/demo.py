@@ -189,13 +189,12 @@ class DemoAgent(AgentProvider):
         return "I can book an appointment."
 
     def greeting(self) -> str:
-        """What the agent says when the call connects."""
-        first = self._menu.get("2")
-        keys = f"Press 1 to book, or 2 for {first.topic}." if first else "Press 1 to book."
+        """What the agent says when the call connects: short, honest, and it says what works."""
+        topics = list(self._topics)[:2]
+        ask = f"Ask about our {' or '.join(topics)}, or" if topics else "You can"
         return (
-            f"Hello, you've reached {self._title}. I'm a demo assistant without a language "
-            f"model, so I only understand simple requests. {self._can_do()} {keys} "
-            "How can I help?"
+            f"Hello, you've reached {self._title}. I'm a simple demo assistant, "
+            f"not a language model. {ask} book an appointment. Press star for the menu."
         )
 
     def _menu_text(self) -> str:
