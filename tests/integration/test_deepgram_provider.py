@@ -211,3 +211,33 @@ async def test_a_pause_in_the_audio_keeps_the_socket_alive(
     assert conn.keep_alives >= 3 and conn.ended != "idle"
     heard(events, SHORT, key=("speak", "pharmacy"))
     assert conn.audio_bytes == len(silence_mulaw(400)) + len(utterance(SHORT))  # one socket
+
+
+async def test_the_fake_flushes_on_finalize_for_the_sdks_own_socket(server: FakeDeepgram) -> None:
+    from deepgram import AsyncDeepgramClient
+    from deepgram.listen.v1.types import ListenV1Metadata, ListenV1Results
+
+    client = AsyncDeepgramClient(
+        api_key=KEY, environment=deepgram_mod.environment(settings(server))
+    )
+    got: list[object] = []
+    async with client.listen.v1.connect(
+        model="nova-3", encoding="mulaw", sample_rate=8000, channels=1, interim_results="true"
+    ) as conn:
+        # No pause after the words: only the Finalize can end the utterance.
+        for piece in frames(silence_mulaw(300) + synthesize_mulaw(SHORT), size=1600):
+            await conn.send_media(piece)
+        await conn.send_keep_alive()
+        await conn.send_finalize()
+        async with asyncio.timeout(15):
+            while not (isinstance(m := await conn.recv(), ListenV1Results) and m.from_finalize):
+                got.append(m)
+        flushed = m
+        await conn.send_close_stream()
+        async with asyncio.timeout(15):
+            while not isinstance(last := await conn.recv(), ListenV1Metadata):
+                got.append(last)
+    assert flushed.is_final and "pharmacy" in flushed.channel.alternatives[0].transcript.lower()
+    assert last.duration > 1.0
+    [record] = server.connections
+    assert record.keep_alives == 1 and record.finalizes == 1 and record.close_stream

@@ -7,4 +7,8 @@
 - ``voiceagent.fakes.elevenlabs``: ElevenLabs text-to-speech streaming (ulaw_8000 audio really
   spoken by a local engine, ``xi-api-key``, fault injection: 401/429/500/hang/cut);
   ``python -m voiceagent.fakes.elevenlabs --port N``.
+- ``voiceagent.fakes.deepgram``: Deepgram live transcription WebSocket (``/v1/listen``,
+  ``Authorization: Token``, Results/SpeechStarted/UtteranceEnd/Metadata; the audio really
+  recognized by our embedded whisper; fault injection: 401/429/500/hang/cut);
+  ``python -m voiceagent.fakes.deepgram --port N``.
 """

@@ -11,8 +11,10 @@ It speaks the protocol the official ``deepgram-sdk`` uses (checked against deepg
   closes with 1011 (NET-0001).
 - The server answers ``Results`` (interim and final, ``speech_final``, ``from_finalize``,
   words with timings), ``SpeechStarted`` (``vad_events``), ``UtteranceEnd``
-  (``utterance_end_ms``) and, on ``CloseStream``, ``Metadata`` then a normal close. During
-  silence it sends empty final ``Results`` every ``silence_final_s``, as Deepgram does.
+  (``utterance_end_ms``) and, on ``CloseStream``, ``Metadata`` then a normal close. A
+  ``Finalize`` flushes the audio so far into a ``from_finalize`` final. Between words it keeps
+  talking as Deepgram does: an interim about every ``interim_every_s`` while speech goes on
+  (empty: our recognizer has no partial words), empty finals over silence.
 
 The audio is really recognized: our embedded recognizer
 (:class:`services.asr.providers.local.LocalAsr`, ``local`` extra) runs over what arrives, so
@@ -717,34 +719,44 @@ class FakeDeepgram:
         record = ConnectionRecord(query=query, key_ok=self._key_ok(request.headers))
         with self._state.lock:
             self._state.connections.append(record)
-        fault = self._take_fault() if parts.path == LISTEN_PATH else None
-        record.fault = fault.kind if fault else None
         response: Response | None = None
+        fault: Fault | None = None
         if parts.path != LISTEN_PATH:
             response = _http_error(404, "NOT_FOUND", "Not found.")
-        elif (fault is not None and fault.kind == "401") or not record.key_ok:
+        elif not record.key_ok:  # a wrong key is refused before any injected fault
             response = _http_error(
                 401, "INVALID_AUTH", "Invalid credentials. Could not authenticate."
             )
-        elif fault is not None and fault.kind == "429":
-            response = _http_error(
+        else:
+            fault = self._take_fault()
+            record.fault = fault.kind if fault else None
+            response = self._refusal(fault, query)
+        if response is not None:
+            record.status = response.status_code
+        log.info("listen: %d fault=%s", record.status, record.fault or "-")
+        if response is not None:
+            return response
+        conn_state: dict[str, Any] = {"record": record, "fault": fault}
+        self._pending[id(conn)] = conn_state
+        return None
+
+    @staticmethod
+    def _refusal(fault: Fault | None, query: dict[str, str]) -> Response | None:
+        kind = fault.kind if fault is not None else None
+        if kind == "401":
+            return _http_error(401, "INVALID_AUTH", "Invalid credentials. Could not authenticate.")
+        if kind == "429":
+            assert fault is not None
+            return _http_error(
                 429,
                 "TOO_MANY_REQUESTS",
                 "Too many requests. Please try again later.",
                 headers={"Retry-After": f"{fault.retry_after_s:g}"},
             )
-        elif fault is not None and fault.kind == "500":
-            response = _http_error(500, "INTERNAL_SERVER_ERROR", "An internal error occurred.")
-        else:
-            opts = ListenOptions.parse(query)
-            if isinstance(opts, str):
-                response = _http_error(400, "Bad Request", opts)
-        if response is not None:
-            record.status = response.status_code
-            return response
-        conn_state: dict[str, Any] = {"record": record, "fault": fault}
-        self._pending[id(conn)] = conn_state
-        return None
+        if kind == "500":
+            return _http_error(500, "INTERNAL_SERVER_ERROR", "An internal error occurred.")
+        opts = ListenOptions.parse(query)
+        return _http_error(400, "Bad Request", opts) if isinstance(opts, str) else None
 
     async def _handle(self, conn: ServerConnection) -> None:
         state = self._pending.pop(id(conn), None)
