@@ -19,6 +19,7 @@ from services.asr.providers.local import normalize_words
 from shared.audio import frames
 from shared.errors import ProviderAuthError, ProviderError, ProviderTimeout
 from shared.settings import Settings
+from tests.conftest import _free_port
 from tests.speech import silence_mulaw, synthesize_mulaw
 from voiceagent.fakes.deepgram import FakeDeepgram
 
@@ -127,6 +128,22 @@ async def test_a_wrong_key_fails_fast_without_retrying(server: FakeDeepgram) -> 
     assert time.monotonic() - t0 < 1.0
     assert err.value.status == 401 and not err.value.retryable
     assert len(server.connections) == 1
+    with pytest.raises(ProviderAuthError):  # the worker's start-up check says it first
+        await asr.warm_up()
+
+
+async def test_warm_up_checks_the_key_and_tolerates_an_unreachable_deepgram(
+    server: FakeDeepgram,
+) -> None:
+    await DeepgramAsr(settings=settings(server)).warm_up()
+    [conn] = server.connections
+    for _ in range(100):  # the fake's thread reads the CloseStream in its own time
+        if conn.close_stream:
+            break
+        await asyncio.sleep(0.02)
+    assert conn.key_ok and conn.close_stream and conn.audio_bytes == 0
+    nowhere = Settings(deepgram_url=f"ws://127.0.0.1:{_free_port()}", deepgram_api_key=KEY)
+    await DeepgramAsr(settings=nowhere).warm_up()  # logged, not raised: it may come back
 
 
 async def test_rate_limited_then_served_after_retry_after(server: FakeDeepgram) -> None:
@@ -196,19 +213,19 @@ async def test_a_pause_in_the_audio_keeps_the_socket_alive(
 ) -> None:
     # Deepgram closes a socket idle for 10 s; shrink both clocks to keep the test short.
     monkeypatch.setattr(deepgram_mod, "KEEPALIVE_S", 0.3)
-    monkeypatch.setattr(server, "idle_timeout_s", 1.0)
+    monkeypatch.setattr(server, "idle_timeout_s", 1.5)
 
     async def audio_with_a_gap() -> AsyncIterator[bytes]:
         async for f in paced(silence_mulaw(400), speed=4.0):
             yield f
-        await asyncio.sleep(2.0)  # the gateway stalled: no frames for twice the idle limit
+        await asyncio.sleep(2.5)  # the gateway stalled: no frames for longer than the limit
         async for f in paced(utterance(SHORT), speed=4.0):
             yield f
 
     asr = DeepgramAsr(settings=settings(server))
     events = await recognize(asr, audio_with_a_gap())
     [conn] = server.connections
-    assert conn.keep_alives >= 3 and conn.ended != "idle"
+    assert conn.keep_alives >= 4 and conn.ended != "idle"
     heard(events, SHORT, key=("speak", "pharmacy"))
     assert conn.audio_bytes == len(silence_mulaw(400)) + len(utterance(SHORT))  # one socket
 

@@ -224,3 +224,26 @@ async def test_deepgram_failing_for_good_apologizes_once_and_goes_on_locally(
     fake.clear_faults()
     with contextlib.suppress(Exception):
         await call.end()
+
+
+def test_a_refused_key_stops_the_worker_at_start(private_nats: str, fake: FakeDeepgram) -> None:
+    env = {
+        **os.environ,
+        "NATS_URL": private_nats,
+        "ASR_PROVIDER": "deepgram",
+        "DEEPGRAM_API_KEY": "revoked",
+        "DEEPGRAM_URL": fake.url,
+        "LOG_FORMAT": "text",
+        "METRICS_PORT": "0",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "services.asr"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "deepgram refused the API key" in done.stderr
+    assert "revoked" not in done.stderr  # the key itself is never logged

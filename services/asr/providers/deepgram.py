@@ -431,7 +431,8 @@ class _CallStream:
             else:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 0.5)
+                    async with asyncio.timeout(0.5):  # no task per frame, unlike wait_for
+                        await self._wake.wait()
                 if time.monotonic() - last_send >= KEEPALIVE_S:
                     await conn.send_keep_alive()
                     last_send = time.monotonic()
@@ -530,5 +531,17 @@ class DeepgramAsr(AsrProvider):
         return _CallStream(self, audio).events()
 
     async def warm_up(self) -> None:
-        """Nothing to load; the first call's connection checks the key."""
+        """Open and close one stream (no audio): a refused key stops the worker at start
+        (:class:`ProviderAuthError`) instead of failing every call; an unreachable Deepgram
+        is only logged, since it may be back before the first call."""
+        try:
+            async with asyncio.timeout(OPEN_TIMEOUT_S), self.open_stream() as conn:
+                await conn.send_close_stream()
+        except Exception as e:
+            err = _wrap(e, self.api_error)
+            if isinstance(err, ProviderAuthError):
+                log.error("deepgram refused the API key", **kv(status=err.status))
+                raise err from e
+            log.warning("deepgram unreachable at start", **kv(error=str(err)))
+            return
         log.info("deepgram ready", **kv(model=self.settings.deepgram_model))
