@@ -69,6 +69,9 @@ def connect_options(settings: Settings, *, name: str) -> dict[str, Any]:
         opts["user_credentials"] = settings.nats_creds_file
     if settings.nats_nkey_seed_file:
         opts["nkeys_seed"] = settings.nats_nkey_seed_file
+    if settings.nats_inbox_prefix and settings.nats_inbox_prefix != "_INBOX":
+        # Per-service reply inboxes: NATS permissions then keep each to its own replies.
+        opts["inbox_prefix"] = settings.nats_inbox_prefix
     tls = _tls(settings)
     if tls is not None:
         opts["tls"] = tls

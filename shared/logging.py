@@ -10,11 +10,65 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, Literal
 
 from shared.redact import redact, redact_value, sid_tag
 
 _ALLOW_TEXT = False
+
+# Every structured field name used in logs (``kv``), bus events (``Event.data``) and trace
+# attributes, classified. tests/unit/test_security_fields.py fails when code uses a name that
+# is not here; at runtime an unknown name is treated as ``redacted``.
+#   safe:     ids, counts, timings, closed vocabularies (strings still pass the PHI redactor)
+#   redacted: may carry PHI: shown as ``[TEXT len=N]`` unless LOG_TRANSCRIPTS (then redacted);
+#             ``call``/``call_sid`` become a non-reversible tag
+#   secret:   never shown
+Classification = Literal["safe", "redacted", "secret"]
+_SAFE = """
+actions actor after_turn asked asr_ms attempt attempts audio_ms base_url calls cancelled chunks
+cleared code confidence count decoders delay_s dropped dropped_segments duration_s empty
+endpointing_ms error errors exporter failed fallback file gateway grace_s kind max_calls mcp_tools
+model ms name nats op outcome path provider rate reason reclaim redis replay_ms replayed_frames
+retention_h retries retryable since_speech_end_ms utt voice_to_voice_ms audio_bytes
+seconds segments seq service size source speech_ms stage status stream_url synth_ms threads
+timeout_s tool tools topics turn turns url utterance utterance_id vad variant why words worker
+worker_id
+"""  # ``utterance`` is an id in events; were it text, redact_value's TEXT_KEYS still hide it
+_REDACTED = """
+call call_sid text transcript heard_text digit digits caller from to phone email
+"""
+_SECRET = """
+password token api_key authorization secret signature auth_token admin_token recording_key key
+"""
+FIELDS: dict[str, Classification] = {
+    **dict.fromkeys(_SAFE.split(), "safe"),
+    **dict.fromkeys(_REDACTED.split(), "redacted"),
+    **dict.fromkeys(_SECRET.split(), "secret"),
+}
+
+
+def classify(name: str) -> Classification | None:
+    """A field's classification, or None when it is not registered."""
+    return FIELDS.get(name)
+
+
+def field_value(key: str, value: Any, *, allow_text: bool = False) -> Any:
+    """One structured field as it may be shown (see :data:`FIELDS`)."""
+    if key in ("call", "call_sid") and isinstance(value, str):
+        return sid_tag(value)
+    cls = FIELDS.get(key)
+    if cls == "safe":
+        if isinstance(value, bool | int | float) or value is None:
+            return value
+        return redact_value(key, value, allow_text=allow_text)
+    if cls == "secret":
+        return "[SECRET]" if value else value
+    # redacted, or unknown (treated as redacted)
+    if allow_text:
+        return redact_value(key, value, allow_text=True)
+    if isinstance(value, str):
+        return f"[TEXT len={len(value)}]"
+    return "[REDACTED]" if value is not None else None
 
 
 def kv(**fields: Any) -> dict[str, Any]:
@@ -35,10 +89,8 @@ class RedactingFormatter(logging.Formatter):
         raw = getattr(record, "fields", None)
         if isinstance(raw, dict):
             for k, v in raw.items():
-                if k in ("call", "call_sid") and isinstance(v, str):
-                    fields["call"] = sid_tag(v)
-                else:
-                    fields[k] = redact_value(k, v, allow_text=_ALLOW_TEXT)
+                name = "call" if k == "call_sid" else str(k)
+                fields[name] = field_value(str(k), v, allow_text=_ALLOW_TEXT)
         msg = redact(record.getMessage())
         if record.exc_info:
             # Exception text can quote user input: redact it too.
@@ -69,7 +121,16 @@ def setup_logging(
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Libraries that log request lines or payloads would bypass our field redaction.
-    for noisy in ("uvicorn.access", "httpx", "httpx2", "httpcore", "faststream.access"):
+    for noisy in (
+        "uvicorn.access",
+        "httpx",
+        "httpx2",
+        "httpcore",
+        "faststream.access",
+        "botocore",  # logs response bodies (secrets) at DEBUG
+        "boto3",
+        "urllib3",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

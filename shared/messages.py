@@ -153,6 +153,19 @@ class Dtmf(_Msg):
     digit: str = Field(pattern=r"^[0-9*#A-Da-dw]$")
 
 
+class Prompt(_Msg):
+    """Gateway: the agent should speak now without caller input.
+
+    ``silence``: nobody spoke for ``SILENCE_REPROMPT_S`` (ask "are you still there?");
+    ``silence_final``: a second silence (say goodbye, then publish :class:`Hangup`);
+    ``call_limit``: the call reached ``MAX_CALL_S`` (say goodbye; the gateway ends the call).
+    """
+
+    type: Literal["prompt"] = "prompt"
+    reason: Literal["silence", "silence_final", "call_limit"]
+    silence_s: float = Field(default=0.0, ge=0, description="seconds of silence so far")
+
+
 class StageFailed(_Msg):
     """A stage gave up on its provider for this call: the agent apologizes out loud."""
 
@@ -162,7 +175,7 @@ class StageFailed(_Msg):
 
 
 ControlMsg = Annotated[
-    CallStarted | CallEnded | Interrupt | Played | Hangup | Transfer | Dtmf | StageFailed,
+    CallStarted | CallEnded | Interrupt | Played | Hangup | Transfer | Dtmf | StageFailed | Prompt,
     Field(discriminator="type"),
 ]
 
@@ -215,6 +228,14 @@ class AsrHeartbeat(_Msg):
     worker_id: str
 
 
+class TurnHeartbeat(_Msg):
+    """Agent replica -> gateway, every ``HEARTBEAT_S`` while it answers an utterance."""
+
+    type: Literal["turn_heartbeat"] = "turn_heartbeat"
+    utterance_id: int
+    worker_id: str
+
+
 HEARTBEAT_S = 0.5
 HEARTBEAT_MISSES = 3  # missed heartbeats before the gateway claims the call again
 
@@ -239,7 +260,7 @@ def parse_reply(data: bytes | str) -> ReplySegment:
 
 def parse_control(
     data: bytes | str,
-) -> CallStarted | CallEnded | Interrupt | Played | Hangup | Transfer | Dtmf | StageFailed:
+) -> CallStarted | CallEnded | Interrupt | Played | Hangup | Transfer | Dtmf | StageFailed | Prompt:
     """Parse a ``.control`` message; raises ``pydantic.ValidationError`` on bad input."""
     return _control.validate_json(data)
 
@@ -250,5 +271,12 @@ def parse_event(data: bytes | str) -> Event:
 
 
 def event(*, call_sid: str, service: str, name: str, turn: int | None = None, **data: Any) -> Event:
-    """Build an :class:`Event` (helper so services do not repeat field names)."""
-    return Event(call_sid=call_sid, service=service, name=name, turn=turn, data=data)
+    """Build an :class:`Event` (helper so services do not repeat field names).
+
+    ``data`` passes the log-field classification (``shared.logging.FIELDS``): events are for
+    tailing and dashboards, so PHI-bearing or unknown fields never reach the bus in clear.
+    """
+    from shared.logging import field_value
+
+    clean = {k: field_value(k, v) for k, v in data.items()}
+    return Event(call_sid=call_sid, service=service, name=name, turn=turn, data=clean)

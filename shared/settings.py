@@ -44,6 +44,36 @@ class Settings(BaseSettings):
         default=200, description="how far ahead of real time reply audio is sent to Twilio"
     )
     call_token_ttl_s: float = 60.0
+    trusted_proxies: str = Field(
+        default="",
+        description="comma-separated IPs/CIDRs of reverse proxies whose X-Forwarded-* headers "
+        "are believed (client IP for rate limits; proto/host for signature URLs)",
+    )
+    voice_rate_per_min: float = Field(
+        default=120.0, description="/voice requests per minute per client IP; 0: no limit"
+    )
+    voice_rate_burst: int = Field(default=30, description="/voice burst per client IP")
+    admin_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="bearer token for /calls, /websocket-status, /websocket-metrics and "
+        "transcript export, and the web console; empty: those endpoints answer 401 (no console)",
+    )
+    audit_max_age_days: float = Field(
+        default=2190.0, description="audit trail retention (JetStream max_age); HIPAA: 6 years"
+    )
+    record_calls: bool = Field(default=False, description="store caller audio, encrypted")
+    recording_key: SecretStr = Field(
+        default=SecretStr(""), description="Fernet key (urlsafe base64, 32 bytes) for recordings"
+    )
+    recording_dir: Path = Field(default=Path("recordings"), description="where recordings go")
+    recording_retention_days: float = Field(
+        default=30.0, description="recordings older than this are deleted by the purge"
+    )
+    env_vars_arn: str = Field(
+        default="",
+        description="AWS Secrets Manager secret (JSON object of NAME: value) loaded into the "
+        "environment at startup; variables already set win",
+    )
     drain_grace_s: float = Field(
         default=600.0, description="on SIGTERM, how long the gateway lets live calls finish"
     )
@@ -58,10 +88,19 @@ class Settings(BaseSettings):
     nats_tls_ca_file: str = ""
     nats_tls_cert_file: str = ""
     nats_tls_key_file: str = ""
+    nats_inbox_prefix: str = Field(
+        default="_INBOX",
+        description="reply inbox prefix; per-service prefixes let NATS permissions keep "
+        "each service to its own replies",
+    )
+    redis_password: SecretStr = Field(
+        default=SecretStr(""), description="Redis AUTH password when not in REDIS_URL"
+    )
+    redis_tls_ca_file: str = Field(default="", description="CA bundle for rediss:// URLs")
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="empty: in-memory")
 
     # Providers
-    asr_provider: Literal["auto", "local", "deepgram"] = "auto"
+    asr_provider: Literal["auto", "local", "deepgram", "null"] = "auto"
     agent_provider: Literal["auto", "local", "openai"] = "auto"
     tts_provider: Literal["auto", "local", "elevenlabs"] = "auto"
 
@@ -79,6 +118,11 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr = SecretStr("")
     openai_base_url: str = ""
     openai_model: str = "gpt-4o-mini"
+    agent_greeting: str = Field(
+        default="",
+        description="OpenAI agent: fixed first words of every call (no model round trip, TTS "
+        "caches them); empty: the model greets",
+    )
     mcp_server_url: str = ""
     elevenlabs_api_key: SecretStr = SecretStr("")
     elevenlabs_base_url: str = ""
@@ -118,7 +162,47 @@ class Settings(BaseSettings):
     )
     vad_threshold: float = 0.5
     endpointing_ms: int = Field(default=600, description="silence that ends a caller turn")
+    smart_endpointing: bool = Field(
+        default=True,
+        description="local ASR: end a turn after ENDPOINTING_MIN_MS when the words so far are "
+        "a complete sentence, else wait up to ENDPOINTING_MAX_MS (off: ENDPOINTING_MS timer)",
+    )
+    endpointing_min_ms: int = Field(
+        default=300, description="smart endpointing: pause after which a complete sentence ends"
+    )
+    endpointing_max_ms: int = Field(
+        default=1500, description="smart endpointing: pause that ends even an unfinished sentence"
+    )
     min_speech_ms: int = Field(default=200, description="shorter sounds are not speech")
+    barge_in_min_speech_ms: int = Field(
+        default=150,
+        description="caller speech over agent audio this long pauses playback (Twilio clear)",
+    )
+    barge_in_min_words: int = Field(
+        default=1, description="words (not backchannels) that confirm a barge-in"
+    )
+    barge_in_confirm_speech_ms: int = Field(
+        default=1500, description="speech this long confirms a barge-in without waiting for words"
+    )
+    false_interruption_timeout_ms: int = Field(
+        default=1200,
+        description="no confirming words this long after the caller stops: resume the agent",
+    )
+    backchannel_words: str = Field(
+        default="mm-hm,mhm,mm,hmm,uh-huh,uh,um,okay,ok,yeah,yes,yep,right,sure,alright,i see",
+        description="comma-separated words/phrases that never interrupt the agent",
+    )
+    silence_reprompt_s: float = Field(
+        default=8.0, description="silence before the agent is asked to reprompt (then say bye)"
+    )
+    silence_hangup_s: float = Field(
+        default=10.0,
+        description="after the final silence prompt, the gateway ends the call itself this late",
+    )
+    max_call_s: float = Field(default=900.0, description="call-length limit; 0: none")
+    call_limit_grace_s: float = Field(
+        default=20.0, description="after the call-limit goodbye starts, end the call by then"
+    )
 
     # Deadlines (seconds)
     provider_timeout_s: float = 8.0
@@ -132,6 +216,12 @@ class Settings(BaseSettings):
     )
     service_name: str = ""
     metrics_port: int = Field(default=0, description="workers' /metrics port; 0: disabled")
+    events_retention_h: float = Field(
+        default=24.0,
+        description="hours the VOICE_EVENTS stream keeps call events, control, transcripts and "
+        "replies (PHI) for replay; 0: no stream",
+    )
+    events_max_mb: int = Field(default=1024, description="VOICE_EVENTS stream size cap (MiB)")
 
     @property
     def public_host(self) -> str:
@@ -154,5 +244,11 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Process-wide settings (read once)."""
-    return Settings()
+    """Process-wide settings (read once; with ``ENV_VARS_ARN``, after loading that secret)."""
+    settings = Settings()
+    if settings.env_vars_arn:
+        from shared.secrets import dotenv_names, load_into_environ
+
+        load_into_environ(settings.env_vars_arn, keep=dotenv_names())
+        settings = Settings()
+    return settings

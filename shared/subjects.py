@@ -62,7 +62,21 @@ def events(call_sid: str) -> str:
     return f"{call_root(call_sid)}.events"
 
 
+def retry_turn(call_sid: str) -> str:
+    """Gateway -> agent (queue group): a final transcript sent again, no reply having started
+    (failover of a lost turn, see docs/failover.md)."""
+    return f"{call_root(call_sid)}.retry.turn"
+
+
+def retry_segment(call_sid: str) -> str:
+    """Gateway -> TTS (queue group): a reply segment sent again, its audio having stalled
+    (failover of a lost synthesis, see docs/failover.md)."""
+    return f"{call_root(call_sid)}.retry.segment"
+
+
 # Wildcards used by worker subscriptions (one subscription serves every call).
+ALL_RETRY_TURN = f"{PREFIX}.*.retry.turn"
+ALL_RETRY_SEGMENT = f"{PREFIX}.*.retry.segment"
 ALL_TRANSCRIPT = f"{PREFIX}.*.transcript"
 ALL_REPLY = f"{PREFIX}.*.reply"
 ALL_CONTROL = f"{PREFIX}.*.control"
@@ -76,6 +90,30 @@ ASR_CLAIM = f"{SYS}.asr.claim"
 def asr_heartbeat(call_sid: str) -> str:
     """ASR worker -> gateway: 'I still hold this call' (see docs/subjects.md)."""
     return f"{SYS}.asr.heartbeat.{_checked(call_sid)}"
+
+
+def turn_heartbeat(call_sid: str) -> str:
+    """Agent replica -> gateway: 'I am answering this utterance' (see docs/failover.md)."""
+    return f"{SYS}.agent.heartbeat.{_checked(call_sid)}"
+
+
+# Audit trail (HIPAA 164.312(b)): who read or exported call data, IDs only. Outside ``voice.``
+# so call tailers never see it and NATS permissions can grant it separately.
+AUDIT_PREFIX = "audit"
+AUDIT_ALL = f"{AUDIT_PREFIX}.>"
+AUDIT_STREAM = "VOICE_AUDIT"
+
+
+def audit(action: str) -> str:
+    """``audit.<action>``: one audit record (``transcript.export``, ``recording.read``, ...)."""
+    if not re.fullmatch(r"[a-z_]+(\.[a-z_]+)*", action):
+        raise ValueError("invalid audit action")
+    return f"{AUDIT_PREFIX}.{action}"
+
+
+# Call event store (JetStream, see shared/callevents.py): everything but audio, for replay.
+EVENTS_STREAM = "VOICE_EVENTS"
+EVENTS_STREAM_SUBJECTS = (ALL_EVENTS, ALL_CONTROL, ALL_TRANSCRIPT, ALL_REPLY)
 
 
 # Queue groups: one member of each group handles each message.

@@ -46,3 +46,12 @@ def noise_mulaw(ms: int, *, level: float = 0.1, seed: int = 0) -> bytes:
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(SAMPLE_RATE * ms // 1000) * level).astype(np.float32)
     return pcm16_to_ulaw(float_to_pcm16(x))
+
+
+def synthesize_pcm16(text: str, *, rate: int) -> bytes:
+    """``text`` spoken by Piper as 16-bit little-endian PCM at ``rate`` (for WAV files)."""
+    chunks = list(_voice().synthesize(text))
+    if not chunks:
+        return b""
+    audio = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32) * 0.9
+    return float_to_pcm16(resample(audio, from_rate=int(chunks[0].sample_rate), to_rate=rate))

@@ -3,8 +3,14 @@
 voiceagent up [--asr N --agent N --tts N]     the whole stack as processes
 voiceagent gateway | asr | agent | tts         one service in the foreground
 voiceagent call --say "Hello" [--wav f.wav] [--dtmf 1] [--out heard.wav]
-voiceagent tail CALL_SID | --all [--show-text]
+voiceagent tail CALL_SID | --all [--show-text] [--stage asr,agent] [--no-audio] [--color]
+voiceagent replay CALL_SID [--stage ...]        a finished call from the event store
+voiceagent calls [--since HOURS]               recent calls: duration, turns, latency
+voiceagent asyncapi [--check]                  regenerate docs/asyncapi/*.yaml
 voiceagent demo                                stack up, a two-turn call, stack down
+voiceagent up|demo --providers cloud           Deepgram, OpenAI + MCP, ElevenLabs against fakes
+voiceagent fakes                               only the provider fakes, with their env lines
+voiceagent bench [--mode instant|embedded|both]  capacity and latency table (docs/performance.md)
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from urllib.parse import urlsplit
 
 SERVICE_COMMANDS = ("gateway", "asr", "agent", "tts")
 DEMO_SCRIPT = ("What are your opening hours?", "Thank you, goodbye.")
+# --providers cloud: a question the fake model answers with the MCP server's tool.
+CLOUD_DEMO_SCRIPT = ("Can you check the insurance for member 842?", "Thank you, goodbye.")
 MIN_WORD_RECALL = 0.5  # demo: share of the caller's words the recognizer must get
 
 
@@ -57,7 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("asr", "agent", "tts"):
         up.add_argument(f"--{name}", type=int, default=1, metavar="N", help=f"{name} replicas")
     up.add_argument("--port", type=int, help="gateway port (default: PORT, 8080)")
+    up.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="workers serve /metrics, /healthz, /livez on N, N+1, ... (default: METRICS_PORT)",
+    )
     up.add_argument("--quiet", action="store_true", help="do not print the services' logs")
+    _providers_option(up)
 
     for name in SERVICE_COMMANDS:
         sub.add_parser(name, help=f"run the {name} service in the foreground")
@@ -82,12 +97,40 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--show-text", action="store_true", help="show text and SIDs unredacted")
     tail.add_argument("--no-audio", action="store_true", help="hide audio frames and heartbeats")
     tail.add_argument("--nats-url", help="default: the running stack's, else NATS_URL")
+    from voiceagent.ops_cli import add_ops_parsers, add_tail_options
+
+    add_tail_options(tail)
+    add_ops_parsers(sub)
+    from voiceagent.security_cli import add_security_parsers
+
+    add_security_parsers(sub)
 
     demo = sub.add_parser("demo", help="stack up, one scripted two-turn call, stack down")
     demo.add_argument("--out", type=Path, metavar="WAV", help="save what the caller heard")
     demo.add_argument("--verbose", action="store_true", help="print the services' logs")
     demo.add_argument("--timeout", type=float, default=300.0, help="readiness timeout (s)")
+    _providers_option(demo)
+
+    fakes = sub.add_parser(
+        "fakes", help="run the cloud provider fakes (Deepgram, OpenAI, MCP, ElevenLabs) only"
+    )
+    fakes.add_argument("--api-key", default="fake-key", help="the key the fakes accept")
+    fakes.add_argument("--quiet", action="store_true", help="do not print the fakes' logs")
+
+    from voiceagent.bench_cli import add_bench_parser
+
+    add_bench_parser(sub)
     return p
+
+
+def _providers_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--providers",
+        choices=("auto", "local", "cloud"),
+        default="auto",
+        help="auto: as *_PROVIDER say; local: embedded; cloud: Deepgram, OpenAI + MCP and "
+        "ElevenLabs against local fakes of their APIs (started here)",
+    )
 
 
 def _call_options(p: argparse.ArgumentParser) -> None:
@@ -130,9 +173,21 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 # ---------------------------------------------------------------- up
 
 
+def console_url(info: Any) -> str:
+    """The web console's address; a single admin token rides in the fragment (never sent)."""
+    url = f"{info.gateway_url}/console"
+    token = getattr(info, "admin_token", "")
+    if token and "=" not in token:  # name=token pairs: the page asks which token to use
+        url += f"#token={token}"
+    return url
+
+
 def _banner(info: Any, *, stack: Any, counts: tuple[int, int, int]) -> list[str]:
     nats = info.nats_url + ("  (started here)" if stack.started_nats else "")
     redis = info.redis_url or "none: conversation memory in process"
+    cloud = getattr(stack, "cloud", None)
+    providers = ["  providers   cloud, against local fakes:", *cloud.describe()] if cloud else []
+    say = CLOUD_DEMO_SCRIPT[0] if cloud else DEMO_SCRIPT[0]
     return [
         "",
         "voiceagent is up.",
@@ -141,8 +196,11 @@ def _banner(info: Any, *, stack: Any, counts: tuple[int, int, int]) -> list[str]
         f"  NATS        {nats}",
         f"  Redis       {redis}",
         f"  workers     asr x{counts[0]}, agent x{counts[1]}, tts x{counts[2]}",
+        f"  console     {console_url(info)}",
+        "               (live calls and transcripts; the Call button talks to the agent)",
+        *providers,
         "",
-        'Place a call:   voiceagent call --say "What are your opening hours?" --out heard.wav',
+        f'Place a call:   voiceagent call --say "{say}" --out heard.wav',
         "Watch the bus:  voiceagent tail --all --no-audio",
         "Ctrl-C stops everything.",
         "",
@@ -153,6 +211,8 @@ async def _up(args: argparse.Namespace) -> int:
     from voiceagent.stack import Stack, clear_state, write_state
 
     env = {"PORT": str(args.port)} if args.port else {}
+    if getattr(args, "metrics_port", None):
+        env["METRICS_PORT"] = str(args.metrics_port)
     counts = (args.asr, args.agent, args.tts)
     if min(counts) < 1:
         _out("each of --asr, --agent, --tts needs at least 1")
@@ -164,6 +224,7 @@ async def _up(args: argparse.Namespace) -> int:
         env=env,
         output=_out,
         service_output=None if args.quiet else _out,
+        providers=args.providers,
     )
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -197,8 +258,7 @@ async def _up(args: argparse.Namespace) -> int:
         _out("stopping (services drain; Ctrl-C again to kill) ...")
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-            if stack.supervisor is not None:
-                loop.add_signal_handler(sig, stack.supervisor.kill)
+            loop.add_signal_handler(sig, stack.kill)
         await stack.stop()
         clear_state()
         _out("stopped.")
@@ -314,11 +374,17 @@ async def _call(args: argparse.Namespace) -> int:
 
 async def _tail(args: argparse.Namespace) -> int:
     from shared.settings import Settings
+    from voiceagent.ops_cli import tail_options
     from voiceagent.stack import reachable, read_state
     from voiceagent.tail import run_tail
 
     if not args.all and not args.call_sid:
         _out("give a CALL_SID or --all")
+        return 2
+    try:
+        opts = tail_options(args, with_call=args.all)
+    except ValueError as e:
+        _out(str(e))
         return 2
     url = args.nats_url or read_state().get("nats_url") or Settings().nats_url
     u = urlsplit(url)
@@ -330,6 +396,8 @@ async def _tail(args: argparse.Namespace) -> int:
         call_sid=None if args.all else args.call_sid,
         show_text=args.show_text,
         audio=not args.no_audio,
+        stages=opts.stages,
+        color=opts.color,
         out=_out,
     )
     return 0
@@ -362,7 +430,12 @@ async def _demo(args: argparse.Namespace) -> int:
 
     port = free_port()
     env = {"PORT": str(port), "PUBLIC_URL": f"http://127.0.0.1:{port}", "HOST": "127.0.0.1"}
-    stack = Stack(env=env, output=_out, service_output=_out if args.verbose else None)
+    stack = Stack(
+        env=env,
+        output=_out,
+        service_output=_out if args.verbose else None,
+        providers=args.providers,
+    )
     problems: list[str] = []
     try:
         info = await stack.start()
@@ -376,8 +449,9 @@ async def _demo(args: argparse.Namespace) -> int:
             "account_sid": info.account_sid,
             "nats_url": info.nats_url,
         }
-        result = await _place([say(t) for t in DEMO_SCRIPT], target, args, args.out)
-        problems = demo_failures(result, DEMO_SCRIPT)
+        script = CLOUD_DEMO_SCRIPT if args.providers == "cloud" else DEMO_SCRIPT
+        result = await _place([say(t) for t in script], target, args, args.out)
+        problems = demo_failures(result, script)
     except TimeoutError as e:
         problems = [str(e)]
     finally:
@@ -386,12 +460,44 @@ async def _demo(args: argparse.Namespace) -> int:
     if problems:
         if stack.supervisor is not None and not args.verbose:
             _out("last service log lines:")
-            for line in stack.supervisor.recent_output()[-40:]:
+            for line in stack.recent_output()[-40:]:
                 _out("  " + line)
         for p in problems:
             _out(f"demo FAILED: {p}")
         return 1
     _out("demo OK: the caller was understood and answered.")
+    return 0
+
+
+# ---------------------------------------------------------------- fakes
+
+
+async def _fakes(args: argparse.Namespace) -> int:
+    from voiceagent.cloud import plan_cloud, preferred_ports, wait_listening
+    from voiceagent.supervisor import Supervisor
+
+    plan = plan_cloud(ports=preferred_ports(), api_key=args.api_key)
+    sup = Supervisor(specs=plan.specs, output=None if args.quiet else _out, events=_out)
+    await sup.start()
+    try:
+        try:
+            await wait_listening(plan.ports)
+        except TimeoutError as e:
+            _out(f"fakes not ready: {e}")
+            for line in sup.recent_output()[-20:]:
+                _out("  " + line)
+            return 1
+        _out("\nprovider fakes are up:")
+        for line in plan.describe():
+            _out(line)
+        _out("\nPoint the services at them (environment or .env):\n")
+        for line in plan.env_lines():
+            _out(line)
+        _out("\nCtrl-C stops them.")
+        with contextlib.suppress(asyncio.CancelledError):  # Ctrl-C / SIGTERM: a clean stop
+            await asyncio.Event().wait()
+    finally:
+        await sup.stop()
     return 0
 
 
@@ -411,6 +517,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = _run(_call(args))
     elif cmd == "tail":
         code = _run(_tail(args))
+    elif cmd in ("replay", "calls", "asyncapi"):
+        from voiceagent import ops_cli
+
+        if cmd == "asyncapi":
+            code = ops_cli.run_asyncapi(args, out=_out)
+        else:
+            run = ops_cli.run_replay if cmd == "replay" else ops_cli.run_calls
+            code = _run(run(args, out=_out))
+    elif cmd == "fakes":
+        code = _run(_fakes(args))
+    elif cmd in ("audit", "purge-recordings"):
+        from voiceagent import security_cli
+
+        if cmd == "audit":
+            code = _run(security_cli.run_audit(args, out=_out))
+        else:
+            code = security_cli.run_purge(_out)
+    elif cmd == "bench":
+        from voiceagent.bench_cli import run_bench_command
+
+        code = _run(run_bench_command(args, out=_out))
     else:
         code = _run(_demo(args))
     with contextlib.suppress(Exception):

@@ -34,11 +34,14 @@ from shared.messages import (
     ReplySegment,
 )
 from shared.settings import Settings
+from voiceagent.cloud import CloudPlan, plan_cloud, wait_listening
 from voiceagent.simulator import new_sid
 from voiceagent.supervisor import ProcessSpec, Supervisor
 
 Output = Callable[[str], None]
 SERVICES = ("gateway", "asr", "agent", "tts")
+PROVIDER_CHOICES = ("auto", "local", "cloud")
+_STAGE_VARS = ("ASR_PROVIDER", "AGENT_PROVIDER", "TTS_PROVIDER")
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0", ""}
 
 
@@ -313,6 +316,7 @@ class StackInfo:
     redis_url: str
     auth_token: str
     account_sid: str
+    admin_token: str = ""  # ADMIN_TOKEN of the gateway (the console's login)
 
 
 class Stack:
@@ -320,7 +324,14 @@ class Stack:
 
     ``env`` overrides the environment for the services (e.g. ``NATS_URL``, ``PORT``).
     Starts a nats-server when ``NATS_URL`` does not answer, runs with in-memory state when
-    Redis does not, and generates a development ``TWILIO_AUTH_TOKEN`` when none is set.
+    Redis does not, and generates a development ``TWILIO_AUTH_TOKEN`` and ``ADMIN_TOKEN`` (the
+    web console's login) when none is set.
+
+    ``providers``: ``auto`` leaves the choice to the settings (``*_PROVIDER``), ``local`` forces
+    the embedded ones, ``cloud`` selects Deepgram, OpenAI (with MCP tools) and ElevenLabs and
+    starts their local fakes first (:mod:`voiceagent.cloud`), except for a provider whose URL
+    ``env`` already gives (``DEEPGRAM_URL``, ``OPENAI_BASE_URL``, ``MCP_SERVER_URL``,
+    ``ELEVENLABS_BASE_URL``).
     """
 
     def __init__(
@@ -334,7 +345,13 @@ class Stack:
         service_output: Output | None = None,
         settings: Settings | None = None,
         stop_timeout_s: float = 20.0,
+        providers: str = "auto",
     ) -> None:
+        if providers not in PROVIDER_CHOICES:
+            raise ValueError(f"providers must be one of {', '.join(PROVIDER_CHOICES)}")
+        self._providers = providers
+        self.cloud: CloudPlan | None = None
+        self.fakes: Supervisor | None = None
         self._counts = (asr, agent, tts)
         self._env = dict(env or {})
         self._say = output or (lambda _line: None)
@@ -379,6 +396,11 @@ class Stack:
             token = secrets.token_hex(16)
             self._say("TWILIO_AUTH_TOKEN not set: using a development token for this stack")
         account = env.get("TWILIO_ACCOUNT_SID") or s.twilio_account_sid or new_sid("AC")
+        admin = env.get("ADMIN_TOKEN") or s.admin_token.get_secret_value()
+        if not admin:
+            # A development stack gets its console: behind a fresh token, never open.
+            admin = secrets.token_urlsafe(24)
+            self._say("ADMIN_TOKEN not set: using a development token for this stack's console")
         child_env = {
             **env,
             "NATS_URL": nats_url,
@@ -387,8 +409,17 @@ class Stack:
             "PUBLIC_URL": public_url,
             "TWILIO_AUTH_TOKEN": token,
             "TWILIO_ACCOUNT_SID": account,
+            "ADMIN_TOKEN": admin,
         }
         child_env.setdefault("LOG_FORMAT", os.environ.get("LOG_FORMAT", "text"))
+        if self._providers == "local":
+            child_env.update(dict.fromkeys(_STAGE_VARS, "local"))
+        elif self._providers == "cloud":
+            self.cloud = plan_cloud(given=env, base_env=child_env)
+            child_env.update(self.cloud.env)
+            self._say("cloud providers (Deepgram, OpenAI + MCP, ElevenLabs), served by:")
+            for line in self.cloud.describe():
+                self._say(line)
         asr, agent, tts = self._counts
         specs += service_specs(asr=asr, agent=agent, tts=tts, env=child_env)
         info = StackInfo(
@@ -398,6 +429,7 @@ class Stack:
             redis_url=redis_url,
             auth_token=token,
             account_sid=account,
+            admin_token=admin,
         )
         return specs, info
 
@@ -405,6 +437,16 @@ class Stack:
         """Start every process (nats-server first when needed)."""
         specs, info = self._resolve()
         self.info = info
+        if self.cloud is not None and self.cloud.specs:
+            # Fakes first, and listening, so the workers' warm-ups and MCP discovery reach them.
+            self.fakes = Supervisor(
+                specs=self.cloud.specs,
+                output=self._service_output,
+                events=self._say,
+                stop_timeout_s=self._stop_timeout,
+            )
+            await self.fakes.start()
+            await wait_listening(self.cloud.ports)
         self.supervisor = Supervisor(
             specs=specs,
             output=self._service_output,
@@ -433,12 +475,29 @@ class Stack:
         )
 
     async def stop(self) -> None:
-        """SIGTERM the services (they drain), then nats-server if we started it."""
+        """SIGTERM the services (they drain), then the fakes and nats-server if we started them."""
         if self.supervisor is not None:
             await self.supervisor.stop()
+        if self.fakes is not None:
+            await self.fakes.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+    def kill(self) -> None:
+        """SIGKILL every process now (a second Ctrl-C)."""
+        for sup in (self.supervisor, self.fakes):
+            if sup is not None:
+                sup.kill()
+
+    def recent_output(self) -> list[str]:
+        """The last lines of every process, the fakes' included (for failure reports)."""
+        return [
+            line
+            for sup in (self.fakes, self.supervisor)
+            if sup is not None
+            for line in sup.recent_output()
+        ]
 
     async def __aenter__(self) -> Stack:
         await self.start()

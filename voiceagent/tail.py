@@ -2,13 +2,19 @@
 
 Text (transcripts, replies, heard text) passes :func:`shared.redact.redact` unless
 ``--show-text``; call SIDs are shown as their log tag (``call-1a2b3c4d``) unless ``--show-text``.
+``--stage asr,agent`` keeps the lines of those services or subject kinds; colours (one per
+service) only on a terminal unless ``--color``. ``voiceagent replay`` renders stored messages with
+the same functions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -135,20 +141,51 @@ _PARSERS: dict[str, Callable[[bytes], Any]] = {
 }
 
 
-def format_message(
-    subject: str,
-    headers: Mapping[str, str] | None,
-    data: bytes,
-    *,
-    show_text: bool = False,
-    with_call: bool = False,
-    received_at: float | None = None,
-) -> str:
-    """One readable line: time, [call,] subject suffix, service, turn/seq, type, detail.
+@dataclass(frozen=True, slots=True)
+class TailLine:
+    """The columns of one message, before rendering (filters look at these)."""
 
-    ``headers`` are the NATS headers (audio metadata); ``data`` the raw body. Never raises:
-    an unreadable body shows as ``malformed``.
-    """
+    at: float | None
+    call_sid: str
+    suffix: str
+    service: str
+    pos: str
+    kind: str
+    detail: str
+
+    @property
+    def is_audio(self) -> bool:
+        """Audio frames and heartbeats (what ``--no-audio`` hides)."""
+        return self.suffix.startswith("audio.") or self.suffix == "_sys.asr.heartbeat"
+
+    def matches(self, stages: frozenset[str]) -> bool:
+        """Whether the line belongs to one of ``stages`` (a service or a subject kind)."""
+        if not stages:
+            return True
+        kind = self.suffix.removeprefix("_sys.").split(".", 1)[0]
+        return self.service in stages or kind in stages or self.suffix in stages
+
+
+STAGES = ("gateway", "asr", "agent", "tts", "audio", "transcript", "reply", "control", "events")
+
+
+def parse_stages(value: str | None) -> frozenset[str]:
+    """``--stage asr,agent``: the set of stage names (raises ValueError on an unknown one)."""
+    if not value:
+        return frozenset()
+    names = frozenset(v.strip().lower() for v in value.split(",") if v.strip())
+    unknown = names - set(STAGES)
+    if unknown:
+        raise ValueError(
+            f"unknown stage {', '.join(sorted(unknown))} (choose from {', '.join(STAGES)})"
+        )
+    return names
+
+
+def describe(
+    subject: str, headers: Mapping[str, str] | None, data: bytes, *, show_text: bool = False
+) -> TailLine:
+    """Parse one bus message into :class:`TailLine` columns. Never raises."""
     hdrs = headers or {}
     sid, suffix = _split(subject)
     at: float | None = None
@@ -174,12 +211,117 @@ def format_message(
             at = msg.at
             kind = msg.type
             service, pos, detail = _describe(msg, show_text)
-    when = _clock(at if at is not None else (received_at or time.time()))
-    cols = [when]
+    return TailLine(at, sid, suffix, service, pos, kind, detail)
+
+
+# ANSI SGR colours: one per service, so a turn's path through the stages reads at a glance.
+_RESET = "\x1b[0m"
+_DIM = "\x1b[2m"
+_SERVICE_COLOR = {
+    "gateway": "\x1b[34m",
+    "asr": "\x1b[36m",
+    "agent": "\x1b[32m",
+    "tts": "\x1b[35m",
+}
+_KIND_COLOR = {"malformed": "\x1b[31m", "stage_failed": "\x1b[31m", "interrupt": "\x1b[33m"}
+
+
+def _paint(text: str, code: str | None, color: bool) -> str:
+    return f"{code}{text}{_RESET}" if color and code else text
+
+
+def render(
+    line: TailLine,
+    *,
+    show_text: bool = False,
+    with_call: bool = False,
+    color: bool = False,
+    received_at: float | None = None,
+) -> str:
+    """One line of text (ANSI colours when ``color``)."""
+    when = _clock(line.at if line.at is not None else (received_at or time.time()))
+    cols = [_paint(when, _DIM, color)]
     if with_call:
+        sid = line.call_sid
         cols.append((sid if show_text else sid_tag(sid)) if sid else "-")
-    cols += [f"{suffix:<18}", f"{service:<8}", f"{pos:<8}", f"{kind:<15}", detail]
+    svc_color = _SERVICE_COLOR.get(line.service)
+    kind_color = _KIND_COLOR.get(line.kind) or (
+        "\x1b[31m"
+        if line.kind == "event" and ("error" in line.detail or "failed" in line.detail)
+        else None
+    )
+    cols += [
+        f"{line.suffix:<18}",
+        _paint(f"{line.service:<8}", svc_color, color),
+        f"{line.pos:<8}",
+        _paint(f"{line.kind:<15}", kind_color or (_DIM if line.is_audio else None), color),
+        line.detail,
+    ]
     return " ".join(cols).rstrip()
+
+
+def format_message(
+    subject: str,
+    headers: Mapping[str, str] | None,
+    data: bytes,
+    *,
+    show_text: bool = False,
+    with_call: bool = False,
+    received_at: float | None = None,
+    color: bool = False,
+) -> str:
+    """One readable line: time, [call,] subject suffix, service, turn/seq, type, detail.
+
+    ``headers`` are the NATS headers (audio metadata); ``data`` the raw body. Never raises:
+    an unreadable body shows as ``malformed``.
+    """
+    line = describe(subject, headers, data, show_text=show_text)
+    return render(
+        line, show_text=show_text, with_call=with_call, color=color, received_at=received_at
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TailOptions:
+    """What ``tail`` and ``replay`` print."""
+
+    show_text: bool = False
+    audio: bool = True
+    stages: frozenset[str] = frozenset()
+    color: bool = False
+    with_call: bool = False
+
+
+def format_if_shown(
+    subject: str,
+    headers: Mapping[str, str] | None,
+    data: bytes,
+    opts: TailOptions,
+    *,
+    received_at: float | None = None,
+) -> str | None:
+    """The rendered line, or None when ``opts`` filter the message out."""
+    line = describe(subject, headers, data, show_text=opts.show_text)
+    if (not opts.audio and line.is_audio) or not line.matches(opts.stages):
+        return None
+    return render(
+        line,
+        show_text=opts.show_text,
+        with_call=opts.with_call,
+        color=opts.color,
+        received_at=received_at,
+    )
+
+
+def use_color(flag: bool | None, stream: Any = None) -> bool:
+    """``--color``/``--no-color`` if given, else colour only on a terminal (and no NO_COLOR)."""
+    if flag is not None:
+        return flag
+    if os.environ.get("NO_COLOR"):
+        return False
+    s = stream if stream is not None else sys.stdout
+    isatty = getattr(s, "isatty", None)
+    return bool(isatty and isatty())
 
 
 async def run_tail(
@@ -188,8 +330,11 @@ async def run_tail(
     call_sid: str | None,
     show_text: bool = False,
     audio: bool = True,
+    stages: frozenset[str] = frozenset(),
+    color: bool = False,
     out: Callable[[str], None] = print,
     stop: asyncio.Event | None = None,
+    connect: Callable[..., Awaitable[Any]] | None = None,
 ) -> None:
     """Subscribe and print until ``stop`` is set (or forever)."""
     import nats
@@ -197,24 +342,17 @@ async def run_tail(
     async def on_error(e: Exception) -> None:
         out(f"(nats: {type(e).__name__}; reconnecting)")
 
-    nc = await nats.connect(
+    opts = TailOptions(
+        show_text=show_text, audio=audio, stages=stages, color=color, with_call=call_sid is None
+    )
+    nc = await (connect or nats.connect)(
         nats_url, name="voiceagent-tail", max_reconnect_attempts=-1, error_cb=on_error
     )
 
     async def on_msg(msg: Any) -> None:
-        _, suffix = _split(msg.subject)
-        if not audio and (suffix.startswith("audio.") or suffix == "_sys.asr.heartbeat"):
-            return
-        out(
-            format_message(
-                msg.subject,
-                msg.headers,
-                msg.data,
-                show_text=show_text,
-                with_call=call_sid is None,
-                received_at=time.time(),
-            )
-        )
+        line = format_if_shown(msg.subject, msg.headers, msg.data, opts, received_at=time.time())
+        if line is not None:
+            out(line)
 
     if call_sid is None:
         await nc.subscribe(subjects.ALL_CALLS, cb=on_msg)

@@ -23,12 +23,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from shared.callstate import call_key as call_key  # the layout the gateway reads too
 from shared.logging import kv
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-KEY_PREFIX = "va:"
 MIRROR_TTL_S = 2 * 3600.0  # the mirror only has to outlive a call, not Redis's TTL
 _SWEEP_EVERY_S = 60.0
 
@@ -37,10 +37,10 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) 
 return 0
 """
 
-
-def call_key(kind: str, call_sid: str) -> str:
-    """The Redis key of one kind of per-call state: ``va:<kind>:<call>``."""
-    return f"{KEY_PREFIX}{kind}:{call_sid}"
+_RENEW_IF_EQUAL = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
 
 
 class _Missing:
@@ -251,6 +251,47 @@ class Store:
 
         got = await self._call(op)
         return old_local if isinstance(got, _Missing) else got
+
+    async def set_if_absent(self, key: str, value: str, *, ttl_s: float) -> bool:
+        """``SET key value NX PX``: True if this call set it (a lease or idempotency mark).
+
+        While Redis is down the mirror decides alone: this replica still never takes the same
+        key twice, but another replica might (availability over exclusivity in an outage).
+        """
+        took_local = self.memory.get(key) is None
+        if took_local:
+            self.memory.put(key, value, self._mirror_ttl(ttl_s))
+
+        async def op(r: aioredis.Redis) -> bool:
+            return bool(await r.set(key, value, nx=True, px=max(1, int(ttl_s * 1000))))
+
+        got = await self._call(op)
+        if isinstance(got, _Missing):
+            return took_local
+        if not got and took_local:
+            self.memory.delete(key)  # someone else holds it in Redis
+        return got
+
+    async def renew_if_equal(self, key: str, value: str, *, ttl_s: float) -> bool:
+        """Refresh ``key``'s TTL while it still holds ``value``; False if someone else's now."""
+        if self.memory.get(key) in (None, value):
+            self.memory.put(key, value, self._mirror_ttl(ttl_s))
+
+        async def op(r: aioredis.Redis) -> bool:
+            res = await r.eval(_RENEW_IF_EQUAL, 1, key, value, max(1, int(ttl_s * 1000)))
+            return bool(res)
+
+        got = await self._call(op)
+        return True if isinstance(got, _Missing) else got
+
+    async def put(self, key: str, value: str, *, ttl_s: float) -> None:
+        """``SET key value EX``."""
+        self.memory.put(key, value, self._mirror_ttl(ttl_s))
+
+        async def op(r: aioredis.Redis) -> None:
+            await r.set(key, value, ex=max(1, int(ttl_s)))
+
+        await self._call(op)
 
     async def delete_if_equal(self, key: str, value: str) -> None:
         """Delete ``key`` only if it still holds ``value`` (atomic in Redis)."""

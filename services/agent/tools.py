@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from services.agent.digits import DigitCollector, DigitRequest
 from services.agent.knowledge import Knowledge
 from services.agent.providers.base import HangupAction, TransferAction
 from services.agent.store import Store, call_key
@@ -130,6 +131,25 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         "description": "List the appointments booked during this call.",
         "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
     },
+    "collect_digits": {
+        "description": "Have the caller type a number on the phone keypad (member id, date of "
+        "birth, callback number). The keys they press next arrive as one message "
+        "'[caller entered ... on the keypad]'. After calling it, say the prompt to the caller.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "prompt": {"type": "string", "description": "what to ask the caller to type"},
+                "num_digits": {"type": "integer", "minimum": 1, "maximum": 32},
+                "finish_on_key": {
+                    "type": "string",
+                    "enum": ["#", "*", ""],
+                    "description": "key that ends the entry early (default #)",
+                },
+            },
+            "required": ["prompt", "num_digits"],
+            "additionalProperties": False,
+        },
+    },
 }
 
 
@@ -148,6 +168,7 @@ class CallTools:
             knowledge = Knowledge.load(settings.knowledge_file)
         self.knowledge = knowledge
         self.transfer_targets = parse_targets(settings.transfer_targets)
+        self.digits = DigitCollector(store=self.store)
 
     # ------------------------------------------------------------------ the tools
 
@@ -196,6 +217,17 @@ class CallTools:
         )
         log.info("appointment booked", **kv(call=call_sid))
         return booking
+
+    async def collect_digits(
+        self, call_sid: str, *, num_digits: int, finish_on_key: str = "#"
+    ) -> DigitRequest:
+        """Gather the caller's next keys into one ``digits`` turn (see :mod:`.digits`)."""
+        try:
+            request = DigitRequest(num_digits=num_digits, finish_on_key=finish_on_key)
+        except ValueError as e:
+            raise ToolError(str(e)) from e
+        await self.digits.start(call_sid, request)
+        return request
 
     async def list_appointments(self, call_sid: str) -> list[Booking]:
         """Appointments booked during this call, oldest first."""
@@ -269,6 +301,20 @@ class CallTools:
                 text=json.dumps(
                     {"booked": True, "confirmation": spell(b.confirmation), "when": b.when}
                 )
+            )
+        if name == "collect_digits":
+            prompt = _str_arg(args, "prompt")
+            n = args.get("num_digits")
+            if not isinstance(n, int) or isinstance(n, bool):
+                raise ToolError("'num_digits' must be an integer")
+            finish = args.get("finish_on_key", "#")
+            req = await self.collect_digits(
+                call_sid, num_digits=n, finish_on_key=finish if isinstance(finish, str) else "#"
+            )
+            end = f" or when they press {req.finish_on_key}" if req.finish_on_key else ""
+            return ToolOutcome(
+                text=f"Keypad entry started: up to {req.num_digits} digits, ending after "
+                f"{req.num_digits}{end}. Now say to the caller: {prompt}"
             )
         bookings = await self.list_appointments(call_sid)
         return ToolOutcome(

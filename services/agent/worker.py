@@ -3,8 +3,13 @@
 Subscriptions (every call through one wildcard each):
 
 - ``voice.*.transcript``, queue group ``agent``: a final, non-empty transcript starts a turn.
-- ``voice.*.control``, queue group ``agent``: ``CallStarted`` (greeting turn), ``Dtmf`` (turn),
-  ``Played`` (history truncation), ``CallEnded`` (shared cleanup), ``StageFailed`` (apology).
+- ``voice.*.control``, queue group ``agent``: ``CallStarted`` (greeting turn), ``Dtmf`` (a turn,
+  or a key of a keypad entry: :mod:`services.agent.digits`), ``Prompt`` (silence / call-limit
+  turn: :mod:`services.agent.fixed_prompts`), ``Played`` (history truncation), ``CallEnded`` (shared
+  cleanup), ``StageFailed`` (apology).
+- ``voice.*.retry.turn``, queue group ``agent``: a final transcript the gateway sent again
+  because no reply started; the turn lease (:mod:`services.agent.leases`) makes sure only one
+  replica ever answers an utterance (docs/failover.md).
 - ``voice.*.control``, plain: ``Interrupt`` cancels the turn if this replica generates it;
   ``CallEnded`` cancels this replica's turns of the call and drops its local state.
 
@@ -31,6 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -42,7 +49,10 @@ from faststream.nats.annotations import NatsMessage
 from faststream.nats.subscriber.usecases.core_subscriber import CoreSubscriber
 from pydantic import ValidationError
 
+from services.agent.digits import DigitCollector, dtmf_user_text
+from services.agent.fixed_prompts import prompt_turn
 from services.agent.history import History, item_message, spoken_message, user_message
+from services.agent.leases import TurnLeases
 from services.agent.providers.base import (
     AgentOutput,
     AgentProvider,
@@ -56,6 +66,7 @@ from services.agent.sentences import SentenceSplitter
 from services.agent.store import Store
 from services.agent.tools import CallTools
 from shared import subjects
+from shared.asyncapi import contract_app
 from shared.bus import audio_client, make_broker
 from shared.errors import ProviderError, ProviderTimeout
 from shared.logging import kv, setup_logging
@@ -66,18 +77,21 @@ from shared.messages import (
     Hangup,
     Interrupt,
     Played,
+    Prompt,
     ReplySegment,
     StageFailed,
     Transcript,
     Transfer,
+    TurnHeartbeat,
     _Msg,
     event,
     parse_control,
     parse_transcript,
 )
 from shared.metrics import BAD_MESSAGES, PROVIDER_ERRORS, STAGE_LATENCY
-from shared.service import serve_metrics, stop_event
+from shared.service import Health, serve_metrics, stop_event
 from shared.settings import Settings, get_settings
+from shared.telemetry import NO_SPAN, Span, setup_tracing, start_span, traceparent_of, with_trace
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +121,7 @@ class TurnJob:
     speech_ended_at: float | None = None
     say: str | None = None  # fixed words instead of the provider (apologies)
     received: float = field(default_factory=time.perf_counter)
+    traceparent: str | None = None  # trace context of the message that started the turn
 
 
 @dataclass(eq=False)
@@ -122,6 +137,7 @@ class _Active:
     turn: int | None = None
     superseded: bool = False
     cancellable: bool = True
+    span: Span = NO_SPAN
 
     def cancel(self) -> bool:
         """Cancel the turn if it is still producing its reply."""
@@ -250,14 +266,18 @@ class AgentWorker:
         provider: AgentProvider,
         history: History,
         broker: NatsBroker,
+        digits: DigitCollector | None = None,
     ) -> None:
         self._settings = settings
         self._provider = provider
         self._history = history
         self._broker = broker
+        self._digits = digits if digits is not None else DigitCollector(store=history.store)
         self._active: dict[str, _Active] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._work_subs: list[CoreSubscriber] = []
+        owner = f"{settings.service_name or SERVICE}-{socket.gethostname()}-{os.getpid()}"
+        self._leases = TurnLeases(store=history.store, owner=owner)
 
     def attach(self) -> None:
         """Subscribe the handlers (before ``broker.start()``)."""
@@ -269,7 +289,12 @@ class AgentWorker:
             subjects.ALL_CONTROL, queue=subjects.QUEUE_AGENT, decoder=_raw_body
         )
         control(self.on_control)
-        self._work_subs = [transcripts, control]
+        # The gateway re-sends a final transcript whose turn was lost (docs/failover.md).
+        retries = self._broker.subscriber(
+            subjects.ALL_RETRY_TURN, queue=subjects.QUEUE_AGENT, decoder=_raw_body
+        )
+        retries(self.on_transcript)
+        self._work_subs = [transcripts, control, retries]
         self._broker.subscriber(subjects.ALL_CONTROL, decoder=_raw_body)(self.on_control_all)
 
     # ------------------------------------------------------------------ handlers
@@ -284,6 +309,10 @@ class AgentWorker:
             return
         if not isinstance(tr, Transcript) or not tr.is_final or not tr.text.strip():
             return
+        # One replica answers each utterance, also when the gateway sends it again.
+        if not await self._leases.acquire(tr.call_sid, tr.utterance_id):
+            return
+        self._background(self._digits.cancel(tr.call_sid))  # spoke instead of typing
         self.start_turn(
             TurnJob(
                 call_sid=tr.call_sid,
@@ -291,6 +320,7 @@ class AgentWorker:
                 text=tr.text.strip(),
                 utterance_id=tr.utterance_id,
                 speech_ended_at=tr.speech_ended_at,
+                traceparent=traceparent_of(msg.headers),
             )
         )
 
@@ -304,9 +334,13 @@ class AgentWorker:
             return
         sid = ctl.call_sid
         if isinstance(ctl, CallStarted):
-            self.start_turn(TurnJob(call_sid=sid, kind="call_started"))
+            tp = traceparent_of(msg.headers)
+            self.start_turn(TurnJob(call_sid=sid, kind="call_started", traceparent=tp))
         elif isinstance(ctl, Dtmf):
-            self.start_turn(TurnJob(call_sid=sid, kind="dtmf", text=ctl.digit))
+            self._background(self._on_dtmf(sid, ctl.digit))
+        elif isinstance(ctl, Prompt):
+            kind, text = prompt_turn(ctl.reason)
+            self.start_turn(TurnJob(call_sid=sid, kind=kind, text=text))
         elif isinstance(ctl, Played):
             self._background(
                 self._history.record_played(
@@ -319,6 +353,7 @@ class AgentWorker:
             )
         elif isinstance(ctl, CallEnded):
             self._background(self._history.end_call(sid))
+            self._background(self._digits.cancel(sid))
         elif isinstance(ctl, StageFailed) and ctl.service != "tts":
             # A TTS failure cannot be apologized for out loud; anything else can.
             log.warning("stage failed", **kv(call=sid, stage=ctl.service))
@@ -341,6 +376,23 @@ class AgentWorker:
                 active.cancel()
             self._history.forget_local(ctl.call_sid)
 
+    async def _on_dtmf(self, sid: str, digit: str) -> None:
+        """A key: part of a keypad entry the agent asked for, else a turn of its own."""
+        try:
+            progress = await self._digits.on_digit(sid, digit)
+        except Exception:  # a broken entry must not swallow the key
+            log.exception("keypad entry failed", **kv(call=sid))
+            progress = None
+        if progress is None:
+            self.start_turn(TurnJob(call_sid=sid, kind="dtmf", text=digit))
+        elif progress.done:
+            self.start_turn(TurnJob(call_sid=sid, kind="digits", text=progress.entry))
+        else:
+            await asyncio.sleep(progress.waiting_s)
+            done = await self._digits.expire(sid, progress.count)
+            if done is not None:
+                self.start_turn(TurnJob(call_sid=sid, kind="digits", text=done.entry))
+
     # ------------------------------------------------------------------ turns
 
     def start_turn(self, job: TurnJob) -> asyncio.Task[None]:
@@ -356,10 +408,23 @@ class AgentWorker:
         self._active[job.call_sid] = me
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._turn_done(me, t))
+        if job.utterance_id is not None and job.say is None:
+            hb = TurnHeartbeat(
+                call_sid=job.call_sid, utterance_id=job.utterance_id, worker_id=self._leases.owner
+            )
+
+            async def beat() -> None:
+                await audio_client(self._broker).publish(
+                    subjects.turn_heartbeat(job.call_sid), hb.to_bytes()
+                )
+
+            self._background(self._leases.hold(job.call_sid, job.utterance_id, task, beat=beat))
         return task
 
     def _turn_done(self, me: _Active, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        me.span.set(cancelled=task.cancelled())
+        me.span.end()
         if self._active.get(me.job.call_sid) is me:
             del self._active[me.job.call_sid]
 
@@ -369,6 +434,15 @@ class AgentWorker:
             await asyncio.wait({prev.task}, timeout=SUPERSEDE_WAIT_S)
         turn = await self._history.next_turn(sid)
         me.turn = turn
+        me.span = start_span(
+            "agent.turn",
+            parent=job.traceparent,
+            call_sid=sid,
+            turn=turn,
+            kind=job.kind,
+            utterance=job.utterance_id,
+            provider=self._provider.name,
+        )
         reply = ReplyOut(
             publish=self._send,
             job=job,
@@ -388,11 +462,9 @@ class AgentWorker:
                 sid, "agent.turn_started", turn, kind=job.kind, utterance=job.utterance_id
             )
             history = await self._history.load(sid)
-            if job.kind in ("utterance", "dtmf") and job.say is None:
+            if job.kind in ("utterance", "dtmf", "digits") and job.say is None:
                 content = (
-                    job.text
-                    if job.kind == "utterance"
-                    else f"(The caller pressed the key {job.text}.)"
+                    job.text if job.kind == "utterance" else dtmf_user_text(job.kind, job.text)
                 )
                 await self._history.append(sid, [user_message(content, turn=turn)])
             try:
@@ -465,6 +537,8 @@ class AgentWorker:
         timeout_s = self._settings.provider_timeout_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s  # first output, then each gap
+        asked = time.perf_counter()
+        first_token = True
         try:
             while True:
                 wait = deadline - loop.time()
@@ -489,6 +563,10 @@ class AgentWorker:
                 if isinstance(item, BaseException):
                     raise item
                 if isinstance(item, str):
+                    if first_token and item:
+                        first_token = False
+                        took = time.perf_counter() - asked
+                        STAGE_LATENCY.labels(SERVICE, "agent_first_token").observe(took)
                     for sentence in splitter.feed(item):
                         await reply.sentence(sentence)
                     if splitter.pending.strip():
@@ -527,7 +605,9 @@ class AgentWorker:
         sid = message.call_sid
         is_reply = isinstance(message, ReplySegment)
         subject = subjects.reply(sid) if is_reply else subjects.control(sid)
-        await audio_client(self._broker).publish(subject, message.to_bytes())
+        active = self._active.get(sid)
+        hdrs = with_trace(None, active.span) if active is not None else None
+        await audio_client(self._broker).publish(subject, message.to_bytes(), headers=hdrs)
 
     async def _event(self, call_sid: str, name: str, turn: int | None, **data: Any) -> None:
         ev = event(call_sid=call_sid, service=SERVICE, name=name, turn=turn, **data)
@@ -610,13 +690,15 @@ def _bad(source: str, e: Exception) -> None:
 async def run(settings: Settings) -> int:
     """Run the worker until SIGTERM/SIGINT, then drain and return the exit code."""
     stop = stop_event()
-    serve_metrics(settings.metrics_port)
+    health = Health(service=settings.service_name or SERVICE)
+    serve_metrics(settings.metrics_port, health=health)
     from services.agent.providers.select import start_provider
 
     store = Store(url=settings.redis_url)
     tools = CallTools(settings=settings, store=store)
     provider, mcp = await start_provider(settings, tools)
     broker = make_broker(settings, name=settings.service_name or SERVICE)
+    health.watch_broker(broker)
     worker = AgentWorker(
         settings=settings, provider=provider, history=History(store=store), broker=broker
     )
@@ -628,7 +710,9 @@ async def run(settings: Settings) -> int:
         "agent worker ready",
         **kv(provider=provider.name, redis=store.uses_redis, tools=",".join(tools.names)),
     )
+    health.start_ticker()
     await stop.wait()
+    health.draining = True
     log.info("agent worker draining")
     await worker.drain()
     await broker.stop()
@@ -640,6 +724,12 @@ async def run(settings: Settings) -> int:
     return 0
 
 
+# The bus contract of this service (docs/asyncapi/agent.yaml; ``voiceagent asyncapi``).
+asyncapi_app = contract_app(
+    "agent", receives=("transcript", "control"), sends=("reply", "control", "events")
+)
+
+
 def main() -> None:
     """``python -m services.agent``."""
     settings = get_settings()
@@ -649,4 +739,5 @@ def main() -> None:
         json_lines=settings.log_format == "json",
         allow_text=settings.log_transcripts,
     )
+    setup_tracing(settings.service_name or SERVICE)  # off unless OTEL_* asks for it
     sys.exit(asyncio.run(run(settings)))

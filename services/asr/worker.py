@@ -34,6 +34,7 @@ from services.asr.providers.base import AsrProvider, SpeechEvent
 from services.asr.utterances import AudioClock, Utterance, UtteranceTracker
 from shared import headers as H
 from shared import subjects
+from shared.asyncapi import contract_app
 from shared.bus import audio_client, make_broker
 from shared.errors import ProviderError
 from shared.logging import kv, setup_logging
@@ -58,8 +59,9 @@ from shared.metrics import (
     PROVIDER_ERRORS,
     STAGE_LATENCY,
 )
-from shared.service import serve_metrics, stop_event
+from shared.service import Health, serve_metrics, stop_event
 from shared.settings import Settings, get_settings
+from shared.telemetry import setup_tracing, start_span, with_trace
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,7 @@ class _Call:
     closing: bool = False
     fallback: AsrProvider | None = None  # the local recognizer, once the cloud one gave up
     stage_failed: bool = False  # StageFailed already published (the agent apologized)
+    traceparent: str | None = None  # the call's trace context (from the gateway's frames)
 
 
 def default_worker_id(settings: Settings) -> str:
@@ -279,6 +282,8 @@ class AsrWorker:
                 call.last_seq = seq
             frames_in.inc()
             call.last_audio = time.monotonic()
+            if call.traceparent is None and msg.headers:
+                call.traceparent = msg.headers.get(H.TRACEPARENT)
             if put_dropping_oldest(call.queue, (msg.data, ts, wall)):
                 full.inc()
 
@@ -451,9 +456,23 @@ class AsrWorker:
             asr_ms=asr_ms,
             speech_ended_at=u.speech_ended_at if final else None,
         )
-        await self._publish(subjects.transcript(call.sid), msg.to_bytes())
         if not final:
+            await self._publish(subjects.transcript(call.sid), msg.to_bytes())
             return
+        ended = u.speech_ended_at
+        span = start_span(
+            "asr.utterance",
+            parent=call.traceparent,
+            call_sid=call.sid,
+            start_ns=None if ended is None else int(ended * 1e9),
+            utterance=u.id,
+            asr_ms=asr_ms,
+            endpointing_ms=msg.endpointing_ms,
+            provider=self._provider.name,
+        )
+        span.end()
+        hdrs = with_trace(None, span)
+        await self._publish(subjects.transcript(call.sid), msg.to_bytes(), headers=hdrs)
         assert asr_ms is not None
         STAGE_LATENCY.labels(SERVICE, "asr_final").observe(asr_ms / 1000)
         log.info(
@@ -534,9 +553,11 @@ class AsrWorker:
 
     # ------------------------------------------------------------------ plumbing
 
-    async def _publish(self, subject: str, data: bytes) -> None:
+    async def _publish(
+        self, subject: str, data: bytes, *, headers: dict[str, str] | None = None
+    ) -> None:
         try:
-            await self._nc.publish(subject, data)
+            await self._nc.publish(subject, data, headers=headers)
         except Exception as e:
             log.warning("publish failed", **kv(error=type(e).__name__))
 
@@ -593,7 +614,8 @@ async def run(settings: Settings) -> int:
     from services.asr.providers.select import make_provider
 
     stop = stop_event()
-    serve_metrics(settings.metrics_port)
+    health = Health(service=settings.service_name or SERVICE)
+    serve_metrics(settings.metrics_port, health=health)
     provider = make_provider(settings)
     try:
         await provider.warm_up()
@@ -603,6 +625,7 @@ async def run(settings: Settings) -> int:
             return 1
         log.warning("asr provider warm-up failed", **kv(provider=provider.name, error=str(e)))
     broker = make_broker(settings, name=settings.service_name or SERVICE)
+    health.watch_broker(broker)
     worker = AsrWorker(settings=settings, provider=provider, broker=broker)
     worker.attach()
     await broker.start()
@@ -611,13 +634,23 @@ async def run(settings: Settings) -> int:
         "asr worker ready",
         **kv(provider=provider.name, worker_id=worker.worker_id, max_calls=worker.max_calls),
     )
+    health.start_ticker()
     await stop.wait()
+    health.draining = True
     log.info("asr worker draining", **kv(calls=len(worker.calls)))
     await worker.drain(grace_s=settings.asr_drain_s)
     await broker.stop()
     await provider.aclose()
     log.info("asr worker stopped")
     return 0
+
+
+# The bus contract of this service (docs/asyncapi/asr.yaml; ``voiceagent asyncapi``).
+asyncapi_app = contract_app(
+    "asr",
+    receives=("audio.in", "control", "asr.claim"),
+    sends=("transcript", "control", "events", "asr.heartbeat"),
+)
 
 
 def main() -> None:
@@ -629,4 +662,5 @@ def main() -> None:
         json_lines=settings.log_format == "json",
         allow_text=settings.log_transcripts,
     )
+    setup_tracing(settings.service_name or SERVICE)  # off unless OTEL_* asks for it
     sys.exit(asyncio.run(run(settings)))

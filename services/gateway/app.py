@@ -24,20 +24,38 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import MultiDict
 
+from services.gateway.admin import Admin, admin_router
+from services.gateway.console.routes import mount_console
+from services.gateway.limits import (
+    Network,
+    RateLimiter,
+    candidate_urls,
+    client_ip,
+    forwarded_base,
+    parse_networks,
+)
 from services.gateway.runtime import Gateway
-from services.gateway.security import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER, signature_valid
+from services.gateway.security import (
+    SIGNATURE_HEADER,
+    SIGNATURE_SETTINGS_HEADER,
+    signature_valid_any,
+)
 from services.gateway.stream import PATH as STREAM_PATH
 from services.gateway.stream import TwilioStream
 from services.gateway.twiml import busy_twiml, connect_twiml
+from shared.asyncapi import contract_app
 from shared.logging import kv, setup_logging
+from shared.metrics import BAD_MESSAGES
 from shared.settings import Settings, get_settings
 from shared.subjects import call_root
+from shared.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
 
 SERVICE = "gateway"
 MAX_FORM_BYTES = 64 * 1024
 XML = "application/xml"
+_RATE_LIMITED = BAD_MESSAGES.labels(SERVICE, "rate_limited")
 
 
 def _valid_sid(call_sid: str) -> bool:
@@ -48,10 +66,28 @@ def _valid_sid(call_sid: str) -> bool:
     return True
 
 
-def _voice_url(settings: Settings, request: Request) -> str:
+def _voice_urls(settings: Settings, request: Request, trusted: tuple[Network, ...]) -> list[str]:
     # Twilio signs the URL configured for the number, which is the public one plus any query.
     query = request.url.query
-    return settings.voice_url + (f"?{query}" if query else "")
+    peer = request.client.host if request.client else None
+    fwd = forwarded_base(peer, request.headers, trusted)
+    urls = candidate_urls(settings.public_url, "/voice", fwd, ws=False)
+    return [u + (f"?{query}" if query else "") for u in urls]
+
+
+async def _read_capped(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it exceeds ``limit`` (never buffers more than that)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def create_app(*, settings: Settings, gateway: Gateway | None = None) -> FastAPI:
@@ -65,20 +101,32 @@ def create_app(*, settings: Settings, gateway: Gateway | None = None) -> FastAPI
             yield
         finally:
             await gw.stop()
+            await admin.aclose()
             log.info("gateway stopped")
 
     app = FastAPI(title="voiceagent gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gw
+    trusted = parse_networks(settings.trusted_proxies)
+    limiter = RateLimiter(
+        rate_per_s=settings.voice_rate_per_min / 60.0, burst=settings.voice_rate_burst
+    )
+    admin = Admin(gateway=gw, settings=settings)
+    app.state.admin = admin
+    app.include_router(admin_router(admin))
 
     @app.post("/voice")
     async def voice(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_FORM_BYTES:
+        peer = request.client.host if request.client else None
+        if not limiter.allow(client_ip(peer, request.headers.get("x-forwarded-for"), trusted)):
+            _RATE_LIMITED.inc()
+            return Response("too many requests", status_code=429, headers={"Retry-After": "1"})
+        body = await _read_capped(request, MAX_FORM_BYTES)
+        if body is None:
             return Response("request too large", status_code=413)
         params = MultiDict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-        if settings.validate_signatures and not signature_valid(
+        if settings.validate_signatures and not signature_valid_any(
             auth_token=settings.twilio_auth_token.get_secret_value(),
-            url=_voice_url(settings, request),
+            urls=_voice_urls(settings, request, trusted),
             params=params,
             signature=request.headers.get(SIGNATURE_HEADER),
             settings_header=request.headers.get(SIGNATURE_SETTINGS_HEADER),
@@ -126,6 +174,7 @@ def create_app(*, settings: Settings, gateway: Gateway | None = None) -> FastAPI
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    mount_console(app, gateway=gw)
     return app
 
 
@@ -176,13 +225,23 @@ async def serve(settings: Settings) -> int:
         port=settings.port,
         log_config=None,  # our redacting root handler formats everything
         access_log=False,  # request lines carry SIDs in query strings of some webhooks
-        proxy_headers=True,
+        # Client address and scheme come from the socket; X-Forwarded-* are believed only from
+        # TRUSTED_PROXIES, by our own code (services/gateway/limits.py).
+        proxy_headers=False,
         ws_ping_interval=20.0,
         timeout_graceful_shutdown=10,
     )
     server = GatewayServer(config, gateway=gateway, grace_s=settings.drain_grace_s)
     await server.serve()
     return 0
+
+
+# The bus contract of the gateway (docs/asyncapi/gateway.yaml; ``voiceagent asyncapi``).
+asyncapi_app = contract_app(
+    "gateway",
+    receives=("transcript", "reply", "audio.out", "control", "asr.heartbeat"),
+    sends=("audio.in", "control", "events", "asr.claim"),
+)
 
 
 def main() -> None:
@@ -194,4 +253,5 @@ def main() -> None:
         json_lines=settings.log_format == "json",
         allow_text=settings.log_transcripts,
     )
+    setup_tracing(settings.service_name or SERVICE)  # off unless OTEL_* asks for it
     sys.exit(asyncio.run(serve(settings)))

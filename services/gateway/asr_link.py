@@ -26,6 +26,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
+from services.gateway.audio_batch import batcher_for
 from shared import headers as H
 from shared import subjects
 from shared.audio import FRAME_MS
@@ -36,6 +37,7 @@ from shared.messages import (
     AsrClaim,
     AsrClaimReply,
     AsrHeartbeat,
+    Transcript,
     parse_transcript,
 )
 from shared.metrics import BAD_MESSAGES, FRAMES, FRAMES_DROPPED, STAGE_LATENCY
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "gateway"
 RING_S = 3.0  # caller audio kept for replay after a (re-)claim
+REPLAY_MARGIN_MS = 300  # audio skipped after the last final's end on a re-claim
 CLAIM_TIMEOUT_S = 1.0
 REFUSED_BACKOFF_S = (0.05, 0.5)  # all replicas busy: ask again soon
 UNAVAILABLE_BACKOFF_S = (0.25, 2.0)  # no ASR worker up at all
@@ -60,8 +63,34 @@ def backoff(attempt: int, bounds: tuple[float, float]) -> float:
     return float(min(high, low * (2 ** min(attempt, 16))))
 
 
+def replay_start(
+    ring: deque[tuple[int, bytes, str, str]], received: int, final_end_ms: int | None
+) -> int:
+    """The frame index after which to replay ``ring`` to a newly claimed worker.
+
+    Frames up to ``final_end_ms`` (plus :data:`REPLAY_MARGIN_MS`, as recognizers place the end
+    of speech a little early) belong to utterances already transcribed: replaying them would
+    make the new worker publish the same words again under a new utterance id.
+    """
+    if not ring:
+        return received
+    start = ring[0][0] - 1
+    if final_end_ms is None:
+        return start
+    cut = final_end_ms + REPLAY_MARGIN_MS
+    for n, _frame, _seq, ts in ring:
+        try:
+            if int(ts) >= cut:
+                return n - 1
+        except ValueError:
+            return start  # no usable timestamps: replay everything, as before
+    return received
+
+
 class AsrLink:
     """Claims and keeps an ASR worker for one call; publishes the caller's audio to it."""
+
+    traceparent: str | None = None  # the call's trace context, sent on every frame when set
 
     def __init__(
         self,
@@ -93,6 +122,9 @@ class AsrLink:
         self.worker_id: str | None = None
         self.claims = 0
         self.last_utterance_id = 0  # passed on re-claims so utterance ids keep increasing
+        # Call position (Twilio ms) where the last final transcript ended: a re-claim replays
+        # only the audio after it, so the new worker never recognizes an utterance twice.
+        self.final_end_ms: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._subs: list[Subscription] = []
         self._closed = False
@@ -113,6 +145,8 @@ class AsrLink:
     async def close(self) -> None:
         """Stop claiming and watching (the worker forgets the call on ``CallEnded``)."""
         self._closed = True
+        with contextlib.suppress(Exception):
+            await batcher_for(self._nc).flush()  # our last frames go out before CallEnded
         self._claimed = False
         if self._task is not None:
             self._task.cancel()
@@ -144,7 +178,10 @@ class AsrLink:
             H.TS_MS: ts,
             H.SENT_NS: str(time.time_ns()),
         }
-        await self._nc.publish(self._subject, frame, headers=hdrs)
+        if self.traceparent:
+            hdrs[H.TRACEPARENT] = self.traceparent
+        # Coalesced with other calls' frames: one socket write per batch (audio_batch.py).
+        batcher_for(self._nc).add(self._subject, frame, hdrs)
 
     async def _flush(self) -> int:
         """Publish what the worker has not had yet; live publishing resumes when caught up."""
@@ -177,6 +214,9 @@ class AsrLink:
             return  # the agent counts bad transcripts; we only need the ids
         if tr.utterance_id > self.last_utterance_id:
             self.last_utterance_id = tr.utterance_id
+        if isinstance(tr, Transcript) and tr.is_final and tr.speech_end_ms is not None:
+            if self.final_end_ms is None or tr.speech_end_ms > self.final_end_ms:
+                self.final_end_ms = tr.speech_end_ms
 
     async def _run(self) -> None:
         reclaim = False
@@ -248,8 +288,9 @@ class AsrLink:
             await asyncio.sleep(self._hb_s / 2)
             if time.monotonic() - self._last_hb > self._hb_limit:
                 self._claimed = False
-                # The next worker starts a fresh recognizer: give it the whole ring again.
-                self._published = self._ring[0][0] - 1 if self._ring else self._n
+                # The next worker starts a fresh recognizer: give it the ring again, from the
+                # end of the last utterance already transcribed.
+                self._published = replay_start(self._ring, self._n, self.final_end_ms)
                 log.warning("asr worker lost; claiming again", **kv(call=self._call))
                 await self._event("asr.lost", worker=self.worker_id)
                 self.worker_id = None

@@ -5,8 +5,8 @@ frames are buffered. Inference runs on a small thread pool (the native call rele
 never on the event loop. A model instance costs ~9 MiB, so instances are pooled and lent to a
 call only while its agent audio plays.
 
-:class:`BargeInDetector` is deliberately small: the rule "speech for at least
-``min_speech_ms``" will grow into backchannel and echo filtering.
+:class:`BargeInDetector` only says "speech for at least ``min_speech_ms``" (the fast pause);
+:mod:`services.gateway.turntaking` decides whether it was a real interruption.
 """
 
 from __future__ import annotations
@@ -94,7 +94,11 @@ class VadPool:
 
 
 class BargeInDetector:
-    """Decides that the caller is talking over the agent: ``min_speech_ms`` of VAD speech."""
+    """Decides that the caller is talking over the agent: ``min_speech_ms`` of VAD speech.
+
+    It fires once per run of speech; :attr:`speaking`, :attr:`speech_ms` and
+    :attr:`total_speech_ms` let :mod:`services.gateway.turntaking` follow the caller afterwards.
+    """
 
     def __init__(self, *, pool: VadPool, threshold: float, min_speech_ms: int) -> None:
         self._pool = pool
@@ -103,7 +107,19 @@ class BargeInDetector:
         self._vad: Vad | None = None
         self._buf = np.zeros(0, dtype=np.float32)
         self._speech_ms = 0.0
+        self._fired = False  # this run of speech already fired
+        self.total_speech_ms = 0.0  # every speech window heard while active
         self._acquiring = False
+
+    @property
+    def speaking(self) -> bool:
+        """The current window run is speech."""
+        return self._speech_ms > 0
+
+    @property
+    def speech_ms(self) -> float:
+        """Length of the current run of speech."""
+        return self._speech_ms
 
     @property
     def active(self) -> bool:
@@ -111,7 +127,7 @@ class BargeInDetector:
         return self._vad is not None
 
     async def feed(self, mulaw: bytes) -> bool:
-        """Add one inbound frame; True once speech has lasted ``min_speech_ms``."""
+        """Add one inbound frame; True when a run of speech reaches ``min_speech_ms``."""
         if self._vad is None:
             if self._acquiring:
                 return False
@@ -130,11 +146,13 @@ class BargeInDetector:
             prob = await self._pool.score(self._vad, window)
             if prob >= self._threshold:
                 self._speech_ms += WINDOW_MS
+                self.total_speech_ms += WINDOW_MS
             elif prob < self._threshold - HYSTERESIS:
                 self._speech_ms = 0.0
-            if self._speech_ms >= self._min_ms:
+                self._fired = False
+            if self._speech_ms >= self._min_ms and not self._fired:
                 fired = True
-                self._speech_ms = 0.0
+                self._fired = True
         return fired
 
     def stop(self) -> None:
@@ -144,3 +162,4 @@ class BargeInDetector:
             self._vad = None
         self._buf = np.zeros(0, dtype=np.float32)
         self._speech_ms = 0.0
+        self._fired = False

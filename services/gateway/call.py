@@ -21,6 +21,8 @@ from pydantic import ValidationError
 
 from services.gateway.asr_link import AsrLink
 from services.gateway.bargein import BargeInDetector, VadPool
+from services.gateway.call_control import CallControl
+from services.gateway.guards import AskPrompt, CallGuards, EndCall
 from services.gateway.playback import (
     FirstAudio,
     Heard,
@@ -29,6 +31,8 @@ from services.gateway.playback import (
     SendMedia,
     Skipped,
 )
+from services.gateway.retries import StageRetries
+from services.gateway.turntaking import BargeInArbiter, BargeInPolicy, Decision, parse_backchannels
 from shared import headers as H
 from shared import subjects
 from shared.logging import kv
@@ -39,13 +43,19 @@ from shared.messages import (
     Hangup,
     Interrupt,
     Played,
+    Prompt,
+    SpeechStarted,
+    SpeechStopped,
+    StageFailed,
     Transfer,
     event,
     parse_control,
     parse_reply,
+    parse_transcript,
 )
 from shared.metrics import BAD_MESSAGES, FRAMES, FRAMES_DROPPED, STAGE_LATENCY
 from shared.settings import Settings
+from shared.telemetry import start_span, with_trace
 from shared.twilio import clear_message, mark_message, media_message
 
 log = logging.getLogger(__name__)
@@ -53,11 +63,12 @@ log = logging.getLogger(__name__)
 SERVICE = "gateway"
 HANGUP_IDLE_S = 2.0  # hang up this long after a Hangup once nothing of its turn is pending
 HANGUP_MAX_WAIT_S = 60.0  # and never hold a call open longer than this for a hangup
+GUARD_TICK_S = 0.1  # barge-in decisions and the silence/length guards are checked this often
 
 _FRAMES_OUT = FRAMES.labels(SERVICE, "out")
 _DROPPED_LATE = FRAMES_DROPPED.labels(SERVICE, "late")
 
-ControlOut = CallStarted | CallEnded | Interrupt | Played | Dtmf
+ControlOut = CallStarted | CallEnded | Interrupt | Played | Dtmf | Prompt | StageFailed
 Send = Callable[[str], Awaitable[None]]
 Close = Callable[[], Awaitable[None]]
 
@@ -78,6 +89,7 @@ class CallSession:
         parameters: dict[str, str] | None = None,
         vad_pool: VadPool | None = None,
         segment_timeout_s: float | None = None,
+        call_control: CallControl | None = None,
     ) -> None:
         self.call_sid = call_sid
         self.stream_sid = stream_sid
@@ -90,11 +102,22 @@ class CallSession:
         timeout = {} if segment_timeout_s is None else {"segment_timeout_s": segment_timeout_s}
         self.playback = PlaybackQueue(lead_s=settings.playback_lead_ms / 1000, **timeout)
         self.asr = AsrLink(nc=nc, call_sid=call_sid, gateway_id=gateway_id, event=self._event_named)
+        # Re-sends turns and segments lost with a dying agent or TTS replica (failover.md).
+        self.retries = StageRetries(
+            nc=nc,
+            call_sid=call_sid,
+            event=self._event_named,
+            done_turn=lambda: self.playback.done_turn,
+        )
+        # One trace per call: every stage's spans hang under this one (off: a no-op span).
+        self.trace = start_span("call", call_sid=call_sid, service=SERVICE)
+        self.asr.traceparent = self.trace.traceparent
+        self._turn_trace: dict[int, str] = {}  # turn -> traceparent of its first audio chunk
         self._bargein = (
             BargeInDetector(
                 pool=vad_pool,
                 threshold=settings.vad_threshold,
-                min_speech_ms=settings.min_speech_ms,
+                min_speech_ms=settings.barge_in_min_speech_ms,
             )
             if vad_pool is not None
             else None
@@ -108,6 +131,32 @@ class CallSession:
         self._closing = False
         self.end_reason = "stop"
         self.interrupts = 0
+        self.false_interruptions = 0
+        self._call_control = call_control or CallControl.from_settings(settings)
+        self._rest_tasks: set[asyncio.Task[bool]] = set()
+        self._arbiter = BargeInArbiter(
+            policy=BargeInPolicy(
+                min_words=settings.barge_in_min_words,
+                confirm_speech_ms=settings.barge_in_confirm_speech_ms,
+                timeout_s=settings.false_interruption_timeout_ms / 1000,
+                backchannels=parse_backchannels(settings.backchannel_words),
+            )
+        )
+        self._guards = CallGuards(
+            started=self._started_at,
+            silence_s=settings.silence_reprompt_s,
+            hangup_s=settings.silence_hangup_s,
+            max_call_s=settings.max_call_s,
+            limit_grace_s=settings.call_limit_grace_s,
+        )
+        self._guard_task: asyncio.Task[None] | None = None
+        self._max_turn = -1  # latest agent turn seen on the bus
+        self._limit_floor: int | None = None  # turns up to this one predate the call-limit prompt
+
+    @property
+    def age_s(self) -> float:
+        """Seconds since the call's stream started."""
+        return time.monotonic() - self._started_at
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -118,6 +167,7 @@ class CallSession:
             await nc.subscribe(subjects.audio_out(self.call_sid), cb=self._on_audio),
             await nc.subscribe(subjects.reply(self.call_sid), cb=self._on_reply),
             await nc.subscribe(subjects.control(self.call_sid), cb=self._on_control),
+            await nc.subscribe(subjects.transcript(self.call_sid), cb=self._on_transcript),
         ]
         await self._control(
             CallStarted(
@@ -129,7 +179,9 @@ class CallSession:
         )
         await self._event_named("call.started", gateway=self._gateway_id)
         await self.asr.start()
+        await self.retries.start()
         self._player = asyncio.create_task(self._play(), name=f"player-{id(self):x}")
+        self._guard_task = asyncio.create_task(self._guard(), name=f"guard-{id(self):x}")
 
     async def end(self, reason: str | None = None) -> None:
         """The stream is over: announce it, stop every task and subscription (idempotent)."""
@@ -138,7 +190,7 @@ class CallSession:
         self._ended = True
         if reason is not None and not self._closing:
             self.end_reason = reason
-        for task in (self._player, self._hangup_task):
+        for task in (self._player, self._hangup_task, self._guard_task):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -148,12 +200,15 @@ class CallSession:
                 await sub.unsubscribe()
         self._subs = []
         await self.asr.close()
+        await self.retries.close()
         if self._bargein is not None:
             self._bargein.stop()
         duration = round(time.monotonic() - self._started_at, 3)
         log.info("call ended", **kv(call=self.call_sid, reason=self.end_reason, seconds=duration))
         await self._control(CallEnded(call_sid=self.call_sid, reason=self.end_reason))
         await self._event_named("call.ended", reason=self.end_reason, duration_s=duration)
+        self.trace.set(reason=self.end_reason, duration_s=duration, interrupts=self.interrupts)
+        self.trace.end()
 
     # ------------------------------------------------------------------ from Twilio
 
@@ -164,12 +219,23 @@ class CallSession:
         if det is None:
             return
         now = time.monotonic()
-        if not self.playback.is_playing(now):
+        paused = self._arbiter.paused
+        if not paused and not self.playback.is_playing(now):
             if det.active:
                 det.stop()
             return
-        if await det.feed(frame):
+        before = det.total_speech_ms
+        fired = await det.feed(frame)
+        if det.speaking:
+            self._guards.caller_activity(now)
+        if fired and not self._arbiter.paused:
             await self.barge_in()
+        elif self._arbiter.paused:
+            await self._decide(
+                self._arbiter.on_vad(
+                    speech_ms=det.total_speech_ms - before, speaking=det.speaking, now=now
+                )
+            )
 
     async def on_dtmf(self, digit: str) -> None:
         """The caller pressed a key."""
@@ -178,6 +244,7 @@ class CallSession:
         except ValidationError:
             BAD_MESSAGES.labels(SERVICE, "twilio").inc()
             return
+        self._guards.caller_activity(time.monotonic())
         await self._control(msg)
 
     async def on_mark(self, name: str) -> None:
@@ -190,14 +257,51 @@ class CallSession:
     # ------------------------------------------------------------------ barge-in
 
     async def barge_in(self) -> None:
-        """The caller talks over the agent: cut the audio now, then tell the bus."""
+        """The caller talks over the agent: ``clear`` Twilio's buffer now and pause the turn.
+
+        Nothing crosses the bus yet: :mod:`services.gateway.turntaking` then confirms the
+        interruption (``Interrupt`` + ``Played``, see :meth:`_confirm`) or reverts it (the
+        unheard remainder plays, see :meth:`_revert`).
+        """
+        if self._arbiter.paused:
+            return
         now = time.monotonic()
-        turn = self.playback.playing_turn(now)
+        turn = self.playback.pause(now)
         if turn is None:
             return
-        await self._interrupt(turn, now, publish=True)
+        await self._send(clear_message(self.stream_sid))
+        speech_ms = self._bargein.speech_ms if self._bargein is not None else 0.0
+        self._arbiter.pause(turn, now, speech_ms=speech_ms)
+        await self._event_named("barge_in.paused", turn=turn, speech_ms=round(speech_ms))
+
+    async def _decide(self, decision: Decision) -> None:
+        if decision is Decision.CONFIRM:
+            await self._confirm()
+        elif decision is Decision.REVERT:
+            await self._revert()
+
+    async def _confirm(self) -> None:
+        """A real interruption: give the paused turn up and tell the bus."""
+        turn = self._arbiter.turn
+        if turn is None:
+            return
+        await self._interrupt(turn, time.monotonic(), publish=True)
+
+    async def _revert(self) -> None:
+        """A false interruption: play the unheard remainder from where it was cut."""
+        turn = self._arbiter.turn
+        if turn is None:
+            return
+        self._arbiter.done()
+        self.playback.resume(time.monotonic())
+        self.false_interruptions += 1
+        self._wake.set()
+        await self._event_named("barge_in.reverted", turn=turn, why=self._arbiter.reason)
 
     async def _interrupt(self, turn: int, now: float, *, publish: bool) -> None:
+        paused = self._arbiter.turn
+        if paused is not None and paused <= turn:
+            self._arbiter.done()
         result = self.playback.interrupt(turn, now)
         if result.clear:
             await self._send(clear_message(self.stream_sid))
@@ -215,6 +319,7 @@ class CallSession:
             turn=turn,
             cleared=result.clear,
             dropped_segments=result.dropped_segments,
+            why=self._arbiter.reason if publish else "bus",
         )
         self._wake.set()
 
@@ -232,8 +337,13 @@ class CallSession:
         if turn < 0 or seq < 0 or chunk < 0:
             BAD_MESSAGES.labels(SERVICE, "audio_out").inc()
             return
+        if chunk == 0 and turn not in self._turn_trace and H.TRACEPARENT in hdrs:
+            self._turn_trace[turn] = hdrs[H.TRACEPARENT]
+        self._max_turn = max(self._max_turn, turn)
+        now = time.monotonic()
+        self.retries.on_chunk(turn, seq, last, now)
         ok = self.playback.add_chunk(
-            turn=turn, seq=seq, chunk=chunk, data=msg.data, last=last, now=time.monotonic()
+            turn=turn, seq=seq, chunk=chunk, data=msg.data, last=last, now=now
         )
         if ok:
             self._wake.set()
@@ -246,6 +356,9 @@ class CallSession:
         except ValidationError:
             BAD_MESSAGES.labels(SERVICE, "reply").inc()
             return
+        self._max_turn = max(self._max_turn, seg.turn)
+        self._guards.agent_activity(time.monotonic())
+        self.retries.on_segment(seg, msg.data, time.monotonic())
         if self.playback.add_reply(
             turn=seg.turn,
             seq=seg.seq,
@@ -269,23 +382,29 @@ class CallSession:
             elif isinstance(ctl, Hangup):
                 self.request_close(after_turn=ctl.after_turn, reason=f"hangup:{ctl.reason}")
             elif isinstance(ctl, Transfer):
-                # Transfer through Twilio's REST API comes later: for now, end the stream.
-                log.warning("transfer not implemented; hanging up", **kv(call=self.call_sid))
-                self.request_close(after_turn=ctl.after_turn, reason="transfer")
+                self.request_close(after_turn=ctl.after_turn, reason="transfer", transfer_to=ctl.to)
         except Exception:
             log.exception("control handling failed", **kv(call=self.call_sid))
 
     # ------------------------------------------------------------------ hangup
 
-    def request_close(self, *, after_turn: int | None, reason: str) -> None:
-        """End the call once ``after_turn`` has been heard (now if None or already played)."""
+    def request_close(
+        self, *, after_turn: int | None, reason: str, transfer_to: str | None = None
+    ) -> None:
+        """End the call once ``after_turn`` has been heard (now if None or already played).
+
+        With ``transfer_to``, the call is redirected there through Twilio's REST API instead;
+        if that fails, the call stays up and the agent is told (``StageFailed``).
+        """
         if self._closing or self._ended:
             return
         if self._hangup_task is not None:
             self._hangup_task.cancel()
-        self._hangup_task = asyncio.create_task(self._close_after(after_turn, reason))
+        self._hangup_task = asyncio.create_task(self._close_after(after_turn, reason, transfer_to))
 
-    async def _close_after(self, after_turn: int | None, reason: str) -> None:
+    async def _close_after(
+        self, after_turn: int | None, reason: str, transfer_to: str | None = None
+    ) -> None:
         if after_turn is not None:
             loop = asyncio.get_running_loop()
             start = loop.time()
@@ -301,10 +420,15 @@ class CallSession:
                 if now - start >= HANGUP_MAX_WAIT_S:
                     break
                 await asyncio.sleep(0.05)
+        if transfer_to is not None and not await self._transfer(transfer_to):
+            return
         self._closing = True
         self.end_reason = reason
         await self._event_named("call.hangup", reason=reason, after_turn=after_turn)
         await self._close_stream()
+        if transfer_to is None and self._call_control.enabled:
+            # Belt and braces: the REST API ends the call even if Twilio missed the close.
+            await self._rest(self._call_control.hangup(self.call_sid))
 
     # ------------------------------------------------------------------ playback
 
@@ -337,12 +461,121 @@ class CallSession:
                     timer.cancel()
 
     async def _first_audio(self, action: FirstAudio) -> None:
+        floor = self._limit_floor
+        if floor is not None and action.turn > floor:
+            # The agent's answer to the call-limit prompt: end the call once it has played.
+            self._limit_floor = None
+            self.request_close(after_turn=action.turn, reason="call_limit")
         data: dict[str, Any] = {"seq": action.seq}
         if action.speech_ended_at is not None:
             latency = max(0.0, time.time() - action.speech_ended_at)
             STAGE_LATENCY.labels(SERVICE, "voice_to_voice").observe(latency)
             data["voice_to_voice_ms"] = round(latency * 1000, 1)
+        parent = self._turn_trace.pop(action.turn, None) or self.trace.traceparent
+        start_ns = None if action.speech_ended_at is None else int(action.speech_ended_at * 1e9)
+        span = start_span(
+            "gateway.first_audio",
+            parent=parent,
+            call_sid=self.call_sid,
+            start_ns=start_ns,
+            turn=action.turn,
+            seq=action.seq,
+            voice_to_voice_ms=data.get("voice_to_voice_ms"),
+        )
+        span.end()
         await self._event_named("turn.first_audio", turn=action.turn, **data)
+
+    # ------------------------------------------------------------------ turn-taking, guards
+
+    async def _on_transcript(self, msg: Msg) -> None:
+        """The recognizer's view of the caller: confirms or reverts a paused barge-in."""
+        try:
+            tr = parse_transcript(msg.data)
+        except ValidationError:
+            return  # the agent counts bad transcripts
+        try:
+            now = time.monotonic()
+            arb = self._arbiter
+            if isinstance(tr, SpeechStarted):
+                arb.on_speech_started(tr.utterance_id, now)
+                self._guards.caller_speaking(True, now)
+                vad = self._bargein is not None and self._bargein.active
+                if not vad and self.playback.is_playing(now):
+                    await self.barge_in()  # no VAD here: the recognizer's onset is the fast path
+            elif isinstance(tr, SpeechStopped):
+                arb.on_speech_stopped(tr.utterance_id, now)
+                self._guards.caller_speaking(False, now)
+            else:
+                if tr.text.strip():
+                    self._guards.caller_activity(now)
+                words = arb.interrupts_playback(utterance_id=tr.utterance_id, text=tr.text)
+                decision = arb.on_transcript(
+                    utterance_id=tr.utterance_id, text=tr.text, is_final=tr.is_final
+                )
+                if words and self.playback.is_playing(now):
+                    await self.barge_in()  # words the VAD did not catch: cut and confirm
+                    decision = Decision.CONFIRM
+                    arb.reason = "words"
+                await self._decide(decision)
+        except Exception:
+            log.exception("transcript handling failed", **kv(call=self.call_sid))
+
+    async def _guard(self) -> None:
+        """Barge-in timeouts, silence watchdog and call-length guard, every ``GUARD_TICK_S``."""
+        while True:
+            await asyncio.sleep(GUARD_TICK_S)
+            try:
+                now = time.monotonic()
+                if self._arbiter.paused:
+                    await self._decide(self._arbiter.tick(now))
+                if self._closing:
+                    continue
+                # Audible or paused agent audio: a reply whose audio never comes is not "busy"
+                # (a dead TTS must still end in a reprompt and a hang-up, not dead air).
+                busy = self.playback.paused or self.playback.is_playing(now)
+                for action in self._guards.tick(now, agent_busy=busy):
+                    if isinstance(action, AskPrompt):
+                        if action.reason == "call_limit":
+                            self._limit_floor = self._max_turn
+                        await self._control(
+                            Prompt(
+                                call_sid=self.call_sid,
+                                reason=action.reason,
+                                silence_s=action.silence_s,
+                            )
+                        )
+                        await self._event_named("prompt", reason=action.reason)
+                    elif isinstance(action, EndCall) and not self._closing:
+                        turn = self._max_turn if self._max_turn >= 0 else None
+                        self.request_close(after_turn=turn, reason=action.reason)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("call guard failed", **kv(call=self.call_sid))
+
+    async def _rest(self, request: Awaitable[bool]) -> bool:
+        """Run a REST request to completion even if the call ends meanwhile."""
+        task = asyncio.ensure_future(request)
+        self._rest_tasks.add(task)
+        task.add_done_callback(self._rest_tasks.discard)
+        return await asyncio.shield(task)
+
+    async def _transfer(self, to: str) -> bool:
+        """Redirect the call to ``to`` (REST ``<Dial>``); on failure the agent is told."""
+        ok = self._call_control.enabled and await self._rest(
+            self._call_control.transfer(self.call_sid, to)
+        )
+        await self._event_named(
+            "call.transfer",
+            outcome="done" if ok else "failed",
+            provider="twilio_rest" if self._call_control.enabled else "none",
+        )
+        if not ok:
+            log.warning("transfer failed; the call goes on", **kv(call=self.call_sid))
+            await self._control(
+                StageFailed(call_sid=self.call_sid, service=SERVICE, reason="transfer")
+            )
+        return ok
 
     # ------------------------------------------------------------------ output helpers
 
@@ -365,7 +598,8 @@ class CallSession:
 
     async def _control(self, msg: ControlOut) -> None:
         try:
-            await self._nc.publish(subjects.control(self.call_sid), msg.to_bytes())
+            hdrs = with_trace(None, self.trace)
+            await self._nc.publish(subjects.control(self.call_sid), msg.to_bytes(), headers=hdrs)
         except Exception as e:
             log.warning("control publish failed", **kv(call=self.call_sid, error=type(e).__name__))
 

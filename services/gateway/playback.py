@@ -121,6 +121,8 @@ class _Segment:
     end_at: float = 0.0  # when Twilio will have played all of it that was sent
     mark_sent: bool = False
     reported: bool = False
+    sent_audio: bytearray = field(default_factory=bytearray)  # kept to resume after a pause
+    rewound: bool = False
 
     @property
     def has_audio(self) -> bool:
@@ -187,6 +189,10 @@ class PlaybackQueue:
         self._marks: dict[str, _Segment] = {}
         self._turns_started: set[int] = set()
         self.late_chunks = 0
+        self._paused = False
+        self._paused_turn = -1
+        self._pause_heard: Heard | None = None
+        self._stale_marks: dict[str, int] = {}  # echoes of marks voided by a pause
 
     # ------------------------------------------------------------------ input
 
@@ -244,6 +250,8 @@ class PlaybackQueue:
     def poll(self, now: float) -> tuple[list[Action], float | None]:
         """What to send now, and the monotonic time to poll again (None: when input arrives)."""
         actions: list[Action] = []
+        if self._paused:
+            return actions, None
         while True:
             seg, wake = self._current(now, actions)
             if seg is None:
@@ -271,7 +279,9 @@ class PlaybackQueue:
                 return actions, self._play_end + dur - self._lead
             frame = bytes(seg.buffer[:n])
             del seg.buffer[:n]
-            if seg.sent == 0:
+            seg.sent_audio += frame
+            if seg.sent == 0 or seg.rewound:
+                seg.rewound = False
                 self._inflight.append(seg)
                 if seg.turn not in self._turns_started:
                     self._turns_started.add(seg.turn)
@@ -342,6 +352,14 @@ class PlaybackQueue:
 
     def on_mark(self, name: str) -> Heard | None:
         """Twilio echoed a mark: the segment played in full (None if unknown or reported)."""
+        stale = self._stale_marks.get(name, 0)
+        if stale:
+            # Twilio echoes pending marks on ``clear``: this one's audio was not heard.
+            if stale == 1:
+                del self._stale_marks[name]
+            else:
+                self._stale_marks[name] = stale - 1
+            return None
         seg = self._marks.pop(name, None)
         if seg is None or seg.reported:
             return None
@@ -352,6 +370,8 @@ class PlaybackQueue:
 
     def interrupt(self, turn: int, now: float) -> Interruption:
         """Stop ``turn`` (and anything older): what was heard, and whether to send ``clear``."""
+        if self._paused:
+            return self._interrupt_paused(turn)
         clear = any(s.turn <= turn for s in self._inflight)
         if clear:
             # ``clear`` empties Twilio's whole buffer, so whatever else was sent goes too.
@@ -385,6 +405,101 @@ class PlaybackQueue:
         if clear:
             self._play_end = min(self._play_end, now)
         return Interruption(clear=clear, heard=heard, dropped_segments=dropped)
+
+    # ------------------------------------------------------------------ pause (barge-in)
+
+    def pause(self, now: float) -> int | None:
+        """Stop sending at once and rewind to what the caller has not heard yet.
+
+        The caller of this sends Twilio ``clear`` (which drops Twilio's buffer and echoes the
+        pending marks: those of rewound segments are ignored). :meth:`resume` plays the unheard
+        remainder from where it was cut; :meth:`interrupt` gives the turn up. Returns the turn
+        paused, or None when no agent audio was playing.
+        """
+        if self._paused or not self.is_playing(now):
+            return None
+        rewound: list[_Segment] = []
+        for seg in list(self._inflight):
+            unplayed = max(0.0, seg.end_at - now)
+            played_s = max(0.0, _bytes_s(seg.sent) - unplayed)
+            heard = min(seg.sent, int(played_s * SAMPLE_RATE) // FRAME_BYTES * FRAME_BYTES)
+            if heard >= seg.sent and seg.mark_sent:
+                continue  # heard in full: its echoed mark reports it
+            if seg.mark_sent:
+                name = mark_name(seg.turn, seg.seq)
+                self._marks.pop(name, None)
+                self._stale_marks[name] = self._stale_marks.get(name, 0) + 1
+                seg.mark_sent = False
+            seg.buffer[0:0] = seg.sent_audio[heard:]
+            del seg.sent_audio[heard:]
+            seg.sent = heard
+            seg.rewound = True
+            seg.dry_since = None
+            seg.last_activity = now
+            self._inflight.remove(seg)
+            rewound.append(seg)
+        turn = self._turn
+        if rewound:
+            first = rewound[0]
+            turn = first.turn
+            for seg in rewound:
+                self._segs[(seg.turn, seg.seq)] = seg
+            self._turn, self._seq, self._waiting_since = first.turn, first.seq, None
+            self._done_turn = min(self._done_turn, first.turn - 1)
+            total = first.received if first.all_received else max(first.received, first.sent)
+            fraction = first.sent / total if total else 0.0
+            self._pause_heard = Heard(
+                first.turn, first.seq, heard_prefix(first.text or "", fraction), False
+            )
+        elif self._inflight:
+            turn = self._inflight[-1].turn
+        self._play_end = min(self._play_end, now)
+        self._paused = True
+        self._paused_turn = turn if turn is not None else self._done_turn
+        return turn
+
+    def resume(self, now: float) -> None:
+        """Play again from where :meth:`pause` cut (the false interruption is forgotten)."""
+        if not self._paused:
+            return
+        self._paused = False
+        self._pause_heard = None
+        self._play_end = max(self._play_end, now)
+
+    @property
+    def paused(self) -> bool:
+        """Sending is stopped by :meth:`pause`."""
+        return self._paused
+
+    def _interrupt_paused(self, turn: int) -> Interruption:
+        """:meth:`interrupt` after :meth:`pause`: Twilio's buffer is already cleared."""
+        if turn < self._paused_turn:
+            return Interruption(clear=False, heard=[], dropped_segments=0)  # an older turn
+        self._paused = False
+        partial = self._pause_heard
+        self._pause_heard = None
+        heard: list[Heard] = []
+        for seg in self._inflight:
+            if not seg.reported:
+                seg.reported = True
+                heard.append(Heard(seg.turn, seg.seq, seg.text or "", True))
+        if self._inflight:
+            turn = max(turn, *(s.turn for s in self._inflight))
+        self._inflight = []
+        if partial is not None:
+            turn = max(turn, partial.turn)
+            heard.append(partial)
+        elif self._turn == turn and any(k[0] == turn for k in self._segs):
+            heard.append(Heard(turn, self._seq, "", False))
+        dropped = sum(1 for k in self._segs if k[0] <= turn)
+        if turn > self._done_turn:
+            self._done_turn = turn
+        for key in [k for k in self._segs if k[0] <= turn]:
+            del self._segs[key]
+        if self._turn is not None and self._turn <= turn:
+            self._turn = None
+            self._waiting_since = None
+        return Interruption(clear=False, heard=heard, dropped_segments=dropped)
 
     # ------------------------------------------------------------------ state
 

@@ -13,8 +13,9 @@ from nats.aio.client import Client as NATS
 
 from services.gateway.bargein import VadPool
 from services.gateway.call import CallSession
-from services.gateway.security import CallTokens
-from shared import bus
+from services.gateway.recording import recording_store
+from services.gateway.security import CallTokens, SharedTokenLedger
+from shared import bus, callevents
 from shared.logging import kv
 from shared.metrics import ACTIVE_CALLS
 from shared.settings import Settings
@@ -48,6 +49,8 @@ class Gateway:
             settings.twilio_auth_token.get_secret_value(), ttl_s=settings.call_token_ttl_s
         )
         self.vad_pool = vad_pool if vad_pool is not None else (VadPool() if use_vad else None)
+        self.recordings = recording_store(settings)  # None unless RECORD_CALLS
+        self.token_ledger = SharedTokenLedger.from_settings(settings)  # None without Redis
         self.nc: NATS | None = None
         self.calls: dict[str, CallSession] = {}
         self.streams: set[asyncio.Task[None]] = set()
@@ -89,6 +92,7 @@ class Gateway:
         # nats-py keeps trying until the server answers (max_reconnect_attempts=-1).
         self.nc = await bus.connect(self.settings, name=self.settings.service_name or SERVICE)
         log.info("nats connected")
+        await callevents.ensure_stream(self.nc, self.settings)  # never raises
 
     async def stop(self) -> None:
         """Refuse new calls, end the ones left, drain the bus connection."""
@@ -106,6 +110,9 @@ class Gateway:
                 await self.nc.drain()
         if self.vad_pool is not None:
             self.vad_pool.close()
+        if self.token_ledger is not None:
+            with contextlib.suppress(Exception):
+                await self.token_ledger.aclose()
 
     # ------------------------------------------------------------------ admission
 

@@ -9,15 +9,21 @@ issued; single use is enforced per process.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from twilio.request_validator import RequestValidator, get_signature_algorithm
+
+from shared.logging import kv
+
+log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "x-twilio-signature"
 SIGNATURE_SETTINGS_HEADER = "x-twilio-webhooks-signature-settings"
@@ -103,3 +109,74 @@ class CallTokens:
             if table and min(table.values()) < now:
                 for nonce in [n for n, exp in table.items() if exp < now]:
                     del table[nonce]
+
+
+def signature_valid_any(
+    *,
+    auth_token: str,
+    urls: list[str],
+    params: Mapping[str, Any],
+    signature: str | None,
+    settings_header: str | None = None,
+) -> bool:
+    """Whether ``signature`` is Twilio's for one of ``urls`` (PUBLIC_URL's first, then a
+    trusted proxy's ``X-Forwarded-Proto``/``-Host`` view of the same path)."""
+    return any(
+        signature_valid(
+            auth_token=auth_token,
+            url=url,
+            params=params,
+            signature=signature,
+            settings_header=settings_header,
+        )
+        for url in urls
+    )
+
+
+class SharedTokenLedger:
+    """Single use across gateway replicas: the first ``SET NX`` of a token's nonce in Redis wins.
+
+    Twilio may reach any replica, and each :class:`CallTokens` only remembers the tokens it
+    redeemed itself. With Redis, a replayed token is refused by every replica. When Redis does
+    not answer, the in-process check still holds (a Redis outage degrades, never kills a call).
+    """
+
+    def __init__(self, *, redis: Any, timeout_s: float = 0.3) -> None:
+        self._redis = redis
+        self._timeout = timeout_s
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> SharedTokenLedger | None:
+        if not settings.redis_url:
+            return None
+        from redis.asyncio import Redis
+
+        from shared.callstate import redis_options
+
+        client = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=0.3,
+            socket_connect_timeout=0.3,
+            **redis_options(settings),
+        )
+        return cls(redis=client)
+
+    async def first_use(self, token: str) -> bool:
+        """True unless another replica (or this one) already used ``token``."""
+        parts = token.split(".")
+        if len(parts) != 3 or not parts[0].isdigit():
+            return False
+        expiry, nonce = int(parts[0]), parts[1]
+        key = f"va:tok:{nonce}"
+        try:
+            ok = await asyncio.wait_for(
+                self._redis.set(key, b"1", nx=True, exat=max(expiry, int(time.time()) + 1)),
+                self._timeout,
+            )
+        except Exception as e:  # Redis down or slow: the in-process check stands
+            log.warning("token ledger unavailable", **kv(error=type(e).__name__))
+            return True
+        return bool(ok)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()

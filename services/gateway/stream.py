@@ -18,11 +18,18 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from services.gateway.call import CallSession
+from services.gateway.console.auth import (
+    CONSOLE_PROTOCOL,
+    is_console_socket,
+    redeem_console_upgrade,
+)
+from services.gateway.limits import candidate_urls, forwarded_base, parse_networks
+from services.gateway.recording import CallRecorder
 from services.gateway.runtime import Gateway
 from services.gateway.security import (
     SIGNATURE_HEADER,
     SIGNATURE_SETTINGS_HEADER,
-    signature_valid,
+    signature_valid_any,
 )
 from services.gateway.twiml import PARAM_CALL_SID, PARAM_TOKEN
 from shared.logging import kv
@@ -55,15 +62,27 @@ class TwilioStream:
         self._send_lock = asyncio.Lock()
         self._closed = False
         self.bad_frames = 0
+        self._recorder: CallRecorder | None = None
+        self._console_sid: str | None = None  # a console softphone call, admitted for this SID
 
     def upgrade_allowed(self) -> bool:
-        """Twilio signed this upgrade over our public ``wss://`` URL (or checks are off)."""
+        """Twilio signed this upgrade over our public ``wss://`` URL (or checks are off).
+
+        A console softphone (it offers the console subprotocol) shows a single-use console
+        token instead: see :mod:`services.gateway.console.auth`.
+        """
+        if is_console_socket(self._ws):
+            self._console_sid = redeem_console_upgrade(self._ws, self._gw)
+            return self._console_sid is not None
         s = self._gw.settings
         if not s.validate_signatures:
             return True
-        return signature_valid(
+        peer = self._ws.client.host if self._ws.client else None
+        trusted = parse_networks(s.trusted_proxies)
+        fwd = forwarded_base(peer, self._ws.headers, trusted)
+        return signature_valid_any(
             auth_token=s.twilio_auth_token.get_secret_value(),
-            url=s.stream_url,
+            urls=candidate_urls(s.public_url, PATH, fwd, ws=True),
             params={},
             signature=self._ws.headers.get(SIGNATURE_HEADER),
             settings_header=self._ws.headers.get(SIGNATURE_SETTINGS_HEADER),
@@ -75,7 +94,7 @@ class TwilioStream:
             log.warning("stream upgrade refused: bad signature")
             await self._ws.close(code=POLICY_VIOLATION)
             return
-        await self._ws.accept()
+        await self._ws.accept(subprotocol=CONSOLE_PROTOCOL if self._console_sid else None)
         reason = "disconnected"
         try:
             reason = await self._receive_loop()
@@ -100,6 +119,7 @@ class TwilioStream:
                 finally:
                     self._gw.remove_call(session)
             await self.close()
+            await self._save_recording()
 
     async def _receive_loop(self) -> str:
         limit = self._gw.settings.ws_max_message_bytes
@@ -149,6 +169,8 @@ class TwilioStream:
             except (binascii.Error, ValueError):
                 self._bad("bad media payload", size=len(msg.media.payload))
                 return False
+            if self._recorder is not None:
+                self._recorder.add(frame)
             await session.on_media(
                 frame, str(msg.media.chunk or ""), str(msg.media.timestamp or "")
             )
@@ -187,8 +209,15 @@ class TwilioStream:
         if params.get(PARAM_CALL_SID) != info.call_sid or msg.stream_sid != info.stream_sid:
             log.warning("stream refused: call sid mismatch", **kv(call=info.call_sid))
             raise _Refused
+        if self._console_sid is not None and info.call_sid != self._console_sid:
+            log.warning("stream refused: not the console's call", **kv(call=info.call_sid))
+            raise _Refused
         if not self._gw.tokens.redeem(token, info.call_sid):
             log.warning("stream refused: bad or reused token", **kv(call=info.call_sid))
+            raise _Refused
+        ledger = self._gw.token_ledger
+        if ledger is not None and token is not None and not await ledger.first_use(token):
+            log.warning("stream refused: token used on another gateway", **kv(call=info.call_sid))
             raise _Refused
         nc = self._gw.nc
         if nc is None:
@@ -210,8 +239,20 @@ class TwilioStream:
             raise _Refused
         self._session = session
         self._stream_sid = msg.stream_sid
+        if self._gw.recordings is not None:
+            self._recorder = CallRecorder(call_sid=info.call_sid)
         log.info("call started", **kv(call=info.call_sid))
         await session.start()
+
+    async def _save_recording(self) -> None:
+        rec, store = self._recorder, self._gw.recordings
+        self._recorder = None
+        if rec is None or store is None:
+            return
+        try:
+            await asyncio.to_thread(store.save, rec.call_sid, rec.audio())
+        except Exception as e:
+            log.error("recording not saved", **kv(call=rec.call_sid, error=type(e).__name__))
 
     # ------------------------------------------------------------------ output
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import sys
 import time
 from collections import OrderedDict, deque
@@ -29,6 +31,7 @@ from services.tts.prompt_cache import PromptCache
 from services.tts.providers.base import TtsProvider
 from shared import headers as H
 from shared import subjects
+from shared.asyncapi import contract_app
 from shared.bus import audio_client, make_broker
 from shared.errors import ProviderError
 from shared.logging import kv, setup_logging
@@ -40,14 +43,16 @@ from shared.messages import (
     parse_control,
     parse_reply,
 )
-from shared.metrics import BAD_MESSAGES, PROVIDER_ERRORS, STAGE_LATENCY
+from shared.metrics import BAD_MESSAGES, FRAMES, PROVIDER_ERRORS, STAGE_LATENCY
 from shared.retry import stream_with_retries
-from shared.service import serve_metrics, stop_event
+from shared.service import Health, serve_metrics, stop_event
 from shared.settings import Settings, get_settings
+from shared.telemetry import setup_tracing, start_span, traceparent_of
 
 log = logging.getLogger(__name__)
 
 SERVICE = "tts"
+WORKER_ID = f"{SERVICE}-{socket.gethostname()}-{os.getpid()}"
 CANCELLED_TURNS_PER_CALL = 32  # interrupted turns remembered per call (oldest forgotten)
 MAX_CALLS = 10_000  # per-call records kept (least recently used forgotten first)
 DRAIN_TIMEOUT_S = 30.0
@@ -144,11 +149,15 @@ class CallRegistry:
         return len(self._calls)
 
 
+_FRAMES_OUT = FRAMES.labels(SERVICE, "out")  # audio chunks sent (any size)
+
+
 class _SegmentOut:
     """Publishes the chunks of one segment, numbered, and its final ``Va-Last`` marker."""
 
-    def __init__(self, *, nc: NATS, seg: ReplySegment) -> None:
+    def __init__(self, *, nc: NATS, seg: ReplySegment, traceparent: str | None = None) -> None:
         self._nc = nc
+        self._traceparent = traceparent
         self._subject = subjects.audio_out(seg.call_sid)
         self._seg = seg
         self.chunks = 0
@@ -158,6 +167,7 @@ class _SegmentOut:
     async def send(self, data: bytes) -> None:
         await self._publish(data, last=False)
         self.audio_bytes += len(data)
+        _FRAMES_OUT.inc()
 
     async def close(self) -> None:
         if not self.closed:
@@ -167,6 +177,8 @@ class _SegmentOut:
     async def _publish(self, data: bytes, *, last: bool) -> None:
         hdrs = audio_headers(turn=self._seg.turn, seq=self._seg.seq, chunk=self.chunks, last=last)
         self.chunks += 1
+        if self._traceparent:
+            hdrs[H.TRACEPARENT] = self._traceparent
         await self._nc.publish(self._subject, data, headers=hdrs)
 
 
@@ -195,6 +207,7 @@ class TtsWorker:
         self._calls = CallRegistry()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reply_sub: Any = None
+        self._retry_sub: Any = None
 
     @property
     def broker(self) -> NatsBroker:
@@ -207,6 +220,11 @@ class TtsWorker:
             subjects.ALL_REPLY, queue=subjects.QUEUE_TTS, decoder=_raw_body
         )
         self._reply_sub(self.on_reply)
+        # The gateway re-sends a segment whose audio stalled (docs/failover.md).
+        self._retry_sub = self._broker.subscriber(
+            subjects.ALL_RETRY_SEGMENT, queue=subjects.QUEUE_TTS, decoder=_raw_body
+        )
+        self._retry_sub(self.on_reply)
         self._broker.subscriber(subjects.ALL_CONTROL, decoder=_raw_body)(self.on_control)
 
     async def start(self) -> None:
@@ -227,7 +245,7 @@ class TtsWorker:
             BAD_MESSAGES.labels(SERVICE, "reply").inc()
             log.warning("bad reply message dropped", **kv(error=type(e).__name__))
             return
-        task = asyncio.create_task(self._segment(seg, received))
+        task = asyncio.create_task(self._segment(seg, received, traceparent_of(msg.headers)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._calls.track(seg.call_sid, seg.turn, task)
@@ -251,8 +269,25 @@ class TtsWorker:
 
     # ------------------------------------------------------------------ one segment
 
-    async def _segment(self, seg: ReplySegment, received: float) -> None:
-        out = _SegmentOut(nc=audio_client(self._broker), seg=seg)
+    async def _segment(
+        self, seg: ReplySegment, received: float, traceparent: str | None = None
+    ) -> None:
+        span = start_span(
+            "tts.segment",
+            parent=traceparent,
+            call_sid=seg.call_sid,
+            turn=seg.turn,
+            seq=seg.seq,
+            provider=self._provider.name,
+        )
+        out = _SegmentOut(nc=audio_client(self._broker), seg=seg, traceparent=span.traceparent)
+        try:
+            await self._segment_out(seg, out, received)
+        finally:
+            span.set(chunks=out.chunks, audio_bytes=out.audio_bytes)
+            span.end()
+
+    async def _segment_out(self, seg: ReplySegment, out: _SegmentOut, received: float) -> None:
         try:
             async with self._calls.get(seg.call_sid).lock:
                 if not self._calls.is_cancelled(seg.call_sid, seg.turn):
@@ -330,7 +365,12 @@ class TtsWorker:
     def _first_audio(self, seg: ReplySegment, received: float, provider: str) -> float:
         now = time.perf_counter()
         STAGE_LATENCY.labels(SERVICE, "tts_first_audio").observe(now - received)
-        data: dict[str, Any] = {"ms": round((now - received) * 1000, 1), "provider": provider}
+        data: dict[str, Any] = {
+            "ms": round((now - received) * 1000, 1),
+            "provider": provider,
+            "seq": seg.seq,
+            "worker": WORKER_ID,  # which replica made it (failover tests, tail)
+        }
         if seg.speech_ended_at is not None:  # end of caller speech -> first reply audio
             data["since_speech_end_ms"] = round((time.time() - seg.speech_ended_at) * 1000, 1)
         task = asyncio.create_task(self._event(seg, "tts.first_audio", **data))
@@ -349,14 +389,16 @@ class TtsWorker:
 
     async def drain(self, *, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Stop taking segments, let the received ones finish (up to ``timeout_s``)."""
-        sub = getattr(self._reply_sub, "subscription", None)
-        if sub is not None:
+        for handle in (self._reply_sub, self._retry_sub):
+            sub = getattr(handle, "subscription", None)
+            if sub is None:
+                continue
             try:
                 # nats-py drain: unsubscribe, then hand over what was already delivered.
                 await sub.drain()
             except Exception as e:
                 log.warning("reply subscription drain failed", **kv(error=type(e).__name__))
-            self._reply_sub.subscription = None  # FastStream must not unsubscribe it again
+            handle.subscription = None  # FastStream must not unsubscribe it again
         pending = set(self._tasks)
         if pending:
             log.info("draining segments", **kv(segments=len(pending)))
@@ -371,7 +413,8 @@ async def run(settings: Settings) -> int:
     from services.tts.providers.select import start_provider
 
     stop = stop_event()
-    serve_metrics(settings.metrics_port)
+    health = Health(service=settings.service_name or SERVICE)
+    serve_metrics(settings.metrics_port, health=health)
     provider = await start_provider(settings)
     fallback: TtsProvider | None = None
     if provider.name != "espeak":
@@ -382,6 +425,7 @@ async def run(settings: Settings) -> int:
             log.error("espeak fallback unavailable", **kv(error=str(e)))
             fallback = None
     broker = make_broker(settings, name=settings.service_name or SERVICE)
+    health.watch_broker(broker)
     cache = PromptCache.from_settings(settings)
     worker = TtsWorker(
         settings=settings, provider=provider, fallback=fallback, broker=broker, cache=cache
@@ -392,7 +436,9 @@ async def run(settings: Settings) -> int:
         "tts worker ready",
         **kv(provider=provider.name, fallback=fallback.name if fallback else None),
     )
+    health.start_ticker()
     await stop.wait()
+    health.draining = True
     log.info("tts worker draining")
     await worker.drain()
     await broker.stop()
@@ -400,6 +446,10 @@ async def run(settings: Settings) -> int:
     await cache.aclose()
     log.info("tts worker stopped")
     return 0
+
+
+# The bus contract of this service (docs/asyncapi/tts.yaml; ``voiceagent asyncapi``).
+asyncapi_app = contract_app("tts", receives=("reply", "control"), sends=("audio.out", "events"))
 
 
 def main() -> None:
@@ -411,4 +461,5 @@ def main() -> None:
         json_lines=settings.log_format == "json",
         allow_text=settings.log_transcripts,
     )
+    setup_tracing(settings.service_name or SERVICE)  # off unless OTEL_* asks for it
     sys.exit(asyncio.run(run(settings)))

@@ -351,7 +351,7 @@ async def test_key_press_is_a_turn_with_the_digit_as_input(rig: Rig) -> None:
     await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="answer")
     assert segments(tap)[0].text == "You pressed seven."
     assert rig.provider.inputs[-1].kind == "dtmf"
-    assert (await rig.history.load(tap.sid))[0]["content"] == "(The caller pressed the key 7.)"
+    assert (await rig.history.load(tap.sid))[0]["content"] == "[caller pressed 7]"
 
 
 async def test_a_failed_recognizer_gets_an_apology_a_failed_voice_does_not(rig: Rig) -> None:

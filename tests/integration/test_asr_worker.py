@@ -98,6 +98,9 @@ class Worker:
             "ASR_MAX_CALLS": str(MAX_CALLS),
             "LOG_FORMAT": "text",
             "METRICS_PORT": "0",
+            # The plain timer: these tests time endpointing against ENDPOINTING_MS (the smart
+            # rule has its own tests: test_turntaking_asr.py).
+            "SMART_ENDPOINTING": "false",
             **env,
         }
         self.proc = subprocess.Popen(

@@ -26,7 +26,7 @@ def tools(**settings: str) -> CallTools:
 def test_schemas_are_openai_function_tools() -> None:
     schemas = tools().schemas()
     names = [s["function"]["name"] for s in schemas]
-    assert names == ["hang_up", "lookup", "book_appointment", "list_appointments"]
+    assert names == ["hang_up", "lookup", "book_appointment", "list_appointments", "collect_digits"]
     for s in schemas:
         assert s["type"] == "function"
         assert s["function"]["description"]

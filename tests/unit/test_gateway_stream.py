@@ -41,6 +41,7 @@ from shared.messages import (
     Hangup,
     Interrupt,
     ReplySegment,
+    Transcript,
     parse_control,
     parse_event,
 )
@@ -554,6 +555,11 @@ async def test_caller_speech_over_agent_audio_barges_in(gw: Gw, bus: NATS) -> No
     await asyncio.wait_for(reader, 2)
     took = time.monotonic() - sent_at
     assert took < 1.5, f"barge-in took {took:.2f}s"
+    # The clear paused the turn; the caller's words (from the recognizer) confirm the barge-in.
+    words = Transcript(
+        call_sid=caller.call, utterance_id=1, text="Stop, a question.", is_final=True
+    )
+    await bus.publish(subjects.transcript(caller.call), words.to_bytes())
     interrupt = await control.wait_for(control_of("interrupt"))
     assert interrupt.turn == 7
     played = await control.wait_for(control_of("played"))

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-TurnKind = Literal["call_started", "utterance", "dtmf", "silence", "call_limit"]
+# ``digits``: a keypad entry the agent asked for (services.agent.digits), ``text`` the digits.
+TurnKind = Literal["call_started", "utterance", "dtmf", "digits", "silence", "call_limit"]
 
 
 @dataclass(frozen=True, kw_only=True)

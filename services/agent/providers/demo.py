@@ -4,6 +4,9 @@ It greets, answers questions from the knowledge file by keyword overlap, books a
 through :class:`CallTools` (day and time, then name, then a yes/no confirmation), transfers to
 a person when ``TRANSFER_TARGETS`` names one, and hangs up on goodbye. Keypad digits work as a
 menu: 1 books, 2.. read the knowledge topics in file order, 0 asks for a person, * repeats.
+Asked about a member id, it has the caller type it on the keypad (a keypad entry:
+:mod:`services.agent.digits`) and reads it back. Silence and call-limit prompts get the fixed
+words of :mod:`services.agent.fixed_prompts`.
 
 No state lives in this object (any replica may take any turn): where a booking stands is read
 back from the last thing the agent said, which is in the history the worker passes in. Every
@@ -19,6 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.agent.fixed_prompts import STILL_THERE, fixed_reply, is_fixed
 from services.agent.providers.base import (
     AgentOutput,
     AgentProvider,
@@ -34,6 +38,8 @@ ANYTHING_ELSE = "Is there anything else I can help with?"
 ASK_WHEN = "What day and time would you like?"
 ASK_NAME = "What name should I book it under?"
 CONFIRM = "Shall I book it? Say yes, or press 1."
+MEMBER_DIGITS = 6
+ASK_MEMBER_ID = "Please type your 6-digit member ID on the keypad, then press the pound key."
 
 _ASK_TIME_RE = re.compile(r"OK, (?P<day>[^.?]+)\. What time would suit you\?")
 _ASK_DAY_RE = re.compile(r"OK, (?P<time>(?:at|in) [^.?]+)\. Which day would suit you\?")
@@ -59,6 +65,7 @@ PERSON = _words(
     "person", "human", "someone", "somebody", "receptionist", "operator", "front desk", "staff",
     "real person", "transfer me",
 )  # fmt: skip
+MEMBER = _words("member id", "member number", "membership", "member")
 REPEAT = _words("repeat", "say that again", "pardon", "come again", "what did you say")
 YES = _words(
     "yes", "yeah", "yep", "yup", "sure", "correct", "right", "please do", "go ahead", "ok",
@@ -222,7 +229,8 @@ class DemoAgent(AgentProvider):
             ANYTHING_ELSE,
             ASK_WHEN,
             "You're welcome. " + ANYTHING_ELSE,
-            "Are you still there? " + self._can_do(),
+            f"{STILL_THERE} {self._can_do()}",
+            ASK_MEMBER_ID,
             *(e.answer for e in self._tools.knowledge.entries),
         ]
         out: set[str] = set()
@@ -234,7 +242,7 @@ class DemoAgent(AgentProvider):
         return frozenset(out)
 
     def cacheable(self, sentence: str) -> bool:
-        return sentence in self._fixed
+        return sentence in self._fixed or is_fixed(sentence)
 
     # ------------------------------------------------------------------ turns
 
@@ -248,14 +256,15 @@ class DemoAgent(AgentProvider):
         """Decide this turn's reply from the input and the history (no other state)."""
         if turn.kind == "call_started":
             return Reply(text=self.greeting())
-        if turn.kind == "silence":
-            return Reply(text="Are you still there? " + self._can_do())
-        if turn.kind == "call_limit":
-            return Reply(
-                text="We've reached the time limit for this call. Thank you for calling. Goodbye!",
-                actions=[HangupAction(reason="call_limit")],
-            )
+        fixed = fixed_reply(turn)
+        if fixed is not None:
+            text, action = fixed
+            if action is None:  # the first silence: remind the caller what works
+                return Reply(text=f"{text} {self._can_do()}")
+            return Reply(text=text, actions=[action])
         said = last_assistant(turn.history)
+        if turn.kind == "digits":
+            return await self._on_entry(turn, said, turn.text.strip())
         if turn.kind == "dtmf":
             return await self._on_key(turn, said, turn.text.strip())
         return await self._on_utterance(turn, said, turn.text.strip())
@@ -284,6 +293,8 @@ class DemoAgent(AgentProvider):
         booking = await self._continue_booking(turn, said, text)
         if booking is not None:
             return booking
+        if MEMBER.search(text):
+            return await self._ask_member_id(turn)
         if said.endswith(ANYTHING_ELSE) and NO.search(text) and not YES.search(text):
             if not (BOOK.search(text) or self._tools.knowledge.match(text)):
                 return self._goodbye()
@@ -301,6 +312,22 @@ class DemoAgent(AgentProvider):
         if THANKS.search(text):
             return Reply(text="You're welcome. " + ANYTHING_ELSE)
         return Reply(text=self._not_understood())
+
+    # ------------------------------------------------------------------ keypad entry
+
+    async def _ask_member_id(self, turn: TurnInput, prefix: str = "") -> Reply:
+        await self._tools.collect_digits(turn.call_sid, num_digits=MEMBER_DIGITS)
+        return Reply(text=prefix + ASK_MEMBER_ID)
+
+    async def _on_entry(self, turn: TurnInput, said: str, digits: str) -> Reply:
+        if not said.endswith(ASK_MEMBER_ID):
+            return Reply(text="Sorry, I wasn't expecting a number. " + self._can_do())
+        if len(digits) != MEMBER_DIGITS or not digits.isdigit():
+            return await self._ask_member_id(turn, "Sorry, a member ID has 6 digits. ")
+        return Reply(
+            text=f"Thank you. I have member ID {' '.join(digits)}. I'm only a demo, so I can't "
+            f"look it up, but a real assistant could now. {ANYTHING_ELSE}"
+        )
 
     # ------------------------------------------------------------------ booking
 

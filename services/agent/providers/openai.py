@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, cast
 import openai
 from openai import AsyncOpenAI, omit
 
+from services.agent.digits import dtmf_user_text
+from services.agent.fixed_prompts import fixed_reply, is_fixed, sentences_of
 from services.agent.providers.base import (
     AgentOutput,
     AgentProvider,
@@ -145,8 +147,8 @@ def turn_messages(turn: TurnInput, *, system_prompt: str) -> list[dict[str, Any]
     messages.extend(turn.history)
     if turn.kind == "utterance" and turn.text:
         messages.append({"role": "user", "content": turn.text})
-    elif turn.kind == "dtmf":
-        messages.append({"role": "user", "content": f"(The caller pressed the key {turn.text}.)"})
+    elif turn.kind in ("dtmf", "digits"):
+        messages.append({"role": "user", "content": dtmf_user_text(turn.kind, turn.text)})
     elif turn.kind in _EVENT_NOTES:
         messages.append({"role": "system", "content": _EVENT_NOTES[turn.kind]})
     return messages
@@ -166,6 +168,8 @@ class OpenAIAgent(AgentProvider):
         self._mcp = mcp
         self._model = settings.openai_model
         self._system_prompt = load_prompt(settings.agent_prompt_file)
+        self._greeting = settings.agent_greeting.strip()
+        self._fixed = sentences_of(self._greeting) if self._greeting else frozenset()
         self._client = AsyncOpenAI(
             base_url=settings.openai_base_url or None,
             # Local OpenAI-compatible servers often need no key; the SDK insists on one.
@@ -214,6 +218,10 @@ class OpenAIAgent(AgentProvider):
     def _base_url_label(self) -> str:
         return self._settings.openai_base_url or "api.openai.com"
 
+    def cacheable(self, sentence: str) -> bool:
+        """The fixed greeting and prompts (never model output: it may carry caller data)."""
+        return sentence in self._fixed or is_fixed(sentence)
+
     # -- tools
 
     def tool_schemas(self) -> list[dict[str, Any]]:
@@ -243,6 +251,15 @@ class OpenAIAgent(AgentProvider):
     # -- the turn
 
     async def respond(self, turn: TurnInput) -> AsyncIterator[AgentOutput]:
+        # Fixed words need no model round trip: they start at once and TTS has them cached.
+        fixed = fixed_reply(turn)
+        if fixed is None and turn.kind == "call_started" and self._greeting:
+            fixed = (self._greeting, None)
+        if fixed is not None:
+            yield fixed[0]
+            if fixed[1] is not None:
+                yield fixed[1]
+            return
         messages = turn_messages(turn, system_prompt=self._system_prompt)
         tools = self.tool_schemas()
         spoken = False

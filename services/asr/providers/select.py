@@ -2,7 +2,8 @@
 
 ``ASR_PROVIDER=auto`` (default): Deepgram when ``DEEPGRAM_API_KEY`` is set, else local.
 ``local``: the embedded VAD + whisper recognizer. ``deepgram``: Deepgram's streaming API
-(``cloud`` extra); asked for by name without the extra, the worker refuses to start, while
+(``cloud`` extra); ``null``: consumes audio, recognizes nothing (capacity benchmarks); asked
+for by name without the extra, the worker refuses to start, while
 ``auto`` says so in one log line and runs the local recognizer.
 """
 
@@ -37,6 +38,11 @@ def make_provider(settings: Settings) -> AsrProvider:
     Raises :class:`ProviderUnavailable` when ``ASR_PROVIDER=deepgram`` and the SDK is missing.
     """
     wanted = settings.asr_provider
+    if wanted == "null":  # capacity benchmarks only: audio is consumed, nothing recognized
+        from services.asr.providers.null import NullAsr
+
+        log.info("asr provider selected", **kv(provider="null", asked="null"))
+        return NullAsr()
     if wanted == "auto":
         wanted = "deepgram" if settings.deepgram_api_key.get_secret_value() else "local"
     provider: AsrProvider | None = None

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -107,9 +108,15 @@ class PiperTts(TtsProvider):
     async def warm_up(self) -> None:
         """Load the voice and synthesize one word (first inference allocates buffers)."""
         loop = asyncio.get_running_loop()
+        log.info("loading piper voice", **kv(threads=self._threads))
+        began = time.monotonic()
         voice = await loop.run_in_executor(self._executor, self._load)
         await loop.run_in_executor(self._executor, self._synth_all, voice, "Ready.")
-        log.info("piper voice loaded", **kv(rate=voice.config.sample_rate, threads=self._threads))
+        seconds = round(time.monotonic() - began, 1)
+        log.info(
+            "piper voice loaded",
+            **kv(rate=voice.config.sample_rate, threads=self._threads, seconds=seconds),
+        )
 
     def _synth_all(self, voice: Any, text: str) -> bytes:
         return b"".join(

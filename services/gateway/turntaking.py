@@ -1,0 +1,145 @@
+"""Barge-in as a two-phase decision: pause at once, then confirm or revert (no I/O, no clock).
+
+Phase 1 (the gateway's VAD, no bus round trip): caller speech of ``BARGE_IN_MIN_SPEECH_MS``
+over agent audio pauses playback (Twilio ``clear``); the unheard remainder is kept.
+
+Phase 2 (this arbiter) decides what the sound was:
+
+- **confirm** (a real interruption): the caller's words arrive on the transcript subject with at
+  least ``BARGE_IN_MIN_WORDS`` words that are not backchannels, or the speech lasts
+  ``BARGE_IN_CONFIRM_SPEECH_MS``. The gateway then publishes ``Interrupt`` and ``Played``.
+- **revert** (noise, a cough, "mm-hm"): the final transcript is empty (the recognizer rejected
+  the sound) or only backchannels, or no qualifying words came within
+  ``FALSE_INTERRUPTION_TIMEOUT_MS`` after the caller stopped. Playback resumes where it was cut.
+
+While the recognizer has started an utterance but not finished it, the arbiter waits a little
+longer for its final text (``ASR_GRACE_S``) before reverting: a slow recognizer must not turn a
+real interruption into a resumed agent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from shared.backchannel import content_words, parse_backchannels
+
+ASR_GRACE_S = 2.5  # extra wait for the final text of an utterance the recognizer has started
+SPEECH_STARTED_SLACK_S = 1.0  # an ASR speech start this recent belongs to the barge-in
+
+__all__ = ["BargeInArbiter", "BargeInPolicy", "Decision", "content_words", "parse_backchannels"]
+
+
+@dataclass(frozen=True, slots=True)
+class BargeInPolicy:
+    """The settings of the decision (from ``shared.settings.Settings``)."""
+
+    min_words: int = 1
+    confirm_speech_ms: int = 1500
+    timeout_s: float = 1.2
+    backchannels: frozenset[str] = frozenset()
+
+
+class Decision(Enum):
+    """What the gateway does next about a paused turn."""
+
+    WAIT = "wait"
+    CONFIRM = "confirm"
+    REVERT = "revert"
+
+
+class BargeInArbiter:
+    """Confirm-or-revert state of one call's paused turn. Times are monotonic seconds."""
+
+    def __init__(self, *, policy: BargeInPolicy) -> None:
+        self.policy = policy
+        self.turn: int | None = None  # the paused turn (None: nothing paused)
+        self.reason = ""  # why the last decision was taken (for events)
+        self._paused_at = 0.0
+        self._speech_ms = 0.0
+        self._last_speech = 0.0
+        self._last_final_id = 0  # utterances up to this one ended before the pause
+        self._started_id = 0  # latest utterance the recognizer started
+        self._started_at = -1e9
+        self._pending_id: int | None = None  # started by the recognizer, no final yet
+
+    @property
+    def paused(self) -> bool:
+        """A turn is paused, waiting for the decision."""
+        return self.turn is not None
+
+    def pause(self, turn: int, now: float, *, speech_ms: float) -> None:
+        """Playback of ``turn`` was just paused after ``speech_ms`` of caller speech."""
+        self.turn = turn
+        self._paused_at = now
+        self._speech_ms = speech_ms
+        self._last_speech = now
+        recent = now - self._started_at <= SPEECH_STARTED_SLACK_S
+        started = self._started_id > self._last_final_id
+        self._pending_id = self._started_id if recent and started else None
+
+    def done(self) -> None:
+        """The decision was carried out."""
+        self.turn = None
+        self._pending_id = None
+
+    def on_vad(self, *, speech_ms: float, speaking: bool, now: float) -> Decision:
+        """VAD result of the caller's audio since the last call (``speech_ms`` newly heard)."""
+        if self.turn is None:
+            return Decision.WAIT
+        if speaking:
+            self._last_speech = now
+        self._speech_ms += speech_ms
+        if self._speech_ms >= self.policy.confirm_speech_ms:
+            self.reason = "long_speech"
+            return Decision.CONFIRM
+        return Decision.WAIT
+
+    def on_speech_started(self, utterance_id: int, now: float) -> None:
+        """The recognizer heard an utterance begin."""
+        self._started_id = max(self._started_id, utterance_id)
+        self._started_at = now
+        if self.turn is not None and utterance_id > self._last_final_id:
+            self._pending_id = utterance_id
+            self._last_speech = now
+
+    def on_speech_stopped(self, utterance_id: int, now: float) -> None:
+        """The recognizer heard an utterance end."""
+        if self.turn is not None and utterance_id > self._last_final_id:
+            self._last_speech = max(self._last_speech, now)
+
+    def on_transcript(self, *, utterance_id: int, text: str, is_final: bool) -> Decision:
+        """Words of an utterance; decides when they are (or are not) an interruption."""
+        if utterance_id <= self._last_final_id:
+            return Decision.WAIT  # an utterance that ended before the pause
+        if is_final:
+            self._last_final_id = utterance_id
+            if self._pending_id is not None and self._pending_id <= utterance_id:
+                self._pending_id = None
+        if self.turn is None:
+            return Decision.WAIT
+        if content_words(text, self.policy.backchannels) >= self.policy.min_words:
+            self.reason = "words"
+            return Decision.CONFIRM
+        if is_final and self._pending_id is None:
+            self.reason = "no_words" if not text.strip() else "backchannel"
+            return Decision.REVERT
+        return Decision.WAIT
+
+    def interrupts_playback(self, *, utterance_id: int, text: str) -> bool:
+        """Words heard while the agent plays and nothing is paused (the VAD missed them)."""
+        return (
+            self.turn is None
+            and utterance_id > self._last_final_id
+            and content_words(text, self.policy.backchannels) >= self.policy.min_words
+        )
+
+    def tick(self, now: float) -> Decision:
+        """Time passed: revert when no words came in time."""
+        if self.turn is None:
+            return Decision.WAIT
+        wait = self.policy.timeout_s + (ASR_GRACE_S if self._pending_id is not None else 0.0)
+        if now - self._last_speech >= wait:
+            self.reason = "timeout"
+            return Decision.REVERT
+        return Decision.WAIT

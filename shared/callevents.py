@@ -1,0 +1,212 @@
+"""The call event store: JetStream stream ``VOICE_EVENTS`` for ``voiceagent replay`` and ``calls``.
+
+It captures every per-call message except audio (``voice.*.events``, ``.control``,
+``.transcript``, ``.reply``) as it is published: no service writes to it explicitly. Retention is
+``EVENTS_RETENTION_H`` hours (``max_age``) and ``EVENTS_MAX_MB`` (oldest dropped first).
+Transcripts and replies are PHI: see docs/observability.md for access control and encryption
+at rest (a NATS server setting).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from statistics import median
+
+from nats.aio.client import Client as NATS
+from nats.js import api
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+from pydantic import ValidationError
+
+from shared import subjects
+from shared.logging import kv
+from shared.messages import Event, parse_event
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FETCH_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One stored bus message, in stream order."""
+
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+    seq: int
+
+
+def stream_config(*, retention_h: float, max_mb: int) -> api.StreamConfig:
+    """The events stream: file storage, limits retention by age and size."""
+    return api.StreamConfig(
+        name=subjects.EVENTS_STREAM,
+        description="voiceagent call events, control, transcripts and replies (PHI; no audio)",
+        subjects=list(subjects.EVENTS_STREAM_SUBJECTS),
+        retention=api.RetentionPolicy.LIMITS,
+        discard=api.DiscardPolicy.OLD,
+        max_age=retention_h * 3600.0,
+        max_bytes=max_mb * 1024 * 1024,
+        storage=api.StorageType.FILE,
+        allow_rollup_hdrs=False,
+    )
+
+
+async def ensure_stream(nc: NATS, settings: Settings) -> bool:
+    """Create or update the stream to the configured retention (idempotent; False: not stored).
+
+    Never raises: without JetStream the platform runs, only replay is unavailable.
+    """
+    if settings.events_retention_h <= 0:
+        return False
+    config = stream_config(retention_h=settings.events_retention_h, max_mb=settings.events_max_mb)
+    jsm = nc.jsm()
+    try:
+        try:
+            info = await jsm.stream_info(subjects.EVENTS_STREAM)
+        except NotFoundError:
+            await jsm.add_stream(config)
+            log.info("events stream created", **kv(retention_h=settings.events_retention_h))
+            return True
+        have = info.config
+        if have.max_age != config.max_age or have.max_bytes != config.max_bytes:
+            await jsm.update_stream(config)
+            log.info("events stream updated", **kv(retention_h=settings.events_retention_h))
+        return True
+    except (ServiceUnavailableError, BadRequestError, TimeoutError) as e:
+        log.warning("events stream unavailable (is JetStream on?)", **kv(error=type(e).__name__))
+    except Exception as e:
+        log.warning("events stream setup failed", **kv(error=type(e).__name__))
+    return False
+
+
+async def read(
+    nc: NATS,
+    filter_subject: str,
+    *,
+    since: float | None = None,
+    limit: int = 100_000,
+    fetch_timeout_s: float = 0.5,
+) -> list[StoredMessage]:
+    """Stored messages on ``filter_subject`` (since ``since``, epoch s), in publish order.
+
+    Raises :class:`nats.js.errors.NotFoundError` when the stream does not exist.
+    """
+    js = nc.jetstream()
+    await nc.jsm().stream_info(subjects.EVENTS_STREAM)  # NotFoundError when absent
+    config = api.ConsumerConfig(
+        ack_policy=api.AckPolicy.NONE, inactive_threshold=30.0, mem_storage=True
+    )
+    if since is None:
+        config.deliver_policy = api.DeliverPolicy.ALL
+    else:
+        config.deliver_policy = api.DeliverPolicy.BY_START_TIME
+        # nats-py sends this field as given: the server wants RFC 3339 text.
+        start = datetime.fromtimestamp(since, tz=UTC).isoformat().replace("+00:00", "Z")
+        config.opt_start_time = start  # type: ignore[assignment]
+    sub = await js.pull_subscribe(filter_subject, stream=subjects.EVENTS_STREAM, config=config)
+    out: list[StoredMessage] = []
+    try:
+        while len(out) < limit:
+            try:
+                msgs = await sub.fetch(batch=FETCH_BATCH, timeout=fetch_timeout_s)
+            except TimeoutError:
+                break
+            for m in msgs:
+                out.append(
+                    StoredMessage(
+                        subject=m.subject,
+                        headers=dict(m.headers or {}),
+                        data=m.data,
+                        seq=m.metadata.sequence.stream,
+                    )
+                )
+            if not msgs or not msgs[-1].metadata.num_pending:
+                break
+    finally:
+        try:
+            await sub.unsubscribe()
+        except Exception:
+            pass
+    return out[:limit]
+
+
+async def read_call(nc: NATS, call_sid: str) -> list[StoredMessage]:
+    """Everything stored for one call, in publish order."""
+    return await read(nc, subjects.call_root(call_sid) + ".*")
+
+
+# ------------------------------------------------------------------ call summaries
+
+
+@dataclass(slots=True)
+class CallSummary:
+    """What ``voiceagent calls`` shows for one call (from its events only: no PHI)."""
+
+    call_sid: str
+    started_at: float
+    ended_at: float | None = None
+    duration_s: float | None = None
+    end_reason: str = ""
+    turns: int = 0
+    barge_ins: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    @property
+    def latency_p50_ms(self) -> float | None:
+        """Median voice-to-voice latency over the call's turns."""
+        return median(self.latencies_ms) if self.latencies_ms else None
+
+    @property
+    def latency_max_ms(self) -> float | None:
+        """Worst voice-to-voice latency of the call."""
+        return max(self.latencies_ms) if self.latencies_ms else None
+
+
+_ERROR_EVENTS = frozenset({"asr.error", "asr.failed", "asr.unavailable", "agent.error"})
+
+
+def summarize(events: Iterable[Event]) -> list[CallSummary]:
+    """Per-call summaries from events (any order of calls; events of a call in order)."""
+    calls: dict[str, CallSummary] = {}
+    for ev in events:
+        s = calls.get(ev.call_sid)
+        if s is None:
+            s = calls[ev.call_sid] = CallSummary(call_sid=ev.call_sid, started_at=ev.at)
+        s.started_at = min(s.started_at, ev.at)
+        if ev.name == "call.ended":
+            s.ended_at = ev.at
+            dur = ev.data.get("duration_s")
+            s.duration_s = float(dur) if isinstance(dur, int | float) else None
+            s.end_reason = str(ev.data.get("reason") or "")
+        elif ev.name == "turn.first_audio":
+            s.turns += 1
+            v2v = ev.data.get("voice_to_voice_ms")
+            if isinstance(v2v, int | float) and not isinstance(v2v, bool):
+                s.latencies_ms.append(float(v2v))
+        elif ev.name == "barge_in":
+            s.barge_ins += 1
+        elif ev.name in _ERROR_EVENTS or ev.name.endswith(".failed"):
+            s.errors += 1
+    return sorted(calls.values(), key=lambda c: c.started_at, reverse=True)
+
+
+def parse_events(messages: Iterable[StoredMessage]) -> list[Event]:
+    """The valid :class:`Event` bodies among ``messages`` (others are skipped)."""
+    out: list[Event] = []
+    for m in messages:
+        try:
+            out.append(parse_event(m.data))
+        except (ValidationError, ValueError):
+            continue
+    return out
+
+
+async def recent_calls(nc: NATS, *, since: float, limit: int = 50) -> list[CallSummary]:
+    """Summaries of calls with events since ``since`` (epoch s), newest first."""
+    msgs = await read(nc, subjects.ALL_EVENTS, since=since)
+    return summarize(parse_events(msgs))[:limit]

@@ -1,0 +1,249 @@
+"""A whole call with the three cloud providers selected, against their wire-protocol fakes.
+
+``Stack(providers="cloud")`` starts the Deepgram, MCP and ElevenLabs fakes as processes (the
+Deepgram fake recognizes with our embedded whisper) and its own nats-server; the OpenAI fake
+runs in this process so a test can make its next answers fail. The simulated caller speaks
+Twilio's protocol; a separate bus subscription checks what crossed NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import nats
+import numpy as np
+import pytest
+from openai import AsyncOpenAI
+
+from services.agent.mcp_tools import connect_mcp
+from shared import subjects
+from shared.audio import ulaw_to_float
+from shared.messages import ReplySegment, Transcript, parse_reply, parse_transcript
+from shared.settings import Settings
+from voiceagent.cli import result_summary
+from voiceagent.fakes.mcp_server import insurance_status
+from voiceagent.fakes.openai import GOODBYE, GREETING, FakeOpenAI
+from voiceagent.simulator import CallResult, new_sid, place_call, say, word_recall
+from voiceagent.stack import Stack, free_port, reachable
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "cloud-" + "7" * 26
+KEY = "sk-cloud-e2e"
+# Whisper writes numbers under 1000 as plain digits ("12345" would come out as "12,345").
+INSURANCE = "Can you check the insurance for member 842?"
+BYE = "Thank you, goodbye."
+
+
+def rms(mulaw: bytes | bytearray) -> float:
+    x = ulaw_to_float(bytes(mulaw))
+    return float(np.sqrt(np.mean(x * x))) if x.size else 0.0
+
+
+async def test_the_fakes_command_serves_every_provider_and_prints_its_env() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "voiceagent.cli",
+        "fakes",
+        "--quiet",
+        "--api-key",
+        "cli-key",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(40):
+            while not lines or "Ctrl-C stops them." not in lines[-1]:
+                raw = await proc.stdout.readline()
+                assert raw, "fakes exited early:\n" + "\n".join(lines)
+                lines.append(raw.decode().rstrip())
+        env = dict(line.split("=", 1) for line in lines if re.fullmatch(r"[A-Z_]+=\S+", line))
+        assert env["ASR_PROVIDER"] == "deepgram" and env["DEEPGRAM_API_KEY"] == "cli-key"
+        assert env["AGENT_PROVIDER"] == "openai" and env["TTS_PROVIDER"] == "elevenlabs"
+        # The official SDKs, configured from those lines alone, reach the fakes.
+        client = AsyncOpenAI(base_url=env["OPENAI_BASE_URL"], api_key=env["OPENAI_API_KEY"])
+        done = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello"}]
+        )
+        await client.close()
+        assert done.choices[0].message.content
+        tools = await connect_mcp(Settings(mcp_server_url=env["MCP_SERVER_URL"]))
+        assert tools is not None
+        try:
+            assert {"check_insurance", "get_lab_results_status"} <= tools.names
+        finally:
+            await tools.aclose()
+        async with httpx.AsyncClient(trust_env=False) as http:
+            voices = await http.get(
+                env["ELEVENLABS_BASE_URL"] + "/v1/voices",
+                headers={"xi-api-key": env["ELEVENLABS_API_KEY"]},
+            )
+        assert voices.status_code == 200
+        deepgram = urlsplit(env["DEEPGRAM_URL"])
+        assert reachable(deepgram.hostname or "", deepgram.port or 0)
+        # Ctrl-C stops the command and every fake with it.
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        ports = [urlsplit(env[k]).port or 0 for k in env if k.endswith("_URL")]
+        assert not any(reachable("127.0.0.1", p) for p in ports), "a fake outlived the command"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@dataclass
+class Cloud:
+    stack: Stack
+    openai: FakeOpenAI
+
+    def logs(self) -> str:
+        return "\n".join(self.stack.recent_output()[-80:])
+
+
+@pytest.fixture(scope="module")
+async def cloud() -> AsyncIterator[Cloud]:
+    port = free_port()
+    env = {
+        # A port with no server: the stack starts a nats-server of its own there.
+        "NATS_URL": f"nats://127.0.0.1:{free_port()}",
+        "REDIS_URL": "",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "TWILIO_AUTH_TOKEN": TOKEN,
+        "LOG_FORMAT": "text",
+        "AGENT_GREETING": "",  # the model greets: the fault test below fails that request
+    }
+    async with FakeOpenAI(api_key=KEY) as openai:
+        env |= {"OPENAI_BASE_URL": openai.base_url, "OPENAI_API_KEY": KEY}
+        st = Stack(env=env, output=None, service_output=None, providers="cloud")
+        try:
+            await st.start()
+            assert st.started_nats and st.cloud is not None
+            assert set(st.cloud.ports) == {"deepgram", "mcp_server", "elevenlabs"}
+            await st.wait_ready(timeout_s=120)
+        except (TimeoutError, RuntimeError) as e:
+            logs = "\n".join(st.recent_output()[-60:])
+            await st.stop()
+            pytest.fail(f"{e}\n--- service output ---\n{logs}")
+        try:
+            yield Cloud(stack=st, openai=openai)
+        finally:
+            await st.stop()
+
+
+@dataclass
+class Bus:
+    """The call's transcripts and reply segments, as published on NATS."""
+
+    transcripts: list[Transcript] = field(default_factory=list)
+    replies: list[ReplySegment] = field(default_factory=list)
+
+    async def on_transcript(self, msg: Any) -> None:
+        m = parse_transcript(msg.data)
+        if isinstance(m, Transcript) and m.is_final:
+            self.transcripts.append(m)
+
+    async def on_reply(self, msg: Any) -> None:
+        m = parse_reply(msg.data)
+        if isinstance(m, ReplySegment):
+            self.replies.append(m)
+
+    def reply_text(self, turn: int) -> str:
+        segs = sorted((s for s in self.replies if s.turn == turn), key=lambda s: s.seq)
+        return " ".join(s.text.strip() for s in segs)
+
+    def turns(self) -> list[int]:
+        return sorted({s.turn for s in self.replies})
+
+
+async def call(cloud: Cloud, script: list[str]) -> tuple[CallResult, Bus, str]:
+    info = cloud.stack.info
+    assert info is not None
+    sid = new_sid("CA")
+    bus = Bus()
+    nc = await nats.connect(info.nats_url)
+    try:
+        await nc.subscribe(subjects.transcript(sid), cb=bus.on_transcript)
+        await nc.subscribe(subjects.reply(sid), cb=bus.on_reply)
+        await nc.flush()
+        result = await place_call(
+            [say(s) for s in script],
+            gateway_url=info.gateway_url,
+            public_url=info.public_url,
+            auth_token=TOKEN,
+            nats_url=info.nats_url,
+            call_sid=sid,
+            greeting_timeout_s=20,
+            reply_timeout_s=20,
+            quiet_s=1.0,
+        )
+        await asyncio.sleep(0.2)  # the last bus messages land
+    finally:
+        await nc.close()
+    summary = json.dumps(result_summary(result), indent=1)
+    return result, bus, f"\nresult: {summary}\n--- service output ---\n{cloud.logs()}"
+
+
+def heard(turn: Any) -> bool:
+    """The caller received real speech (valid media on the stream, not silence)."""
+    return turn.first_audio_at is not None and turn.reply_ms > 500 and rms(turn.reply_audio) > 0.02
+
+
+async def test_deepgram_hears_openai_calls_an_mcp_tool_elevenlabs_speaks(cloud: Cloud) -> None:
+    result, bus, ctx = await call(cloud, [INSURANCE])
+
+    assert result.ended_by == "caller", ctx
+    assert result.protocol_errors == [], ctx
+    assert heard(result.greeting), "no greeting heard" + ctx
+    # Deepgram path: the fake's whisper recognized the caller, the provider published it.
+    recognized = " ".join(t.text for t in bus.transcripts)
+    assert word_recall(INSURANCE, recognized) >= 0.8, f"recognized {recognized!r}" + ctx
+    # The OpenAI agent called the MCP tool and spoke its result (the fake model only quotes
+    # tool results it was given).
+    answer_turn = bus.turns()[-1]
+    answer = bus.reply_text(answer_turn)
+    assert insurance_status("842") in answer, f"agent said {answer!r}" + ctx
+    # ElevenLabs audio reached the caller as Twilio media, in time.
+    reply = result.turns[0]
+    assert heard(reply), "no reply heard" + ctx
+    # Bounded, loosely: the Deepgram fake's whisper shares two cores with everything else.
+    assert reply.latency_ms is not None and reply.latency_ms < 15000, ctx
+    assert sorted(result.marks_echoed) == sorted(result.marks_received), ctx
+
+
+async def test_openai_errors_are_retried_and_the_call_goes_on(cloud: Cloud) -> None:
+    # The next two chat completions (this call's greeting and its first retry) answer 500.
+    sent_before = len(cloud.openai.requests)
+    cloud.openai.inject("server_error", times=2)
+    began = time.monotonic()
+    result, bus, ctx = await call(cloud, [BYE])
+
+    assert result.protocol_errors == [], ctx
+    # The greeting is still heard, after the retries, inside the provider deadline.
+    assert heard(result.greeting), "no greeting heard after the 500s" + ctx
+    assert result.greeting.first_audio_at is not None
+    assert result.greeting.first_audio_at - began < 12, ctx
+    assert len(cloud.openai.requests) - sent_before >= 3, "the 500s were not retried" + ctx
+    greeting = bus.reply_text(bus.turns()[0])
+    assert greeting == GREETING, f"greeting {greeting!r}" + ctx
+    # The call is alive: the caller's next turn is understood, answered (the model's hang-up
+    # tool) and heard, then the agent ends the call.
+    answer = bus.reply_text(bus.turns()[-1])
+    assert answer == GOODBYE, f"agent said {answer!r}" + ctx
+    assert heard(result.turns[0]), "no goodbye heard" + ctx
+    assert "hangup" in result.control and result.ended_by == "gateway", ctx

@@ -1,0 +1,236 @@
+"""deploy/nats/nats-server.conf: each service's normal traffic flows; outside its subjects it
+is refused (permissions violation), and no one reads another's replies or forges audit records."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from pydantic import SecretStr
+
+from shared import audit, bus, subjects
+from shared.settings import Settings
+from tests.conftest import nats_server_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "deploy" / "nats" / "nats-server.conf"
+SERVICES = ("gateway", "asr", "agent", "tts", "operator")
+PASSWORDS = {s: f"pw-{s}-{uuid.uuid4().hex[:8]}" for s in SERVICES}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def secured_nats() -> Iterator[str]:
+    port = _free_port()
+    store = tempfile.mkdtemp(prefix="nats-sec-")
+    env = dict(os.environ, **{f"{s.upper()}_NATS_PASSWORD": p for s, p in PASSWORDS.items()})
+    # The shipped file, verbatim but for where JetStream keeps its files.
+    text = CONF.read_text().replace('store_dir: "/data/nats"', f'store_dir: "{store}"')
+    assert store in text
+    conf = Path(store) / "nats-server.conf"
+    conf.write_text(text)
+    proc = subprocess.Popen(
+        [nats_server_binary(), "-c", str(conf), "-a", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("nats-server did not start with deploy/nats/nats-server.conf")
+            time.sleep(0.02)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(store, ignore_errors=True)
+
+
+@dataclass
+class Svc:
+    nc: NATS
+    errors: list[str] = field(default_factory=list)
+
+    def violations(self) -> list[str]:
+        return [e for e in self.errors if "permissions violation" in e.lower()]
+
+
+async def as_service(url: str, name: str) -> Svc:
+    """Connect exactly as the service would: NATS_USER/PASSWORD and its own inbox prefix."""
+    settings = Settings(
+        nats_url=url,
+        nats_user=name,
+        nats_password=SecretStr(PASSWORDS[name]),
+        nats_inbox_prefix=f"_INBOX_{name}",
+    )
+    opts = bus.connect_options(settings, name=name)
+    svc: Svc | None = None
+
+    async def on_error(e: Exception) -> None:
+        assert svc is not None
+        svc.errors.append(str(e))
+
+    opts["error_cb"] = on_error
+    opts["max_reconnect_attempts"] = 0
+    nc = await nats.connect(url, **opts)
+    svc = Svc(nc=nc)
+    return svc
+
+
+@pytest.fixture
+async def svcs(secured_nats: str) -> AsyncIterator[dict[str, Svc]]:
+    out = {name: await as_service(secured_nats, name) for name in SERVICES}
+    try:
+        yield out
+    finally:
+        for s in out.values():
+            with contextlib.suppress(Exception):
+                await s.nc.close()
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.msgs: list[Msg] = []
+        self.got = asyncio.Event()
+
+    async def cb(self, msg: Msg) -> None:
+        self.msgs.append(msg)
+        self.got.set()
+
+    async def wait(self, within: float = 2.0) -> Msg:
+        await asyncio.wait_for(self.got.wait(), within)
+        return self.msgs[-1]
+
+
+async def sub(svc: Svc, subject: str, queue: str = "") -> Inbox:
+    box = Inbox()
+    await svc.nc.subscribe(subject, queue=queue, cb=box.cb)
+    await svc.nc.flush()
+    return box
+
+
+async def test_each_service_normal_traffic_flows(svcs: dict[str, Svc]) -> None:
+    gw, asr, agent, tts = svcs["gateway"], svcs["asr"], svcs["agent"], svcs["tts"]
+    call = "CA" + uuid.uuid4().hex
+
+    # ASR claim: request/reply through the gateway's own inbox and ASR's allow_responses.
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b"accepted")
+
+    await asr.nc.subscribe(subjects.ASR_CLAIM, queue=subjects.QUEUE_ASR, cb=answer)
+    await asr.nc.flush()
+    reply = await gw.nc.request(subjects.ASR_CLAIM, b"claim", timeout=2)
+    assert reply.data == b"accepted"
+
+    # The audio/text pipeline, each hop with the publisher's and subscriber's own rights.
+    hops = [
+        (gw, asr, subjects.audio_in(call)),
+        (asr, agent, subjects.transcript(call)),
+        (asr, gw, subjects.transcript(call)),
+        (agent, tts, subjects.reply(call)),
+        (agent, gw, subjects.reply(call)),
+        (tts, gw, subjects.audio_out(call)),
+        (gw, agent, subjects.control(call)),
+        (gw, tts, subjects.control(call)),
+        (gw, asr, subjects.control(call)),
+        (asr, gw, subjects.asr_heartbeat(call)),
+    ]
+    for pub, recv, subject in hops:
+        box = await sub(recv, subject)
+        await pub.nc.publish(subject, b"x")
+        try:
+            msg = await box.wait(5.0)
+        except TimeoutError:
+            raise AssertionError(f"{subject} did not flow: {pub.errors} {recv.errors}") from None
+        assert msg.subject == subject
+
+    # The operator tails everything, read-only.
+    tail = await sub(svcs["operator"], subjects.call_all(call))
+    await tts.nc.publish(subjects.events(call), b"{}")
+    assert (await tail.wait()).subject == subjects.events(call)
+
+    # The gateway writes the audit trail (JetStream API + acks on its inbox); the operator reads it.
+    log = audit.AuditLog(nc=gw.nc, service="gateway", max_age_days=1)
+    await log.record(actor="ann", action="transcript.export", call_sid=call)
+    records = await audit.query(svcs["operator"].nc, call_sid=call)
+    assert [(r.actor, r.call_sid) for r in records] == [("ann", call)]
+
+    for s in svcs.values():
+        assert not s.violations(), s.errors
+
+
+async def test_services_are_refused_outside_their_subjects(svcs: dict[str, Svc]) -> None:
+    gw, asr, agent, tts, op = (svcs[s] for s in SERVICES)
+    call = "CA" + uuid.uuid4().hex
+    transcripts = await sub(agent, subjects.transcript(call))
+
+    # TTS forging a transcript (what the agent would act on): refused, never delivered.
+    await tts.nc.publish(subjects.transcript(call), b"forged")
+    await tts.nc.flush()
+    await asyncio.sleep(0.2)
+    assert tts.violations() and not transcripts.msgs
+
+    # ASR eavesdropping on replies, the agent on the gateway's reply inbox: refused.
+    await asr.nc.subscribe(subjects.ALL_REPLY)
+    await agent.nc.subscribe("_INBOX_gateway.>")
+    # The operator publishing on a call, or anyone but the gateway forging audit records.
+    await op.nc.publish(subjects.control(call), b"hangup")
+    await asr.nc.publish(subjects.audit("transcript.export"), b"{}")
+    # The operator deleting the audit trail via the JetStream API.
+    with contextlib.suppress(Exception):
+        await op.nc.request("$JS.API.STREAM.DELETE." + subjects.AUDIT_STREAM, b"", timeout=0.5)
+    for s in (asr, agent, op):
+        await s.nc.flush()
+    await asyncio.sleep(0.3)
+    assert any("subscription" in e.lower() for e in asr.violations()), asr.errors
+    assert any("_inbox_gateway" in e.lower() for e in agent.violations()), agent.errors
+    assert any("publish" in e.lower() and "audit" in e.lower() for e in asr.violations())
+    assert any("voice." in e.lower() for e in op.violations()), op.errors
+    assert any("$js.api.stream.delete" in e.lower() for e in op.violations()), op.errors
+
+    # ASR may answer a request it received, but not publish to an inbox on its own.
+    await asr.nc.publish("_INBOX_gateway.stolen", b"x")
+    await asr.nc.flush()
+    await asyncio.sleep(0.2)
+    assert any("_inbox_gateway.stolen" in e.lower() for e in asr.violations()), asr.errors
+    # Wrong password: no connection at all.
+    with pytest.raises(Exception):  # noqa: B017 - nats-py raises various auth errors
+        await nats.connect(
+            gw.nc.connected_url.geturl() if gw.nc.connected_url else "",
+            user="gateway",
+            password="wrong",
+            max_reconnect_attempts=0,
+            allow_reconnect=False,
+            connect_timeout=1,
+        )
+    # Only the gateway may claim an ASR worker.
+    claims = await sub(asr, subjects.ASR_CLAIM, queue=subjects.QUEUE_ASR)
+    with pytest.raises((NatsTimeout, NoRespondersError)):
+        await tts.nc.request(subjects.ASR_CLAIM, b"claim", timeout=0.3)
+    assert not claims.msgs
+    assert any("voice._sys.asr.claim" in e.lower() for e in tts.violations()), tts.errors

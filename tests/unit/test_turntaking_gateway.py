@@ -1,0 +1,171 @@
+"""Gateway turn-taking logic on a fake clock: backchannels, confirm/revert, pause/resume of the
+playback queue, silence and call-length guards, pacing measurement."""
+
+from __future__ import annotations
+
+from services.gateway.guards import AskPrompt, CallGuards, EndCall
+from services.gateway.pacing import pacing_stats
+from services.gateway.playback import SendMark, SendMedia
+from services.gateway.turntaking import (
+    BargeInArbiter,
+    BargeInPolicy,
+    Decision,
+    content_words,
+    parse_backchannels,
+)
+from shared.settings import Settings
+
+BACK = parse_backchannels(Settings(_env_file=None).backchannel_words)
+
+
+def test_backchannels_in_any_spelling_are_not_words() -> None:
+    for text in ("Mm-hmm.", "mhm", "Uh huh", "uh-huh, okay", "Yeah, right.", "OK", "I see."):
+        assert content_words(text, BACK) == 0, text
+    assert content_words("Wait.", BACK) == 1
+    assert content_words("Okay, but what about Sunday?", BACK) == 4
+    assert content_words("", BACK) == 0
+
+
+def arbiter(**kw: object) -> BargeInArbiter:
+    policy = BargeInPolicy(
+        min_words=1, confirm_speech_ms=1500, timeout_s=1.2, backchannels=BACK, **kw
+    )  # type: ignore[arg-type]
+    return BargeInArbiter(policy=policy)
+
+
+def test_words_confirm_backchannel_and_empty_revert() -> None:
+    a = arbiter()
+    a.pause(3, 10.0, speech_ms=160)
+    assert a.on_transcript(utterance_id=1, text="Mm-hmm.", is_final=False) is Decision.WAIT
+    assert a.on_transcript(utterance_id=1, text="Mm-hmm.", is_final=True) is Decision.REVERT
+    a.done()
+    a.pause(4, 20.0, speech_ms=160)
+    assert a.on_transcript(utterance_id=2, text="", is_final=True) is Decision.REVERT
+    a.done()
+    a.pause(5, 30.0, speech_ms=160)
+    assert a.on_transcript(utterance_id=3, text="No, stop", is_final=False) is Decision.CONFIRM
+
+
+def test_old_utterance_text_does_not_decide() -> None:
+    a = arbiter()
+    a.on_transcript(utterance_id=7, text="What are your hours?", is_final=True)
+    a.pause(1, 5.0, speech_ms=160)
+    assert a.on_transcript(utterance_id=7, text="What are your hours?", is_final=True) is (
+        Decision.WAIT
+    )
+
+
+def test_long_speech_confirms_and_silence_reverts_after_the_window() -> None:
+    a = arbiter()
+    a.pause(1, 0.0, speech_ms=160)
+    assert a.on_vad(speech_ms=1000, speaking=True, now=1.0) is Decision.WAIT
+    assert a.on_vad(speech_ms=400, speaking=True, now=1.4) is Decision.CONFIRM
+    a.done()
+    a.pause(2, 10.0, speech_ms=160)
+    a.on_vad(speech_ms=200, speaking=True, now=10.3)
+    assert a.tick(11.4) is Decision.WAIT  # 1.1 s after the caller stopped
+    assert a.tick(11.6) is Decision.REVERT
+
+
+def test_a_started_utterance_gets_time_for_its_text() -> None:
+    a = arbiter()
+    a.on_speech_started(4, 9.9)
+    a.pause(1, 10.0, speech_ms=160)
+    assert a.tick(11.5) is Decision.WAIT  # the recognizer is still working on utterance 4
+    assert a.on_transcript(utterance_id=4, text="Stop please", is_final=True) is Decision.CONFIRM
+
+
+def test_pause_rewinds_to_the_unheard_audio_and_resume_replays_it() -> None:
+    from services.gateway.playback import PlaybackQueue
+
+    q = PlaybackQueue(lead_s=0.2)
+    audio = bytes(range(250)) * 16  # 4000 bytes: 0.5 s, all sent (and marked) by 0.3 s
+    q.add_reply(turn=1, seq=0, text="one two three four", last=True, speech_ended_at=None, now=0)
+    q.add_chunk(turn=1, seq=0, chunk=0, data=audio, last=True, now=0)
+    sent = bytearray()
+    t = 0.0
+    while t < 0.4:  # 0.4 s of real time: 0.4 s played, 0.1 s more queued at Twilio
+        actions, _ = q.poll(t)
+        sent += b"".join(a.data for a in actions if isinstance(a, SendMedia))
+        t += 0.02
+    assert q.pause(0.4) == 1 and q.paused
+    assert q.poll(0.5) == ([], None)  # paused: nothing goes out
+    q.resume(1.0)
+    again = bytearray()
+    marks: list[str] = []
+    t = 1.0
+    while t < 2.0:
+        actions, _ = q.poll(t)
+        again += b"".join(a.data for a in actions if isinstance(a, SendMedia))
+        marks += [a.name for a in actions if isinstance(a, SendMark)]
+        t += 0.02
+    heard = 3200  # 0.4 s were played when the pause came
+    assert len(sent) == 4000
+    assert again == audio[-len(again) :] and abs(len(again) - (4000 - heard)) <= 160
+    assert marks == ["1:0"]
+    # Twilio echoes the voided mark on clear (ignored), then the real one.
+    assert q.on_mark("1:0") is None
+    heard_msg = q.on_mark("1:0")
+    assert heard_msg is not None and heard_msg.complete
+
+
+def test_interrupt_after_pause_reports_the_heard_prefix() -> None:
+    from services.gateway.playback import PlaybackQueue
+
+    q = PlaybackQueue(lead_s=0.2)
+    q.add_reply(
+        turn=2, seq=0, text="alpha beta gamma delta", last=False, speech_ended_at=None, now=0
+    )
+    q.add_chunk(turn=2, seq=0, chunk=0, data=b"\x01" * 8000, last=True, now=0)
+    t = 0.0
+    while t < 0.5:
+        q.poll(t)
+        t += 0.02
+    q.pause(0.5)
+    result = q.interrupt(2, 0.6)
+    assert not result.clear  # already cleared by the pause
+    [heard] = result.heard
+    assert not heard.complete and heard.text == "alpha beta"
+    q.add_chunk(turn=2, seq=1, chunk=0, data=b"\x02" * 800, last=True, now=0.7)
+    assert q.poll(0.8) == ([], None)  # late audio of the interrupted turn never plays
+
+
+def guards() -> CallGuards:
+    return CallGuards(started=0.0, silence_s=8.0, hangup_s=10.0, max_call_s=900, limit_grace_s=20)
+
+
+def test_silence_reprompts_then_says_goodbye_then_hangs_up() -> None:
+    g = guards()
+    assert g.tick(7.9, agent_busy=False) == []
+    assert g.tick(8.0, agent_busy=False) == [AskPrompt("silence", 8.0)]
+    assert g.tick(10.0, agent_busy=True) == []  # the reprompt plays
+    assert g.tick(17.9, agent_busy=False) == []
+    assert g.tick(18.0, agent_busy=False) == [AskPrompt("silence_final", 8.0)]
+    assert g.tick(27.9, agent_busy=False) == []
+    assert g.tick(28.0, agent_busy=False) == [EndCall("silence")]
+
+
+def test_caller_speech_resets_the_silence_count() -> None:
+    g = guards()
+    g.tick(8.0, agent_busy=False)
+    g.caller_activity(12.0)
+    assert g.tick(19.9, agent_busy=False) == []
+    assert g.tick(20.0, agent_busy=False) == [AskPrompt("silence", 8.0)]
+
+
+def test_call_limit_prompts_then_ends_after_grace() -> None:
+    g = guards()
+    assert g.tick(900.0, agent_busy=True) == [AskPrompt("call_limit")]
+    assert g.tick(919.0, agent_busy=True) == []
+    assert g.tick(920.0, agent_busy=True) == [EndCall("call_limit")]
+
+
+def test_pacing_stats_flags_bursts_gaps_and_lead() -> None:
+    steady = [0.0, 0.0, 0.0, 0.0, 0.0] + [0.02 * k for k in range(1, 100)]
+    ok = pacing_stats(steady)
+    assert ok.within(100) and ok.underruns == 0 and ok.jitter_p95_ms < 1
+    gappy = [0.02 * k for k in range(50)] + [1.5 + 0.02 * k for k in range(50)]
+    bad = pacing_stats(gappy)
+    assert bad.underruns == 1 and bad.max_gap_ms >= 490 and not bad.within(100)
+    burst = pacing_stats([0.0] * 40)
+    assert burst.max_lead_ms == 800 and not burst.within(200)

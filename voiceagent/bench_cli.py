@@ -1,0 +1,136 @@
+"""``voiceagent bench`` arguments and dispatch (kept out of :mod:`voiceagent.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any
+
+Output = Callable[[str], None]
+
+# Benchmarks other modules contribute: each module's ``run_bench`` is called when present.
+EXTRA_BENCHES = ("voiceagent.bench_turntaking", "voiceagent.bench_endpointing")
+
+
+def _steps(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError("steps are comma-separated integers") from e
+    if not steps or steps[0] < 1:
+        raise argparse.ArgumentTypeError("steps must be positive")
+    return steps
+
+
+def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``bench`` sub-command to ``voiceagent``'s sub-parsers."""
+    from voiceagent.bench import DEFAULT_STEPS
+
+    b: argparse.ArgumentParser = sub.add_parser(
+        "bench",
+        help="capacity and latency: N concurrent simulated calls against the stack",
+        description="Start the stack on a private nats-server, drive N = 1, 10, 50, ... "
+        "concurrent simulated Twilio calls and print a table per N (docs/performance.md).",
+    )
+    b.add_argument(
+        "--mode",
+        choices=("instant", "embedded", "both"),
+        default="both",
+        help="providers: cloud fakes with instant answers (our overhead), the embedded "
+        "defaults (whisper, piper), or both (default)",
+    )
+    b.add_argument(
+        "--steps",
+        type=_steps,
+        default=DEFAULT_STEPS,
+        metavar="N,N,...",
+        help="concurrent calls per step (default 1,10,50,100,200,300,500,1000)",
+    )
+    b.add_argument(
+        "--max-calls",
+        type=int,
+        default=50,
+        metavar="N",
+        help="instant mode: stop after this many concurrent calls (default 50)",
+    )
+    b.add_argument(
+        "--embedded-max-calls",
+        type=int,
+        default=10,
+        metavar="N",
+        help="embedded mode: stop after this many (default 10: local whisper saturates early)",
+    )
+    for name in ("asr", "agent", "tts"):
+        b.add_argument(f"--{name}", type=int, default=2, metavar="N", help=f"{name} replicas")
+    b.add_argument(
+        "--keep-going", action="store_true", help="run every step even after one misses a target"
+    )
+    b.add_argument(
+        "--capacity",
+        action="store_true",
+        help="also measure one ASR worker's audio intake and one gateway's call capacity",
+    )
+    b.add_argument("--asr-calls", type=int, default=1000, metavar="N", help="--capacity: ASR calls")
+    b.add_argument(
+        "--gateway-calls", type=int, default=200, metavar="N", help="--capacity: gateway calls"
+    )
+    b.add_argument(
+        "--no-extras", action="store_true", help="skip the turn-taking / endpointing tables"
+    )
+    return b
+
+
+async def _extra(module: str, out: Output) -> None:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        out(f"bench: {module} is not available here: its table is skipped")
+        return
+    fn = getattr(mod, "run_bench", None)
+    if fn is None:
+        out(f"bench: {module} has no run_bench(): its table is skipped")
+        return
+    params = inspect.signature(fn).parameters
+    result = fn(out=out) if "out" in params else fn()
+    if inspect.isawaitable(result):
+        result = await result
+    if isinstance(result, str):
+        out(result)
+
+
+async def run_bench_command(args: argparse.Namespace, *, out: Output) -> int:
+    """Run what ``voiceagent bench`` was asked for; exit code 0 when it completed."""
+    from voiceagent.bench import BenchOptions, Mode, run_bench
+
+    began = time.monotonic()
+    modes: tuple[Mode, ...] = ("instant", "embedded") if args.mode == "both" else (args.mode,)
+    mode: Mode
+    for mode in modes:
+        cap = args.max_calls if mode == "instant" else args.embedded_max_calls
+        opts = BenchOptions(
+            mode=mode,
+            steps=args.steps,
+            max_calls=cap,
+            asr=args.asr,
+            agent=args.agent,
+            tts=args.tts,
+            keep_going=args.keep_going,
+        )
+        out(f"\n=== bench: {mode} providers, up to {cap} concurrent calls ===")
+        await run_bench(opts, out=out)
+    if args.capacity:
+        from voiceagent.bench_capacity import asr_intake, gateway_capacity
+
+        out("\n=== bench: one ASR worker's audio intake (recognizer excluded) ===")
+        out((await asr_intake(calls=args.asr_calls, out=out)).describe())
+        out("\n=== bench: one gateway process, one core ===")
+        out((await gateway_capacity(calls=args.gateway_calls, out=out)).describe())
+    if not args.no_extras:
+        for module in EXTRA_BENCHES:
+            out(f"\n=== bench: {module.rsplit('_', 1)[-1]} ===")
+            await _extra(module, out)
+    out(f"\nbench: done in {time.monotonic() - began:.0f} s")
+    return 0
