@@ -99,6 +99,25 @@ CHANNELS: dict[str, Channel] = {
         m.AsrHeartbeat,
         "ASR worker -> gateway every 0.5 s while it holds the call.",
     ),
+    "turn.heartbeat": Channel(
+        _wild(subjects.turn_heartbeat),
+        m.TurnHeartbeat,
+        "Agent replica -> gateway every 0.5 s while it answers an utterance (docs/failover.md).",
+    ),
+    "retry.turn": Channel(
+        _wild(subjects.retry_turn),
+        m.Transcript,
+        "Gateway -> agent (queue group agent): a final transcript re-sent, its turn having made "
+        "no progress (docs/failover.md; PHI).",
+        subjects.QUEUE_AGENT,
+    ),
+    "retry.segment": Channel(
+        _wild(subjects.retry_segment),
+        m.ReplySegment,
+        "Gateway -> TTS (queue group tts): a reply segment re-sent, its audio having stalled "
+        "(docs/failover.md; PHI).",
+        subjects.QUEUE_TTS,
+    ),
 }
 
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
+from collections.abc import Callable
 from typing import Any
 
 import nats
 from faststream.nats import NatsBroker
 from faststream.security import BaseSecurity
 from nats.aio.client import Client as NATS
+from nats.errors import SlowConsumerError
 
 from shared.settings import Settings
 
@@ -30,7 +33,45 @@ def _tls(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
+SlowConsumerHook = Callable[[str], None]
+_slow_consumer_hooks: list[SlowConsumerHook] = []
+_slow_logged: dict[str, float] = {}
+SLOW_LOG_EVERY_S = 10.0
+
+
+def on_slow_consumer(hook: SlowConsumerHook) -> None:
+    """Call ``hook(subject)`` whenever nats-py drops a message for a full subscription.
+
+    Subscriptions on the audio path set small pending limits (a few seconds of audio), so a
+    consumer that falls behind loses its oldest frames instead of growing without bound; the
+    hook lets the service report it (e.g. an Event on the call).
+    """
+    _slow_consumer_hooks.append(hook)
+
+
+def _slow_consumer(subject: str) -> None:
+    from shared.metrics import SLOW_CONSUMER_DROPS
+
+    parts = subject.split(".", 2)  # voice.<call>.<kind>: label by kind, never by call
+    kind = parts[2] if len(parts) == 3 and parts[0] == "voice" and parts[1] != "_sys" else "other"
+    SLOW_CONSUMER_DROPS.labels(kind).inc()
+    now = time.monotonic()
+    if now - _slow_logged.get(subject, -SLOW_LOG_EVERY_S) >= SLOW_LOG_EVERY_S:
+        if len(_slow_logged) > 10_000:
+            _slow_logged.clear()
+        _slow_logged[subject] = now
+        log.warning("slow consumer: messages dropped on a full subscription")
+        for hook in _slow_consumer_hooks:
+            try:
+                hook(subject)
+            except Exception:
+                log.exception("slow consumer hook failed")
+
+
 async def _on_error(e: Exception) -> None:
+    if isinstance(e, SlowConsumerError):
+        _slow_consumer(e.subject)  # one per dropped message: counted, logged sparingly
+        return
     log.warning("nats error: %s", type(e).__name__)
 
 

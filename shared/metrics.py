@@ -12,6 +12,11 @@ FRAMES = Counter("voice_frames_total", "Audio frames", ["service", "direction"])
 FRAMES_DROPPED = Counter(
     "voice_frames_dropped_total", "Audio frames dropped", ["service", "reason"]
 )
+SLOW_CONSUMER_DROPS = Counter(
+    "voice_slow_consumer_drops_total",
+    "Messages nats-py dropped because a subscription's pending limit was reached",
+    ["subject"],
+)
 BAD_MESSAGES = Counter(
     "voice_bad_messages_total", "Malformed messages dropped", ["service", "source"]
 )

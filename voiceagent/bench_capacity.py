@@ -171,6 +171,15 @@ class IntakeResult:
     def ok(self) -> bool:
         return self.claimed == self.calls and self.lost == 0 and not self.dropped
 
+    @property
+    def calls_per_core(self) -> float | None:
+        """Calls one fully available core takes in at this efficiency (frames per CPU-second
+        over 50): a ratio that holds when other work on the machine starves the worker."""
+        cpu_s = self.cpu_percent / 100 * self.seconds
+        if cpu_s <= 0:
+            return None
+        return self.frames_in / cpu_s / 50
+
     def describe(self) -> str:
         fps = self.frames_in / self.seconds if self.seconds else 0.0
         per_call = self.per_call_kib
@@ -180,7 +189,9 @@ class IntakeResult:
             f"({self.frames_sent / max(self.seconds, 1e-9):.0f}/s)",
             f"frames taken in     {self.frames_in:.0f} ({fps:.0f}/s); lost {self.lost}, "
             f"dropped {self.dropped:.0f}, slow-consumer {self.slow_consumer:.0f}",
-            f"worker CPU          {self.cpu_percent:.0f}% of one core",
+            f"worker CPU          {self.cpu_percent:.0f}% of one core: "
+            f"{self.frames_in / max(self.cpu_percent / 100 * self.seconds, 1e-9):.0f} frames per "
+            f"CPU-second, i.e. ~{self.calls_per_core or 0:.0f} calls per core",
             f"worker memory       {self.rss_base_mib or 0:.0f} MiB idle, "
             f"{self.rss_peak_mib or 0:.0f} MiB with the calls"
             + (f" (~{per_call:.0f} KiB per call)" if per_call is not None else "")
@@ -301,13 +312,10 @@ async def asr_intake(
             after = await scrape(mpage)
             res.frames_in = metric(after, "voice_frames_total", service="asr", direction="in")
             res.frames_in -= metric(before, "voice_frames_total", service="asr", direction="in")
-            for reason in ("queue_full", "slow_consumer"):
-                d = metric(after, "voice_frames_dropped_total", service="asr", reason=reason)
-                d -= metric(before, "voice_frames_dropped_total", service="asr", reason=reason)
-                if reason == "slow_consumer":
-                    res.slow_consumer = d
-                else:
-                    res.dropped = d
+            res.dropped = metric(after, "voice_frames_dropped_total", service="asr")
+            res.dropped -= metric(before, "voice_frames_dropped_total", service="asr")
+            res.slow_consumer = metric(after, "voice_slow_consumer_drops_total")
+            res.slow_consumer -= metric(before, "voice_slow_consumer_drops_total")
             res.publisher_late_ms_p99 = percentile(late, 99) if late else 0.0
             for s in sids:
                 await nc.publish(subjects.control(s), CallEnded(call_sid=s).to_bytes())
@@ -358,6 +366,11 @@ class GatewayResult:
     def ok(self) -> bool:
         return not (self.calls_failed or self.lost_in or self.lost_out)
 
+    @property
+    def calls_per_core(self) -> float | None:
+        """Calls the gateway would serve on one full core at this CPU cost per call."""
+        return self.calls / (self.gateway_cpu / 100) if self.gateway_cpu > 0 else None
+
     def describe(self) -> str:
         return "\n".join(
             [
@@ -368,7 +381,8 @@ class GatewayResult:
                 f"outbound frames     {self.out_published} published, {self.out_received} "
                 f"reached the callers: lost {self.lost_out}",
                 f"pacing jitter p99   {self.jitter_p99 or 0:.1f} ms",
-                f"gateway CPU         {self.gateway_cpu:.0f}% of one core "
+                f"gateway CPU         {self.gateway_cpu:.0f}% of one core, "
+                f"~{self.calls_per_core or 0:.0f} calls per core "
                 f"(load generator: {self.bench_cpu:.0f}%; its clock late p99 "
                 f"{self.caller_late_ms_p99 or 0:.1f} ms)",
                 f"gateway memory      {self.rss_before_mib or 0:.0f} MiB idle, "

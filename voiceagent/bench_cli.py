@@ -69,13 +69,15 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
         "--keep-going", action="store_true", help="run every step even after one misses a target"
     )
     b.add_argument(
-        "--capacity",
+        "--no-capacity",
         action="store_true",
-        help="also measure one ASR worker's audio intake and one gateway's call capacity",
+        help="skip the single-process figures (one ASR worker's audio intake, one gateway)",
     )
-    b.add_argument("--asr-calls", type=int, default=1000, metavar="N", help="--capacity: ASR calls")
     b.add_argument(
-        "--gateway-calls", type=int, default=200, metavar="N", help="--capacity: gateway calls"
+        "--asr-calls", type=int, default=1000, metavar="N", help="calls fed to one ASR worker"
+    )
+    b.add_argument(
+        "--gateway-calls", type=int, default=200, metavar="N", help="calls on one gateway"
     )
     b.add_argument(
         "--no-extras", action="store_true", help="skip the turn-taking / endpointing tables"
@@ -121,7 +123,7 @@ async def run_bench_command(args: argparse.Namespace, *, out: Output) -> int:
         )
         out(f"\n=== bench: {mode} providers, up to {cap} concurrent calls ===")
         await run_bench(opts, out=out)
-    if args.capacity:
+    if not args.no_capacity:
         from voiceagent.bench_capacity import asr_intake, gateway_capacity
 
         out("\n=== bench: one ASR worker's audio intake (recognizer excluded) ===")

@@ -726,7 +726,9 @@ async def run(settings: Settings) -> int:
 
 # The bus contract of this service (docs/asyncapi/agent.yaml; ``voiceagent asyncapi``).
 asyncapi_app = contract_app(
-    "agent", receives=("transcript", "control"), sends=("reply", "control", "events")
+    "agent",
+    receives=("transcript", "control", "retry.turn"),
+    sends=("reply", "control", "events", "turn.heartbeat"),
 )
 
 

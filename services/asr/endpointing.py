@@ -55,7 +55,7 @@ INCOMPLETE_ENDINGS = frozenset(
     until till after before between through over under per via my your our their his her its
     this these those is are was were am be been being do does did have has had will would can
     could should shall may might must need want um uh er erm uhm hmm also plus just well i i'm
-    i'd i'll we we're you're it's there's let me
+    i'd i'll we we're you're it's there's
     """.split()
 )
 _WORD = re.compile(r"[a-z0-9']+")

@@ -35,7 +35,7 @@ from services.asr.utterances import AudioClock, Utterance, UtteranceTracker
 from shared import headers as H
 from shared import subjects
 from shared.asyncapi import contract_app
-from shared.bus import audio_client, make_broker
+from shared.bus import audio_client, make_broker, on_slow_consumer
 from shared.errors import ProviderError
 from shared.logging import kv, setup_logging
 from shared.messages import (
@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "asr"
 QUEUE_FRAMES = 250  # 5 s of audio per call waiting for its recognizer, then drop the oldest
+AUDIO_PENDING_MSGS = 500  # frames nats-py may hold for one call's callback (10 s) before dropping
 MAX_RESTARTS = 3  # recognizer restarts per call before it is handed back to the gateway
 RESTART_BACKOFF_S = 0.25
 STABLE_S = 60.0  # a recognizer that ran this long has its restart budget refilled
@@ -181,6 +182,16 @@ class AsrWorker:
         # Subscriptions are registered once the server has our SUBs: only then are we "ready".
         await self._nc.flush()
         self._heartbeat = asyncio.create_task(self._heartbeats())
+        on_slow_consumer(self._on_slow_consumer)
+
+    def _on_slow_consumer(self, subject: str) -> None:
+        """nats-py dropped frames of a call we could not keep up with: say so on the call."""
+        try:
+            sid = subjects.call_sid_of(subject)
+        except ValueError:
+            return
+        if sid in self._calls:
+            self._spawn(self._event(sid, "asr.slow_consumer", limit_frames=AUDIO_PENDING_MSGS))
 
     @property
     def _nc(self) -> NATS:
@@ -245,7 +256,13 @@ class AsrWorker:
         )
         self._calls[sid] = call  # before any await: a concurrent re-claim finds it
         try:
-            call.sub = await self._nc.subscribe(subjects.audio_in(sid), cb=self._audio_cb(call))
+            call.sub = await self._nc.subscribe(
+                subjects.audio_in(sid),
+                cb=self._audio_cb(call),
+                # Bounded: a worker that falls behind drops (and reports) instead of growing.
+                pending_msgs_limit=AUDIO_PENDING_MSGS,
+                pending_bytes_limit=AUDIO_PENDING_MSGS * 1024,
+            )
         except Exception as e:
             self._calls.pop(sid, None)
             log.error("audio subscription failed", **kv(call=sid, error=type(e).__name__))

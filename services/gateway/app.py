@@ -239,8 +239,8 @@ async def serve(settings: Settings) -> int:
 # The bus contract of the gateway (docs/asyncapi/gateway.yaml; ``voiceagent asyncapi``).
 asyncapi_app = contract_app(
     "gateway",
-    receives=("transcript", "reply", "audio.out", "control", "asr.heartbeat"),
-    sends=("audio.in", "control", "events", "asr.claim"),
+    receives=("transcript", "reply", "audio.out", "control", "asr.heartbeat", "turn.heartbeat"),
+    sends=("audio.in", "control", "events", "asr.claim", "retry.turn", "retry.segment"),
 )
 
 

@@ -61,6 +61,7 @@ from shared.twilio import clear_message, mark_message, media_message
 log = logging.getLogger(__name__)
 
 SERVICE = "gateway"
+AUDIO_OUT_PENDING_MSGS = 4000  # TTS chunks held for one call's callback before dropping
 HANGUP_IDLE_S = 2.0  # hang up this long after a Hangup once nothing of its turn is pending
 HANGUP_MAX_WAIT_S = 60.0  # and never hold a call open longer than this for a hangup
 GUARD_TICK_S = 0.1  # barge-in decisions and the silence/length guards are checked this often
@@ -164,7 +165,14 @@ class CallSession:
         """Subscribe to the call's subjects, announce it, start claiming ASR and playing."""
         nc = self._nc
         self._subs = [
-            await nc.subscribe(subjects.audio_out(self.call_sid), cb=self._on_audio),
+            # Bounded (about 3 minutes of reply audio): a stalled loop drops and reports
+            # (voice_slow_consumer_drops_total) instead of growing without limit.
+            await nc.subscribe(
+                subjects.audio_out(self.call_sid),
+                cb=self._on_audio,
+                pending_msgs_limit=AUDIO_OUT_PENDING_MSGS,
+                pending_bytes_limit=AUDIO_OUT_PENDING_MSGS * 2048,
+            ),
             await nc.subscribe(subjects.reply(self.call_sid), cb=self._on_reply),
             await nc.subscribe(subjects.control(self.call_sid), cb=self._on_control),
             await nc.subscribe(subjects.transcript(self.call_sid), cb=self._on_transcript),

@@ -449,7 +449,9 @@ async def run(settings: Settings) -> int:
 
 
 # The bus contract of this service (docs/asyncapi/tts.yaml; ``voiceagent asyncapi``).
-asyncapi_app = contract_app("tts", receives=("reply", "control"), sends=("audio.out", "events"))
+asyncapi_app = contract_app(
+    "tts", receives=("reply", "control", "retry.segment"), sends=("audio.out", "events")
+)
 
 
 def main() -> None:

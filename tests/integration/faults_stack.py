@@ -293,6 +293,7 @@ async def fault_stack(*, replicas: int = 2) -> AsyncIterator[Faults]:
         "TTS_PROVIDER": "elevenlabs",
         "ELEVENLABS_BASE_URL": tts.base_url,
         "ELEVENLABS_API_KEY": API_KEY,
+        "TTS_CACHE_TTL_S": "0",  # every segment really synthesized (and killable mid-way)
         "LOG_FORMAT": "text",
     }
     stack = Stack(

@@ -156,7 +156,7 @@ async def test_tts_killed_mid_segment_the_segment_is_made_again_and_played_once(
                 and parse_event(d).data.get("seq") == 1
             )
         )
-        # The second sentence: the first ("Thanks for waiting.") may come from the prompt cache.
+        # The second sentence, a long one.
         await asyncio.wait_for(seg1, 20)
         ev = next(
             e

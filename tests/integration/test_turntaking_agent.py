@@ -4,10 +4,13 @@ the gateway's silence / call-limit prompts, keypad entries, and the cached greet
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from prometheus_client import REGISTRY
 
 from services.agent.digits import DigitCollector, DigitRequest
 from services.agent.fixed_prompts import CALL_LIMIT_GOODBYE, SILENCE_GOODBYE, STILL_THERE
@@ -16,9 +19,19 @@ from services.agent.providers.demo import ASK_MEMBER_ID, DemoAgent
 from services.agent.store import Store
 from services.agent.tools import CallTools
 from services.agent.worker import AgentWorker
+from shared import headers as H
 from shared import subjects
 from shared.bus import make_broker
-from shared.messages import CallStarted, Dtmf, Event, Hangup, Prompt, ReplySegment, Transcript
+from shared.messages import (
+    CallStarted,
+    Dtmf,
+    Event,
+    Hangup,
+    Prompt,
+    ReplySegment,
+    Transcript,
+    parse_reply,
+)
 from shared.settings import Settings
 from tests.integration.agent_bus import CallTap, connect, new_sid, private_nats_server
 
@@ -147,3 +160,74 @@ async def test_entry_completes_after_the_inter_key_timeout() -> None:
     done = await digits.expire(sid, 2)
     assert done is not None and done.done and done.entry == "42"
     assert await digits.on_digit(sid, "7") is None, "after the entry, keys are keys again"
+
+
+async def _greeting_first_audio_ms(nc: NATS, sid: str) -> tuple[float, float]:
+    """CallStarted to the greeting's first audio chunk, and to its last one (ms)."""
+    first = asyncio.get_running_loop().create_future()
+    done = asyncio.get_running_loop().create_future()
+    began = time.perf_counter()
+
+    async def on_audio(msg: Msg) -> None:
+        now = (time.perf_counter() - began) * 1000
+        if msg.data and not first.done():
+            first.set_result(now)
+        if msg.headers and msg.headers.get(H.LAST) == "1" and not done.done():
+            # The greeting's last segment closes with last=True (see AgentWorker).
+            if msg.headers.get(H.SEG) == str(last_seq.get(sid, -1)):
+                done.set_result(now)
+
+    last_seq: dict[str, int] = {}
+
+    async def on_reply(msg: Msg) -> None:
+        seg = parse_reply(msg.data)
+        if seg.last:
+            last_seq[sid] = seg.seq
+
+    subs = [
+        await nc.subscribe(subjects.audio_out(sid), cb=on_audio),
+        await nc.subscribe(subjects.reply(sid), cb=on_reply),
+    ]
+    await nc.flush()
+    began = time.perf_counter()
+    await nc.publish(
+        subjects.control(sid),
+        CallStarted(call_sid=sid, stream_sid="MZ1", gateway_id="gw").to_bytes(),
+    )
+    try:
+        return await asyncio.wait_for(first, 30), await asyncio.wait_for(done, 60)
+    finally:
+        for s in subs:
+            await s.unsubscribe()
+
+
+async def test_greeting_of_a_later_call_plays_from_the_prompt_cache(
+    nc: NATS, nats_private: str
+) -> None:
+    from services.tts.prompt_cache import PromptCache
+    from services.tts.providers.piper import PiperTts
+    from services.tts.worker import TtsWorker
+
+    settings = Settings(nats_url=nats_private, redis_url="")
+    piper = PiperTts(settings=settings)
+    await piper.warm_up()
+    tts = TtsWorker(
+        settings=settings,
+        provider=piper,
+        fallback=None,
+        broker=make_broker(settings, name="tts-turntaking-test"),
+        cache=PromptCache(redis_url="", ttl_s=60, max_chars=160),  # private: no earlier runs
+    )
+    tts.attach()
+    await tts.start()
+    try:
+        cold, _ = await _greeting_first_audio_ms(nc, new_sid())
+        hits = REGISTRY.get_sample_value("voice_tts_cache_total", {"result": "hit"}) or 0.0
+        warm, _ = await _greeting_first_audio_ms(nc, new_sid())
+        print(f"greeting first audio: first call {cold:.0f} ms, second call {warm:.0f} ms")
+        after = REGISTRY.get_sample_value("voice_tts_cache_total", {"result": "hit"}) or 0.0
+        assert after > hits, "the second greeting came from the cache"
+        assert warm < cold, "cached greeting audio starts sooner than synthesized"
+    finally:
+        await tts.drain(timeout_s=2)
+        await tts.broker.stop()
