@@ -25,14 +25,13 @@ _ALLOW_TEXT = False
 #   secret:   never shown
 Classification = Literal["safe", "redacted", "secret"]
 _SAFE = """
-actions actor after_turn asked asr_ms attempt attempts audio_ms base_url calls cancelled chunks
-cleared code confidence count decoders delay_s dropped dropped_segments duration_s empty
-endpointing_ms error errors exporter failed fallback file gateway grace_s kind max_calls mcp_tools
-model ms name nats op outcome path provider rate reason reclaim redis replay_ms replayed_frames
-retention_h retries retryable since_speech_end_ms utt voice_to_voice_ms audio_bytes
-seconds segments seq service size source speech_ms stage status stream_url synth_ms threads
-timeout_s tool tools topics turn turns url utterance utterance_id vad variant why words worker
-worker_id
+actions actor after_turn asked asr_ms attempt attempts audio_bytes audio_ms base_url calls
+cancelled chunks cleared code confidence count decoders delay_s dropped dropped_segments duration_s
+empty endpointing_ms error errors exporter failed fallback file gateway grace_s kind limit_frames
+max_calls mcp_tools model ms name nats op outcome path provider rate reason reclaim redis replay_ms
+replayed_frames retention_h retries retryable seconds segments seq service since_speech_end_ms size
+source speech_ms stage status stream_url synth_ms threads timeout_s tool tools topics turn turns
+url utt utterance utterance_id vad variant voice_to_voice_ms why words worker worker_id
 """  # ``utterance`` is an id in events; were it text, redact_value's TEXT_KEYS still hide it
 _REDACTED = """
 call call_sid text transcript heard_text digit digits caller from to phone email

@@ -178,6 +178,9 @@ class Row:
     frames_lost: int = 0
     calls_failed: int = 0
     failures: list[str] = field(default_factory=list)
+    claim_ms_p50: float | None = None  # gateway: ASR claim answered (from asr.claimed Events)
+    asr_lost: int = 0  # gateway: ASR heartbeats missed, call claimed again (asr.lost Events)
+    in_gateway_p50: float | None = None  # caller send -> gateway's Va-Sent stamp (socket + ours)
 
 
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -227,6 +230,11 @@ def format_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def broke(row: Row) -> bool:
+    """Calls failed or frames were lost: larger N would only fail more."""
+    return bool(row.calls_failed or row.frames_lost)
+
+
 def missed_targets(row: Row, *, baseline_v2v_p95: float | None = None) -> list[str]:
     """Which targets ``row`` misses (empty: it meets them all)."""
     missed: list[str] = []
@@ -268,17 +276,16 @@ class CallStats:
     why: str = ""
     frames_sent: int = 0
     media_received: int = 0
-    speech_end_at: float | None = None  # wall clock: last speech frame sent
-    reply_at: float | None = None  # wall clock: first reply frame after it
+    speech_end_at: list[float] = field(default_factory=list)  # wall clock, per caller turn
+    reply_at: list[float] = field(default_factory=list)  # wall clock: first reply frame after it
     sent_at: dict[int, float] = field(default_factory=dict)  # Twilio chunk -> wall clock sent
     arrivals: list[float] = field(default_factory=list)  # monotonic: outbound media frames
     clock_late_ms: list[float] = field(default_factory=list)  # our own 20 ms ticks, late by
 
     @property
-    def v2v_ms(self) -> float | None:
-        if self.speech_end_at is None or self.reply_at is None:
-            return None
-        return (self.reply_at - self.speech_end_at) * 1000.0
+    def v2v_ms(self) -> list[float]:
+        """Per answered caller turn: end of speech -> first reply audio (ms)."""
+        return [(r - e) * 1000.0 for e, r in zip(self.speech_end_at, self.reply_at, strict=False)]
 
 
 class LightCall:
@@ -303,6 +310,7 @@ class LightCall:
         quiet_s: float = 0.6,
         hold_reply_s: float = 2.0,
         stream_s: float | None = None,
+        turns: int = 2,
     ) -> None:
         self._client = client
         self._gateway = gateway_url.rstrip("/")
@@ -316,6 +324,7 @@ class LightCall:
         self._quiet = quiet_s
         self._hold_reply_s = hold_reply_s
         self._stream_s = stream_s
+        self._turns = turns
         self.stats = CallStats(call_sid=new_sid("CA"))
         self._stream_sid = ""
         self._ws: Any = None
@@ -371,7 +380,7 @@ class LightCall:
             if self._speaking is not None:
                 payload = self._speech_payloads[self._speaking]
                 if self._speaking == self._speech_end:
-                    st.speech_end_at = time.time()
+                    st.speech_end_at.append(time.time())
                 self._speaking += 1
                 if self._speaking >= len(self._speech_payloads):
                     self._speaking = None
@@ -407,8 +416,8 @@ class LightCall:
                     st.media_received += 1
                     st.arrivals.append(now)
                     self._last_media = now
-                    if st.speech_end_at is not None and st.reply_at is None:
-                        st.reply_at = time.time()
+                    if len(st.reply_at) < len(st.speech_end_at):
+                        st.reply_at.append(time.time())
                         self._replied.set()
                     self._buffer.add_audio(base64.b64decode(msg["media"]["payload"]))
                 elif kind == "mark":
@@ -508,12 +517,16 @@ class LightCall:
             if not await self._wait_quiet(self._greeting_timeout, need_audio=True):
                 st.why = "call ended" if self._ended.is_set() else "no greeting"
                 return st
-            self._speaking = 0
-            await self._first_of(self._replied, timeout_s=self._reply_timeout + 10.0)
-            if st.reply_at is None:
-                st.why = "call ended" if self._ended.is_set() else "no reply"
-                return st
-            # Enough of the reply to measure its pacing; the rest adds nothing but time.
+            for turn in range(self._turns):
+                self._replied.clear()
+                self._speaking = 0
+                await self._first_of(self._replied, timeout_s=self._reply_timeout + 10.0)
+                if len(st.reply_at) <= turn:
+                    st.why = "call ended" if self._ended.is_set() else "no reply"
+                    return st
+                if turn + 1 < self._turns:  # let the reply finish: speaking over it barges in
+                    await self._wait_quiet(self._reply_timeout, need_audio=False)
+            # Enough of the last reply to measure its pacing; the rest adds nothing but time.
             await self._wait_quiet(self._hold_reply_s, need_audio=False)
             await self._send(
                 {
@@ -522,9 +535,7 @@ class LightCall:
                     "stop": {"accountSid": self._account, "callSid": st.call_sid},
                 }
             )
-            st.ok = st.reply_at is not None
-            if not st.ok:
-                st.why = "no reply"
+            st.ok = True
             return st
         except Exception as e:
             st.why = f"{type(e).__name__}: {e}"[:120]
@@ -548,6 +559,7 @@ class BusObserver:
     def __init__(self) -> None:
         self.calls: dict[str, CallStats] = {}
         self.in_bus_ms: list[float] = []
+        self.in_gateway_ms: list[float] = []
         self.seen: dict[str, set[int]] = {}
         self.events: dict[str, list[Any]] = {}
         self._subs: list[Any] = []
@@ -581,6 +593,11 @@ class BusObserver:
         sent = st.sent_at.get(chunk)
         if sent is not None:
             self.in_bus_ms.append((now - sent) * 1000.0)
+            try:  # the gateway's own stamp splits the trip: socket + gateway, then bus
+                stamped = int((msg.headers or {})[H.SENT_NS]) / 1e9
+            except (KeyError, ValueError):
+                return
+            self.in_gateway_ms.append((stamped - sent) * 1000.0)
 
     async def _on_event(self, msg: Any) -> None:
         sid = msg.subject.split(".", 2)[1]
@@ -590,13 +607,6 @@ class BusObserver:
             self.events.setdefault(sid, []).append(parse_event(msg.data))
         except ValueError:
             return
-
-
-def _first(events: Iterable[Any], name: str, key: str) -> float | None:
-    for ev in events:
-        if ev.name == name and isinstance(ev.data.get(key), int | float):
-            return float(ev.data[key])
-    return None
 
 
 @dataclass
@@ -617,20 +627,39 @@ class Split:
         return self.v2v - sum(p for p in parts if p is not None)
 
 
-def split_turn(stats: CallStats, events: Sequence[Any]) -> Split | None:
-    """The caller's turn: measured voice-to-voice and the stages' own timings from Events."""
-    v2v = stats.v2v_ms
-    if v2v is None:
-        return None
-    return Split(
-        v2v=v2v,
-        endpointing=_first(events, "asr.final", "endpointing_ms"),
-        asr=_first(events, "asr.final", "asr_ms"),
-        agent=_first(
-            (e for e in events if "since_speech_end_ms" in e.data), "agent.first_sentence", "ms"
-        ),
-        tts=_first((e for e in events if "since_speech_end_ms" in e.data), "tts.first_audio", "ms"),
-    )
+def _per_turn(events: Iterable[Any], name: str, key: str) -> list[float]:
+    """``key`` of the first ``name`` Event of each turn that answers caller speech, in order."""
+    seen: set[int | None] = set()
+    out: list[float] = []
+    for ev in events:
+        if ev.name != name or "since_speech_end_ms" not in ev.data or ev.turn in seen:
+            continue
+        seen.add(ev.turn)
+        v = ev.data.get(key)
+        if isinstance(v, int | float):
+            out.append(float(v))
+    return out
+
+
+def split_turns(stats: CallStats, events: Sequence[Any]) -> list[Split]:
+    """Each caller turn: measured voice-to-voice and the stages' own timings from Events.
+
+    The k-th caller sentence is matched with the k-th non-empty ``asr.final`` and the k-th
+    agent turn that answered speech (greetings carry no ``since_speech_end_ms``).
+    """
+    finals = [e for e in events if e.name == "asr.final" and not e.data.get("empty")]
+
+    def nth(xs: Sequence[float], k: int) -> float | None:
+        return xs[k] if k < len(xs) else None
+
+    ep = [float(v) for e in finals if isinstance(v := e.data.get("endpointing_ms"), int | float)]
+    asr = [float(v) for e in finals if isinstance(v := e.data.get("asr_ms"), int | float)]
+    agent = _per_turn(events, "agent.first_sentence", "ms")
+    tts = _per_turn(events, "tts.first_audio", "ms")
+    return [
+        Split(v2v=v, endpointing=nth(ep, k), asr=nth(asr, k), agent=nth(agent, k), tts=nth(tts, k))
+        for k, v in enumerate(stats.v2v_ms)
+    ]
 
 
 def build_row(
@@ -654,9 +683,17 @@ def build_row(
             row.calls_failed += 1
             row.failures.append(st.why or "failed")
         jitter += pacing_gaps_ms(st.arrivals, lead_frames=lead_frames)
-        sp = split_turn(st, observer.events.get(st.call_sid, []))
-        if sp is not None:
-            splits.append(sp)
+        splits += split_turns(st, observer.events.get(st.call_sid, []))
+    claims: list[float] = []
+    for evs in observer.events.values():
+        for ev in evs:
+            if ev.service == "gateway" and ev.name == "asr.claimed":
+                if isinstance(ms := ev.data.get("ms"), int | float):
+                    claims.append(float(ms))
+            elif ev.service == "gateway" and ev.name == "asr.lost":
+                row.asr_lost += 1
+    row.claim_ms_p50 = percentile(claims, 50)
+    row.in_gateway_p50 = percentile(observer.in_gateway_ms, 50)
     row.in_bus_p50 = percentile(observer.in_bus_ms, 50)
     row.in_bus_p99 = percentile(observer.in_bus_ms, 99)
     row.jitter_p99 = percentile(jitter, 99)
@@ -690,7 +727,8 @@ class BenchOptions:
     tts: int = 2
     ramp_s: float = 2.0  # calls of a step start spread over this
     timeout_s: float = 240.0  # stack readiness
-    keep_going: bool = False  # do not stop at the first step that misses a target
+    keep_going: bool = False  # run every step even after one broke
+    verbose: bool = False  # print the services' logs
 
 
 def steps_for(opts: BenchOptions) -> list[int]:
@@ -818,7 +856,14 @@ async def run_bench(opts: BenchOptions, *, out: Output = print) -> list[Row]:
             env["ASR_MAX_CALLS"] = str(max(opts.max_calls, 10))
         out(f"bench: preparing the caller's sentence ({UTTERANCE!r})")
         utterance = await caller_audio()
-        stack = Stack(asr=opts.asr, agent=opts.agent, tts=opts.tts, env=env, output=None)
+        stack = Stack(
+            asr=opts.asr,
+            agent=opts.agent,
+            tts=opts.tts,
+            env=env,
+            output=None,
+            service_output=out if opts.verbose else None,
+        )
         info = await stack.start()
         out(
             f"bench: mode {opts.mode}; stack gateway x1, asr x{opts.asr}, agent x{opts.agent}, "
@@ -850,13 +895,20 @@ async def run_bench(opts: BenchOptions, *, out: Output = print) -> list[Row]:
                     baseline = row.v2v_p95
                 missed = missed_targets(row, baseline_v2v_p95=baseline)
                 out(format_table([row]).splitlines()[1])
+                claim = "-" if row.claim_ms_p50 is None else f"{row.claim_ms_p50:.0f} ms"
+                gw = "-" if row.in_gateway_p50 is None else f"{row.in_gateway_p50:.1f} ms"
+                out(
+                    f"    (frame-in -> gateway stamp p50 {gw}; ASR claim p50 {claim}; "
+                    f"ASR workers lost mid-call: {row.asr_lost})"
+                )
                 if missed:
                     out(f"bench: N={n} misses: {'; '.join(missed)}")
                     reasons = sorted(set(row.failures))[:3]
                     if reasons:
                         out(f"       failed calls: {'; '.join(reasons)}")
-                    if not opts.keep_going:
-                        break
+                if broke(row) and not opts.keep_going:
+                    out(f"bench: N={n} broke (calls failed or frames lost): stopping here")
+                    break
         finally:
             await nc.close()
     finally:

@@ -36,6 +36,7 @@ from voiceagent.bench import CpuMeter, percentile, proc_ticks
 from voiceagent.supervisor import ProcessSpec, Supervisor
 
 Output = Callable[[str], None]
+LOADGEN_LATE_MS = 20.0  # a load generator later than this (p99) is not keeping real time
 _SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} ([0-9.eE+-]+)$")
 
 
@@ -205,6 +206,11 @@ class IntakeResult:
                 else f"NOT MET at {self.calls} calls"
             ),
         ]
+        if (self.publisher_late_ms_p99 or 0) > LOADGEN_LATE_MS:
+            lines.append(
+                "warning             the publisher could not keep real time on this machine "
+                "(CPU starved): the figures measure the machine, not the worker's capacity"
+            )
         return "\n".join(lines)
 
 
@@ -395,6 +401,15 @@ class GatewayResult:
                     else f"NOT MET at {self.calls} calls"
                 ),
             ]
+            + (
+                [
+                    "warning             the simulated callers could not keep real time on "
+                    "this machine (CPU starved): losses and jitter are the machine's, not only "
+                    "the gateway's"
+                ]
+                if (self.caller_late_ms_p99 or 0) > LOADGEN_LATE_MS
+                else []
+            )
         )
 
 

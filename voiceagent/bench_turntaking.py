@@ -446,7 +446,7 @@ async def false_interruption_rate(
     """Share of noise/backchannel sounds, made over a playing reply, that cut the agent off.
 
     For each sample a new reply plays; the caller makes the sound; the turn counts as falsely
-    interrupted if an ``Interrupt`` is published within 4 s. Also reports how many sounds
+    interrupted if an ``Interrupt`` is published within 6 s. Also reports how many sounds
     paused playback (``paused``: the fast path fired, then had to be reverted) and whether the
     resumed audio reached Twilio. ``asr="local"`` runs the real local recognizer in process
     (whisper: slower, the honest measure); ``"emulated"`` publishes each sample's ``asr_text``.
@@ -458,6 +458,9 @@ async def false_interruption_rate(
     async with bench_call(nats_url, settings=settings, asr=asr) as b:
         if asr == "local":
             await asyncio.sleep(1.5)  # the ASR claim
+            _, done = b.leg.say(await _caller_audio("Hello."))  # the recognizer's first decode
+            await done
+            await asyncio.sleep(3.0)
         for k, item in enumerate(items):
             turn = k + 1
             await b.agent_says(turn, ["A reply that the caller listens to."], seconds=7.0)
@@ -469,7 +472,7 @@ async def false_interruption_rate(
             if asr == "emulated" and item.asr_text is not None:
                 await asyncio.sleep(0.3)
                 await b.asr_says(item.asr_text)
-            deadline = time.monotonic() + 4.0
+            deadline = time.monotonic() + 6.0
             while time.monotonic() < deadline and len(b.tap.interrupts) == before:
                 if len(b.leg.clears) > clears and not b.session.playback.paused:
                     break  # reverted

@@ -231,7 +231,13 @@ async def _up(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     try:
-        info = await stack.start()
+        try:
+            info = await stack.start()
+        except (TimeoutError, RuntimeError) as e:  # nats-server or a provider fake did not start
+            _out(f"cannot start the stack: {e}")
+            for line in stack.recent_output()[-20:]:
+                _out("  " + line)
+            return 1
         _out(f"starting gateway on {info.gateway_url} and {sum(counts)} workers ...")
         ready = asyncio.create_task(stack.wait_ready(timeout_s=600, progress=_out))
         stop_wait = asyncio.create_task(stopping.wait())

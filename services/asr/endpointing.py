@@ -1,5 +1,5 @@
 """Smart end of turn for the local recognizer: a short pause ends a complete sentence, a long
-one ends anything (``SMART_ENDPOINTING``, decision record 0012).
+one ends anything (``SMART_ENDPOINTING``, decision record 0013).
 
 A single silence timer has to choose between cutting callers off mid-sentence ("I'd like to
 book an appointment for ... next Tuesday") and making every answer wait. Here the VAD endpointer

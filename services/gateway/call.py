@@ -153,6 +153,7 @@ class CallSession:
         self._guard_task: asyncio.Task[None] | None = None
         self._max_turn = -1  # latest agent turn seen on the bus
         self._limit_floor: int | None = None  # turns up to this one predate the call-limit prompt
+        self._audio_since = 0.0  # when the latest turn's first audio went out
 
     @property
     def age_s(self) -> float:
@@ -469,6 +470,7 @@ class CallSession:
                     timer.cancel()
 
     async def _first_audio(self, action: FirstAudio) -> None:
+        self._audio_since = time.monotonic()
         floor = self._limit_floor
         if floor is not None and action.turn > floor:
             # The agent's answer to the call-limit prompt: end the call once it has played.
@@ -516,7 +518,9 @@ class CallSession:
             else:
                 if tr.text.strip():
                     self._guards.caller_activity(now)
-                words = arb.interrupts_playback(utterance_id=tr.utterance_id, text=tr.text)
+                words = arb.interrupts_playback(
+                    utterance_id=tr.utterance_id, text=tr.text, playing_since=self._audio_since
+                )
                 decision = arb.on_transcript(
                     utterance_id=tr.utterance_id, text=tr.text, is_final=tr.is_final
                 )

@@ -61,6 +61,7 @@ class BargeInArbiter:
         self._last_final_id = 0  # utterances up to this one ended before the pause
         self._started_id = 0  # latest utterance the recognizer started
         self._started_at = -1e9
+        self._starts: dict[int, float] = {}  # utterance -> when its speech start arrived
         self._pending_id: int | None = None  # started by the recognizer, no final yet
 
     @property
@@ -99,6 +100,9 @@ class BargeInArbiter:
         """The recognizer heard an utterance begin."""
         self._started_id = max(self._started_id, utterance_id)
         self._started_at = now
+        self._starts[utterance_id] = now
+        if len(self._starts) > 32:
+            del self._starts[min(self._starts)]
         if self.turn is not None and utterance_id > self._last_final_id:
             self._pending_id = utterance_id
             self._last_speech = now
@@ -112,12 +116,16 @@ class BargeInArbiter:
         """Words of an utterance; decides when they are (or are not) an interruption."""
         if utterance_id <= self._last_final_id:
             return Decision.WAIT  # an utterance that ended before the pause
+        recent = self._began_after(utterance_id, self._paused_at)
         if is_final:
             self._last_final_id = utterance_id
+            self._starts.pop(utterance_id, None)
             if self._pending_id is not None and self._pending_id <= utterance_id:
                 self._pending_id = None
         if self.turn is None:
             return Decision.WAIT
+        if not recent:
+            return Decision.WAIT  # a slow recognizer's text of what was said before the pause
         if content_words(text, self.policy.backchannels) >= self.policy.min_words:
             self.reason = "words"
             return Decision.CONFIRM
@@ -126,13 +134,19 @@ class BargeInArbiter:
             return Decision.REVERT
         return Decision.WAIT
 
-    def interrupts_playback(self, *, utterance_id: int, text: str) -> bool:
-        """Words heard while the agent plays and nothing is paused (the VAD missed them)."""
+    def interrupts_playback(self, *, utterance_id: int, text: str, playing_since: float) -> bool:
+        """Words said over agent audio (playing since ``playing_since``) that the VAD missed."""
         return (
             self.turn is None
             and utterance_id > self._last_final_id
+            and utterance_id in self._starts
+            and self._began_after(utterance_id, playing_since)
             and content_words(text, self.policy.backchannels) >= self.policy.min_words
         )
+
+    def _began_after(self, utterance_id: int, t: float) -> bool:
+        start = self._starts.get(utterance_id)
+        return start is None or start >= t - SPEECH_STARTED_SLACK_S
 
     def tick(self, now: float) -> Decision:
         """Time passed: revert when no words came in time."""

@@ -8,6 +8,9 @@ successors in parallel would only slow it down).
 Every segment received ends with a chunk carrying ``Va-Last: 1`` (possibly empty), also when
 its text is empty, its synthesis failed, or its turn was interrupted: the gateway never waits
 for audio that will not come.
+
+A segment whose replica died mid-way comes again on ``voice.<call>.retry.segment`` (same queue
+group, same handling): the gateway keeps the chunks it already has (docs/failover.md).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -269,9 +270,20 @@ class Faults:
         return sid, asyncio.create_task(call.run(prepared))
 
 
+# Short answers keep the calls (played in real time) short.
+KNOWLEDGE = """# Test Clinic
+
+## opening hours, open, hours, time
+We are open from eight to six, Monday to Friday.
+"""
+
+
 @contextlib.asynccontextmanager
-async def fault_stack(*, replicas: int = 2) -> AsyncIterator[Faults]:
-    """The stack (two replicas per worker stage), private NATS and Redis, in-process fakes."""
+async def fault_stack(*, knowledge: Path, replicas: int = 2) -> AsyncIterator[Faults]:
+    """The stack (two replicas per worker stage), private NATS and Redis, in-process fakes.
+
+    ``knowledge``: the agent's knowledge file (write :data:`KNOWLEDGE` there).
+    """
     redis = RedisServer()
     redis.start()
     llm = FakeOpenAI(api_key=API_KEY)
@@ -293,6 +305,7 @@ async def fault_stack(*, replicas: int = 2) -> AsyncIterator[Faults]:
         "TTS_PROVIDER": "elevenlabs",
         "ELEVENLABS_BASE_URL": tts.base_url,
         "ELEVENLABS_API_KEY": API_KEY,
+        "KNOWLEDGE_FILE": str(knowledge),
         "TTS_CACHE_TTL_S": "0",  # every segment really synthesized (and killable mid-way)
         "LOG_FORMAT": "text",
     }

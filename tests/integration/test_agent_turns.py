@@ -8,6 +8,7 @@ worker puts on the bus (segments, last flags, fallbacks, interrupts, actions) an
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar
@@ -126,8 +127,13 @@ async def rig(nats_url_private: str, redis_url: str) -> AsyncIterator[Rig]:
         await store.aclose()
 
 
+_UTTERANCES = itertools.count(1)
+
+
 def final(sid: str, text: str, **kw: Any) -> Transcript:
-    return Transcript(call_sid=sid, utterance_id=1, text=text, is_final=True, **kw)
+    # Every caller utterance has its own id (as ASR numbers them): the agent answers each once.
+    uid = kw.pop("utterance_id", next(_UTTERANCES))
+    return Transcript(call_sid=sid, utterance_id=uid, text=text, is_final=True, **kw)
 
 
 async def say(tap: CallTap, text: str, **kw: Any) -> None:
@@ -145,7 +151,7 @@ def turn_done(tap: CallTap, turn: int) -> bool:
 
 async def test_streamed_reply_is_cut_into_sentences_last_flag_on_the_final_one(rig: Rig) -> None:
     tap = await rig.tap()
-    await say(tap, "hello", speech_ended_at=time.time())
+    await say(tap, "hello", speech_ended_at=time.time(), utterance_id=1)
     await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="last segment")
     segs = segments(tap)
     assert [(s.turn, s.seq, s.text, s.last) for s in segs] == [

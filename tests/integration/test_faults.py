@@ -18,23 +18,39 @@ import redis.asyncio as aioredis
 
 from shared import subjects
 from shared.messages import SpeechStarted, TurnHeartbeat, parse_event, parse_transcript
+from voiceagent.fakes import openai as fake_llm
 from voiceagent.simulator import CallResult, SimulatedCall, new_sid, say, word_recall
 from voiceagent.stack import gateway_healthy
 
-from .faults_stack import TOKEN, Faults, bus_log, fault_stack, is_event, is_final, is_reply
+from .faults_stack import (
+    KNOWLEDGE,
+    TOKEN,
+    Faults,
+    bus_log,
+    fault_stack,
+    is_event,
+    is_final,
+    is_reply,
+)
 
 pytestmark = pytest.mark.integration
 
 S1 = "What are your opening hours?"
-S2 = "Can I book an appointment for tomorrow morning?"
+S2 = "Thank you, goodbye."  # answered with a goodbye, then the agent hangs up
 APOLOGY = "having trouble"
 PROVIDER_TIMEOUT_S = 8.0  # the agent's spoken-fallback deadline (PROVIDER_TIMEOUT_S default)
 
 
 @pytest.fixture(scope="module")
-async def faults() -> AsyncIterator[Faults]:
-    async with fault_stack() as f:
-        yield f
+async def faults(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Faults]:
+    with pytest.MonkeyPatch.context() as mp:
+        # The in-process LLM fake's fixed lines, shortened: calls play in real time.
+        mp.setattr(fake_llm, "GREETING", "Hello, how can I help?")
+        mp.setattr(fake_llm, "GOODBYE", "Goodbye.")
+        knowledge = tmp_path_factory.mktemp("faults") / "knowledge.md"
+        knowledge.write_text(KNOWLEDGE)
+        async with fault_stack(knowledge=knowledge) as f:
+            yield f
 
 
 def _ctx(faults: Faults, result: CallResult | None = None) -> str:
@@ -84,8 +100,8 @@ async def test_asr_worker_killed_another_claims_within_2s_and_hears_the_next_sen
         # worker recognize the first sentence again.
         after = [m for at, m in bus.finals(sid) if at > killed_at]
         assert any(word_recall(S2, m.text) >= 0.6 for m in after), ctx
-        again = [m.text for m in after if word_recall(S1, m.text) >= 0.5]
-        assert again == [], f"first sentence recognized twice: {again}" + ctx
+        again = [m.text for m in after if word_recall(S2, m.text) < 0.5]
+        assert again == [], f"recognized again after the failover: {again}" + ctx
         assert _answered(result, 1), ctx
 
         # Utterance ids keep increasing across the failover.
@@ -108,8 +124,13 @@ async def test_agent_killed_mid_turn_another_replica_answers_once(faults: Faults
         beat = bus.when(lambda s, d: s == subjects.turn_heartbeat(sid))
         _, task = await faults.call([say(S1)], sid=sid)
         await asyncio.wait_for(speaking, 40)
+        asked = len(faults.llm.requests)
         faults.llm.inject("hang", times=1)  # the replica that takes the turn never hears back
         await asyncio.wait_for(beat, 30)
+        for _ in range(200):  # until the hanging request is under way
+            if len(faults.llm.requests) > asked:
+                break
+            await asyncio.sleep(0.05)
         hb = next(
             TurnHeartbeat.model_validate_json(d)
             for _, s, d, _ in bus.messages
@@ -213,7 +234,7 @@ async def test_redis_stopped_mid_call_the_call_goes_on_and_recovers(faults: Faul
             hist = " ".join(await r.lrange(f"va:hist:{sid}", 0, -1)).lower()
         finally:
             await r.aclose()
-        assert "appointment" in hist or "book" in hist, f"history in Redis: {hist[:300]!r}" + ctx
+        assert "bye" in hist, f"history in Redis: {hist[:300]!r}" + ctx
     finally:
         await nc.close()
 

@@ -350,13 +350,9 @@ async def test_fuzzed_gateway_keeps_the_good_call_whole(gw: Gw) -> None:
     call, stream_sid = "CA" + uuid.uuid4().hex, "MZ" + uuid.uuid4().hex
     GOOD.update(call=call, stream=stream_sid)
     received: list[bytes] = []
-    foreign_audio: list[str] = []
 
     async def on_audio(msg: Msg) -> None:
-        if msg.subject == subjects.audio_in(call):
-            received.append(msg.data)
-        else:
-            foreign_audio.append(msg.subject)
+        received.append(msg.data)
 
     async def on_claim(msg: Msg) -> None:
         claim = AsrClaim.model_validate_json(msg.data)
@@ -371,7 +367,7 @@ async def test_fuzzed_gateway_keeps_the_good_call_whole(gw: Gw) -> None:
             await bus.publish(subjects.asr_heartbeat(call), hb.to_bytes())
             await asyncio.sleep(0.5)
 
-    await bus.subscribe("voice.*.audio.in", cb=on_audio)
+    await bus.subscribe(subjects.audio_in(call), cb=on_audio)
     await bus.subscribe(subjects.ASR_CLAIM, cb=on_claim)
     await bus.flush()
     beater = asyncio.create_task(beat())

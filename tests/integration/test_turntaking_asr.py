@@ -59,9 +59,12 @@ async def test_a_pause_mid_sentence_gives_one_transcript() -> None:
 
 def test_smart_rule_beats_the_timer_on_the_fixed_set() -> None:
     cases = [c for c in CASES if c.name in ("book-for", "name-is", "question")]
-    plain, smart = evaluate(cases, settings=Settings(_env_file=None), synth=synthesize_mulaw)
-    print(table([plain, smart]))
+    results = evaluate(cases, settings=Settings(_env_file=None), synth=synthesize_mulaw)
+    print(table(results))
+    plain, smart, patient = results
     assert plain.premature == 2, "a 600 ms timer cuts both paused sentences"
     assert smart.premature == 0
     assert smart.short_delay_ms < plain.short_delay_ms, "complete sentences end sooner"
     assert smart.max_delay_ms <= 1500 + 500 + 100  # bounded by ENDPOINTING_MAX_MS + a decode
+    # A timer long enough not to cut anyone off makes every answer wait.
+    assert patient.premature == 0 and smart.mean_delay_ms < patient.mean_delay_ms

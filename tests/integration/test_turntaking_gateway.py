@@ -105,8 +105,9 @@ async def test_backchannel_and_noise_do_not_interrupt_and_playback_resumes(
         await b.asr_says("Mm-hmm.")
         await until(lambda: played_complete(b, 1), 6.0)  # ...and the reply played to its end
         assert not b.tap.interrupts
-        # What was cut is played again from where it was cut: the caller hears it all once.
-        assert abs(len(b.leg.heard) - 3 * 8000) <= 800
+        # Played again from where it was cut: the caller hears it all once (not twice, not
+        # missing the rest), give or take the gateway's estimate of Twilio's clock (load).
+        assert abs(len(b.leg.heard) - 3 * 8000) <= 2400
 
         heard_before = len(b.leg.heard)
         await b.agent_says(2, ["Another reply, over a noisy line."], seconds=2.0)
@@ -116,7 +117,7 @@ async def test_backchannel_and_noise_do_not_interrupt_and_playback_resumes(
         await b.asr_says("")  # the recognizer rejected the sound: no words
         await until(lambda: played_complete(b, 2), 6.0)
         assert not b.tap.interrupts
-        assert abs(len(b.leg.heard) - heard_before - 2 * 8000) <= 800
+        assert abs(len(b.leg.heard) - heard_before - 2 * 8000) <= 2400
 
 
 async def test_an_interruption_with_no_words_resumes_the_agent(

@@ -22,7 +22,7 @@ from voiceagent.bench import (
     percentile,
     proc_ticks,
     service_of,
-    split_turn,
+    split_turns,
     steps_for,
 )
 from voiceagent.bench_capacity import RawPublisher, metric, parse_metrics
@@ -102,12 +102,14 @@ def test_table_has_every_column_and_one_line_per_row() -> None:
     assert first[0] == "1" and first[1] == "12" and "-" in first  # missing CPU shows '-'
 
 
-def test_split_turn_attributes_the_stages_and_the_rest_to_us() -> None:
-    st = CallStats(call_sid="CA1", speech_end_at=100.0, reply_at=100.9)
+def test_split_turns_attributes_the_stages_and_the_rest_to_us() -> None:
+    st = CallStats(call_sid="CA1", speech_end_at=[100.0, 110.0], reply_at=[100.9, 110.8])
+    ev = event
     events = [
-        event(call_sid="CA1", service="agent", name="agent.first_sentence", turn=0, ms=5.0),
-        event(call_sid="CA1", service="asr", name="asr.final", endpointing_ms=600.0, asr_ms=50.0),
-        event(
+        ev(call_sid="CA1", service="agent", name="agent.first_sentence", turn=0, ms=5.0),
+        ev(call_sid="CA1", service="asr", name="asr.final", endpointing_ms=600.0, asr_ms=50.0),
+        ev(call_sid="CA1", service="asr", name="asr.final", empty=True, endpointing_ms=9.0),
+        ev(
             call_sid="CA1",
             service="agent",
             name="agent.first_sentence",
@@ -115,7 +117,7 @@ def test_split_turn_attributes_the_stages_and_the_rest_to_us() -> None:
             ms=100.0,
             since_speech_end_ms=760.0,
         ),
-        event(
+        ev(
             call_sid="CA1",
             service="tts",
             name="tts.first_audio",
@@ -123,11 +125,37 @@ def test_split_turn_attributes_the_stages_and_the_rest_to_us() -> None:
             ms=130.0,
             since_speech_end_ms=890.0,
         ),
+        ev(
+            call_sid="CA1",
+            service="tts",
+            name="tts.first_audio",
+            turn=1,
+            ms=999.0,
+            since_speech_end_ms=2000.0,
+        ),  # the turn's second segment: not its first audio
+        ev(call_sid="CA1", service="asr", name="asr.final", endpointing_ms=500.0, asr_ms=40.0),
+        ev(
+            call_sid="CA1",
+            service="agent",
+            name="agent.first_sentence",
+            turn=2,
+            ms=90.0,
+            since_speech_end_ms=1.0,
+        ),
+        ev(
+            call_sid="CA1",
+            service="tts",
+            name="tts.first_audio",
+            turn=2,
+            ms=120.0,
+            since_speech_end_ms=1.0,
+        ),
     ]
-    sp = split_turn(st, events)
-    assert sp is not None
-    assert (sp.endpointing, sp.asr, sp.agent, sp.tts) == (600.0, 50.0, 100.0, 130.0)
-    assert sp.overhead == pytest.approx(20.0)
+    first, second = split_turns(st, events)
+    assert (first.endpointing, first.asr, first.agent, first.tts) == (600.0, 50.0, 100.0, 130.0)
+    assert first.overhead == pytest.approx(20.0)
+    assert second.v2v == pytest.approx(800.0) and second.overhead == pytest.approx(50.0)
+    assert split_turns(CallStats(call_sid="CA2"), events) == []
     assert Split(v2v=1.0, endpointing=None, asr=1, agent=1, tts=1).overhead is None
 
 

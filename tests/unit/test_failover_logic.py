@@ -109,8 +109,9 @@ def test_a_stalled_segment_is_resent_twice_at_most_and_a_finished_one_never() ->
     assert w.due(4.0)[1] is None  # given up: the playback queue skips it
     # s1 is next in line from now: its own second of grace, then it is re-sent.
     assert w.due(4.5)[1] is None
-    assert w.due(5.1)[1] == b"s1"
-    w.on_chunk(2, 1, True, 5.2)  # Va-Last
+    assert w.due(5.4)[1] is None
+    assert w.due(5.6)[1] == b"s1"
+    w.on_chunk(2, 1, True, 5.7)  # Va-Last
     assert w.due(9.0) == (None, None)
 
 

@@ -55,6 +55,18 @@ def test_old_utterance_text_does_not_decide() -> None:
     )
 
 
+def test_a_slow_recognizers_text_of_earlier_speech_does_not_decide() -> None:
+    a = arbiter()
+    a.on_speech_started(5, 1.0)  # said long before the agent spoke
+    a.pause(2, 6.0, speech_ms=160)
+    assert a.on_transcript(utterance_id=5, text="Thank you.", is_final=True) is Decision.WAIT
+    a.done()
+    assert not a.interrupts_playback(utterance_id=6, text="Thank you.", playing_since=6.0)
+    a.on_speech_started(7, 8.0)
+    assert a.interrupts_playback(utterance_id=7, text="Hold on", playing_since=6.0)
+    assert not a.interrupts_playback(utterance_id=7, text="Yeah.", playing_since=6.0)
+
+
 def test_long_speech_confirms_and_silence_reverts_after_the_window() -> None:
     a = arbiter()
     a.pause(1, 0.0, speech_ms=160)

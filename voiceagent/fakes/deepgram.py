@@ -593,7 +593,8 @@ def local_recognizers() -> RecognizerFactory:
     from shared.settings import Settings
 
     def make(endpointing_ms: int) -> AsrProvider:
-        return LocalAsr(settings=Settings(endpointing_ms=endpointing_ms))
+        # Deepgram's endpointing is a plain silence timer: so is the fake's.
+        return LocalAsr(settings=Settings(endpointing_ms=endpointing_ms, smart_endpointing=False))
 
     return make
 

@@ -77,6 +77,11 @@ HALLUCINATIONS = frozenset(
 )
 HALLUCINATION_MIN_CONFIDENCE = 0.6
 HALLUCINATION_NO_SPEECH_MAX = 0.3
+# Stock phrases that are also real answers on the phone: a lower bar, still well clear of what
+# whisper shows on noise (no-speech >= 0.7 there; 0.3-0.45 for "Okay." from some voices).
+ANSWER_PHRASES = frozenset({"okay", "bye"})
+ANSWER_MIN_CONFIDENCE = 0.5
+ANSWER_NO_SPEECH_MAX = 0.5
 _ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|♪+")
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -283,9 +288,13 @@ def accept_transcript(segments: Sequence[WhisperSegment]) -> tuple[str, float] |
     if not words:
         return None
     confidence = math.exp(sum(s.avg_logprob for s in kept) / len(kept))
-    if " ".join(words) in HALLUCINATIONS:
+    phrase = " ".join(words)
+    if phrase in HALLUCINATIONS:
         no_speech = max(s.no_speech_prob for s in kept)
-        if confidence < HALLUCINATION_MIN_CONFIDENCE or no_speech > HALLUCINATION_NO_SPEECH_MAX:
+        answer = phrase in ANSWER_PHRASES
+        min_conf = ANSWER_MIN_CONFIDENCE if answer else HALLUCINATION_MIN_CONFIDENCE
+        max_no_speech = ANSWER_NO_SPEECH_MAX if answer else HALLUCINATION_NO_SPEECH_MAX
+        if confidence < min_conf or no_speech > max_no_speech:
             return None
     return text, round(confidence, 3)
 
