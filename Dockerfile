@@ -6,7 +6,7 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY shared ./shared
 COPY services ./services
 COPY voiceagent ./voiceagent
-RUN pip install --no-cache-dir -c constraints.txt ".[local,cloud]" \
+RUN pip install --no-cache-dir -c constraints.txt ".[local,cloud,otel]" \
  && useradd --create-home --uid 10001 voice
 USER voice
 EXPOSE 8080
