@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 HISTORY_TTL_S = 24 * 3600.0
 MAX_MESSAGES = 200  # older entries are dropped; a phone call rarely gets near this
 GENERATING_TTL_S = 120.0  # a replica that dies mid-turn leaves no stale flag for long
+SPEAKING_TTL_S = 60.0  # a lost Played must not mute backchannel-like answers for long
 
 
 def user_message(text: str, *, turn: int) -> dict[str, Any]:
@@ -185,6 +186,35 @@ class History:
         await self.store.hset(
             call_key("heard", call_sid), str(turn), rec, ttl_s=self.ttl_s, only_new=True
         )
+
+    async def mark_speaking(self, call_sid: str, turn: int, last_seq: int | None = None) -> None:
+        """The caller may be hearing ``turn``; ``last_seq`` is its last spoken segment, once known.
+
+        Read by :meth:`speaking` to tell a backchannel said over the reply ("mm-hm") from an
+        answer ("yeah" after a question), which must start a turn.
+        """
+        value = f"{turn}:{'' if last_seq is None else last_seq}"
+        await self.store.put(call_key("speaking", call_sid), value, ttl_s=SPEAKING_TTL_S)
+
+    async def spoken_until(self, call_sid: str, *, turn: int, last_seq: int) -> None:
+        """The turn is generated: its last spoken segment is ``last_seq`` (if still current)."""
+        key = call_key("speaking", call_sid)
+        value = await self.store.get(key)
+        if value == f"{turn}:":
+            await self.mark_speaking(call_sid, turn, last_seq)
+
+    async def heard(self, call_sid: str, *, turn: int, seq: int, complete: bool) -> None:
+        """A ``Played``: the turn's last segment played, or the caller cut in: not speaking."""
+        key = call_key("speaking", call_sid)
+        value = await self.store.get(key)
+        if value is None or not value.startswith(f"{turn}:"):
+            return
+        if not complete or value == f"{turn}:{seq}":
+            await self.store.delete_if_equal(key, value)
+
+    async def speaking(self, call_sid: str) -> bool:
+        """Is agent audio (probably) still playing to the caller?"""
+        return await self.store.get(call_key("speaking", call_sid)) is not None
 
     async def mark_generating(self, call_sid: str, turn: int) -> int | None:
         """Say ``turn`` is being generated; return the turn that was before (if unfinished)."""

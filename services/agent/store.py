@@ -284,6 +284,16 @@ class Store:
         got = await self._call(op)
         return True if isinstance(got, _Missing) else got
 
+    async def get(self, key: str) -> str | None:
+        """``GET key`` (the mirror's value while Redis is down)."""
+        local = cast(str | None, self.memory.get(key))
+
+        async def op(r: aioredis.Redis) -> str | None:
+            return cast(str | None, await r.get(key))
+
+        got = await self._call(op)
+        return local if isinstance(got, _Missing) else got
+
     async def put(self, key: str, value: str, *, ttl_s: float) -> None:
         """``SET key value EX``."""
         self.memory.put(key, value, self._mirror_ttl(ttl_s))

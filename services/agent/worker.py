@@ -67,6 +67,7 @@ from services.agent.store import Store
 from services.agent.tools import CallTools
 from shared import subjects
 from shared.asyncapi import contract_app
+from shared.backchannel import is_backchannel, parse_backchannels
 from shared.bus import audio_client, make_broker
 from shared.errors import ProviderError, ProviderTimeout
 from shared.logging import kv, setup_logging
@@ -180,6 +181,7 @@ class ReplyOut:
         self.entries: list[dict[str, Any]] = []
         self._spoken: list[str] = []
         self._spoken_seq0 = 0
+        self.last_spoken_seq: int | None = None
         self._first_sent = False
         self.finished = False
 
@@ -250,6 +252,7 @@ class ReplyOut:
             if not self._spoken:
                 self._spoken_seq0 = self.seq
             self._spoken.append(text)
+            self.last_spoken_seq = self.seq
         self.seq += 1
         if text and not self._first_sent:
             self._first_sent = True
@@ -278,6 +281,7 @@ class AgentWorker:
         self._work_subs: list[CoreSubscriber] = []
         owner = f"{settings.service_name or SERVICE}-{socket.gethostname()}-{os.getpid()}"
         self._leases = TurnLeases(store=history.store, owner=owner)
+        self._backchannels = parse_backchannels(settings.backchannel_words)
 
     def attach(self) -> None:
         """Subscribe the handlers (before ``broker.start()``)."""
@@ -308,6 +312,12 @@ class AgentWorker:
             _bad("transcript", e)
             return
         if not isinstance(tr, Transcript) or not tr.is_final or not tr.text.strip():
+            return
+        if is_backchannel(tr.text, self._backchannels) and await self._history.speaking(
+            tr.call_sid
+        ):
+            # "mm-hm" over our own reply acknowledges it; the gateway resumes playback.
+            await self._event(tr.call_sid, "agent.backchannel_ignored", None)
             return
         # One replica answers each utterance, also when the gateway sends it again.
         if not await self._leases.acquire(tr.call_sid, tr.utterance_id):
@@ -342,6 +352,9 @@ class AgentWorker:
             kind, text = prompt_turn(ctl.reason)
             self.start_turn(TurnJob(call_sid=sid, kind=kind, text=text))
         elif isinstance(ctl, Played):
+            self._background(
+                self._history.heard(sid, turn=ctl.turn, seq=ctl.seq, complete=ctl.complete)
+            )
             self._background(
                 self._history.record_played(
                     sid,
@@ -453,6 +466,7 @@ class AgentWorker:
         outcome = "done"
         actions: list[HangupAction | TransferAction] = []
         try:
+            await self._history.mark_speaking(sid, turn)
             other = await self._history.mark_generating(sid, turn)
             if other is not None and other < turn and (prev is None or other != prev.turn):
                 # Another replica is still generating an older turn of this call: stop it.
@@ -512,6 +526,10 @@ class AgentWorker:
             if entries:
                 await self._history.append(sid, entries)
             await self._history.done_generating(sid, turn)
+            if reply.last_spoken_seq is None or outcome == "interrupted":
+                await self._history.heard(sid, turn=turn, seq=-1, complete=False)
+            else:
+                await self._history.spoken_until(sid, turn=turn, last_seq=reply.last_spoken_seq)
             elapsed = time.perf_counter() - me.job.received
             STAGE_LATENCY.labels(SERVICE, "agent_turn").observe(elapsed)
             await self._event(

@@ -27,6 +27,7 @@ from shared.messages import (
     Dtmf,
     Event,
     Hangup,
+    Played,
     Prompt,
     ReplySegment,
     Transcript,
@@ -231,3 +232,30 @@ async def test_greeting_of_a_later_call_plays_from_the_prompt_cache(
     finally:
         await tts.drain(timeout_s=2)
         await tts.broker.stop()
+
+
+async def test_backchannel_over_the_reply_is_ignored_but_an_answer_after_it_is_not(
+    nc: NATS,
+) -> None:
+    tap = await CallTap(nc, new_sid()).start()
+    started = CallStarted(call_sid=tap.sid, stream_sid="MZ1", gateway_id="gw")
+    await tap.send(subjects.control(tap.sid), started)
+    await tap.wait_for(lambda: turn_over(tap, 1), what="greeting")
+    # The caller says "mm-hm" while the greeting plays: no new turn.
+    mm = Transcript(call_sid=tap.sid, utterance_id=1, text="Mm-hmm.", is_final=True)
+    await tap.send(subjects.transcript(tap.sid), mm)
+    await tap.wait_for(
+        lambda: bool(tap.of(Event, name="agent.backchannel_ignored")), what="ignored"
+    )
+    assert not tap.of(Event, name="agent.turn_started", turn=2)
+    # The greeting finishes playing (the gateway reports its last segment heard) ...
+    last = max(s.seq for s in tap.of(ReplySegment, turn=1) if s.text)
+    await tap.send(
+        subjects.control(tap.sid),
+        Played(call_sid=tap.sid, turn=1, seq=last, heard_text="...", complete=True),
+    )
+    await asyncio.sleep(0.2)
+    # ... so "okay" now answers the agent and takes the turn.
+    ok = Transcript(call_sid=tap.sid, utterance_id=2, text="Okay.", is_final=True)
+    await tap.send(subjects.transcript(tap.sid), ok)
+    await tap.wait_for(lambda: turn_over(tap, 2), what="a turn for the answer")
