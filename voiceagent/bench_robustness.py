@@ -28,7 +28,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
@@ -72,7 +72,8 @@ def piper(text: str, *, length_scale: float = 1.0, noise_scale: float = 0.667) -
     if not chunks:
         return np.zeros(0, dtype=np.float32)
     x = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
-    return resample(x, from_rate=int(chunks[0].sample_rate), to_rate=SAMPLE_RATE)
+    y = resample(x, from_rate=int(chunks[0].sample_rate), to_rate=SAMPLE_RATE)
+    return np.asarray(y, dtype=np.float32)
 
 
 def espeak(text: str, *, voice: str = "en-us", pitch: int = 50, wpm: int = 165) -> Samples:
@@ -127,7 +128,7 @@ def set_level(x: Samples, dbfs: float) -> Samples:
     r = speech_rms(x)
     if r <= 0:
         return x
-    return np.clip(x * (10 ** (dbfs / 20) / r), -1.0, 1.0).astype(np.float32)
+    return np.asarray(np.clip(x * (10 ** (dbfs / 20) / r), -1.0, 1.0), dtype=np.float32)
 
 
 def white(n: int, *, seed: int = 1) -> Samples:
@@ -140,16 +141,17 @@ def pink(n: int, *, seed: int = 2) -> Samples:
     spec = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
     f = np.arange(len(spec), dtype=np.float64)
     f[0] = 1.0
-    x = np.fft.irfft(spec / np.sqrt(f), n).astype(np.float32)
-    return (x / max(rms(x), 1e-9)).astype(np.float32)
+    x = np.asarray(np.fft.irfft(spec / np.sqrt(f), n), dtype=np.float32)
+    return np.asarray(x / max(rms(x), 1e-9), dtype=np.float32)
 
 
 def hum(n: int, *, hz: float = 60.0) -> Samples:
     """Unit-RMS mains hum with its odd harmonics (a bad ground)."""
     t = np.arange(n, dtype=np.float32) / SAMPLE_RATE
-    x = sum((1.0 / k) * np.sin(2 * np.pi * hz * k * t) for k in (1, 3, 5, 7))
-    x = np.asarray(x, dtype=np.float32)
-    return (x / max(rms(x), 1e-9)).astype(np.float32)
+    x = np.zeros(n, dtype=np.float32)
+    for k in (1, 3, 5, 7):
+        x += (np.sin(2 * np.pi * hz * k * t) / k).astype(np.float32)
+    return np.asarray(x / max(rms(x), 1e-9), dtype=np.float32)
 
 
 def babble(n: int) -> Samples:
@@ -237,6 +239,7 @@ class Condition:
     over_greeting: bool = False
     noise_only: bool = False
     note: str = ""
+    dtmf_during: str = ""  # keys pressed 0.8 s into the first utterance
 
     @property
     def said(self) -> str:
@@ -263,16 +266,33 @@ def _with_bed(name: str, axis: str, bed: Samples, snr_db: float, note: str = "")
     return Condition(name, axis, (u,), bed=bed, bed_dbfs=float(dbfs), note=note)
 
 
+def _voice_condition(voice: str) -> Condition:
+    return Condition(f"voice:{voice}", "voice", (_speech(SENTENCE, voice),))
+
+
+def _short_condition(answer: str) -> Condition:
+    return Condition(f"short:{answer.strip('.').lower()}", "short", (_speech(answer),))
+
+
+def _noise_only_condition(
+    key: str, make: Callable[[int], Samples], dbfs: float, n: int
+) -> Condition:
+    return Condition(
+        f"noise-only:{key}",
+        "noise-only",
+        (Utterance("", silence(5000)),),
+        bed=make(n),
+        bed_dbfs=dbfs,
+        noise_only=True,
+    )
+
+
 def build_conditions(names: Sequence[str] | None = None) -> list[Condition]:
     """Every condition (or those named), audio synthesized now (CPU: a few seconds)."""
     n_bed = SAMPLE_RATE * 20
     makers: dict[str, Callable[[], Condition]] = {
         "baseline": lambda: Condition("baseline", "reference", (_speech(SENTENCE),)),
-        **{
-            f"voice:{v}": (lambda v=v: Condition(f"voice:{v}", "voice", (_speech(SENTENCE, v),)))
-            for v in VOICES
-            if v != "piper"
-        },
+        **{f"voice:{v}": partial(_voice_condition, v) for v in VOICES if v != "piper"},
         "level:quiet-40dBFS": lambda: Condition(
             "level:quiet-40dBFS", "level", (_speech(SENTENCE, level=-40.0),), note="-20 dB"
         ),
@@ -316,17 +336,19 @@ def build_conditions(names: Sequence[str] | None = None) -> list[Condition]:
             ),
             note="700+900 ms pauses",
         ),
+        "timing:dtmf-during-speech": lambda: Condition(
+            "timing:dtmf-during-speech",
+            "timing",
+            (_speech(QUESTION),),
+            dtmf_during="1",
+            note="key 1 pressed 0.8 s into the question",
+        ),
         "timing:long-silence-first": lambda: Condition(
             "timing:long-silence-first",
             "timing",
             (Utterance(QUESTION, np.concatenate([silence(8000), _speech(QUESTION).audio])),),
         ),
-        **{
-            f"short:{a.strip('.').lower()}": (
-                lambda a=a: Condition(f"short:{a.strip('.').lower()}", "short", (_speech(a),))
-            )
-            for a in SHORT_ANSWERS
-        },
+        **{f"short:{a.strip('.').lower()}": partial(_short_condition, a) for a in SHORT_ANSWERS},
         "short:yes-espeak": lambda: Condition(
             "short:yes-espeak", "short", (_speech("Yes.", "espeak-gb-high"),)
         ),
@@ -337,16 +359,7 @@ def build_conditions(names: Sequence[str] | None = None) -> list[Condition]:
             "short:bye-espeak", "short", (_speech("Bye.", "espeak-gb-high"),)
         ),
         **{
-            f"noise-only:{k}": (
-                lambda k=k, f=f, lvl=lvl: Condition(
-                    f"noise-only:{k}",
-                    "noise-only",
-                    (Utterance("", silence(5000)),),
-                    bed=f(n_bed),
-                    bed_dbfs=lvl,
-                    noise_only=True,
-                )
-            )
+            f"noise-only:{k}": partial(_noise_only_condition, k, f, lvl, n_bed)
             for k, f, lvl in (
                 ("white-35dBFS", white, -35.0),
                 ("pink-30dBFS", pink, -30.0),
@@ -533,7 +546,7 @@ async def run_asr(conditions: Sequence[Condition], *, settings: Any = None) -> l
 def _caller_class() -> type:
     from voiceagent.simulator import SimulatedCall
 
-    class RobustnessCaller(SimulatedCall):  # type: ignore[misc]
+    class RobustnessCaller(SimulatedCall):
         """A simulated caller with a background bed and, optionally, no manners."""
 
         def __init__(self, *, condition: Condition, **kw: Any) -> None:
@@ -542,6 +555,7 @@ def _caller_class() -> type:
             self._bed_pos = 0
             self.early_done: asyncio.Future[float] | None = None
             self.finals: list[str] = []  # every final transcript, empty ones included
+            self._keys: asyncio.Future[None] | None = None
 
         async def _send(self, msg: dict[str, Any], *, numbered: bool = True) -> None:
             c = self.condition
@@ -573,7 +587,13 @@ def _caller_class() -> type:
             # The empty turn after an over-the-greeting utterance ends when that speech does.
             if not audio and self.early_done is not None:
                 return self.early_done
+            if audio and self.condition.dtmf_during and self._keys is None:
+                self._keys = asyncio.ensure_future(self._keys_later())
             return super()._speak(audio)
+
+        async def _keys_later(self) -> None:
+            await asyncio.sleep(0.8)
+            await self._press(self.condition.dtmf_during)
 
         async def _on_transcript(self, msg: Any) -> None:
             from shared.messages import Transcript, parse_transcript
@@ -627,6 +647,9 @@ async def _one_call(
     if c.noise_only:
         call.reply_timeout_s = 8.0
     result = await call.run(turns)
+    if not result.bus:
+        row.error = "simulator could not reach NATS (transcripts unseen)"
+        return row
     recognized = [t for ex in result.exchanges for t in ex.recognized if t.strip()]
     row.heard = " ".join(recognized)
     row.finals = len(recognized)
@@ -700,6 +723,8 @@ async def run_calls(
             await st.wait_ready(timeout_s=240)
             assert st.info is not None
             sem = asyncio.Semaphore(concurrency)
+            # A first call warms every cache (TTS prompts, whisper buffers): not measured.
+            await _one_call(build_conditions(["baseline"])[0], st.info, timeout_s)
 
             async def one(c: Condition) -> Row:
                 async with sem:
@@ -710,6 +735,8 @@ async def run_calls(
                             say(f"    [{name} {time.monotonic() - t0:5.1f}s] {text}")
 
                         row = await _one_call(c, st.info, timeout_s, line if verbose else None)
+                        if row.error:  # a busy machine: one more try
+                            row = await _one_call(c, st.info, timeout_s, line if verbose else None)
                     except Exception as e:  # one broken call must not hide the others
                         row = Row(c.name, c.axis, c.said, error=f"{type(e).__name__}: {e}")
                     say(

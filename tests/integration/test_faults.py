@@ -25,6 +25,7 @@ from voiceagent.stack import gateway_healthy
 from .faults_stack import (
     KNOWLEDGE,
     TOKEN,
+    BusLog,
     Faults,
     bus_log,
     fault_stack,
@@ -64,6 +65,17 @@ def _ctx(faults: Faults, result: CallResult | None = None) -> str:
     return f"\nturns: {turns}\n--- service output ---\n{faults.logs()}"
 
 
+def _report(name: str, bus: BusLog, sid: str, since: float, **facts: object) -> None:
+    """What happened, for `pytest -s` (the figures docs/failover.md quotes)."""
+    names = ("asr.lost", "asr.claimed", "agent.retry", "tts.retry", "playback.skipped")
+    seen = [
+        f"{e.name}@{at - since:+.2f}s"
+        for at, e in bus.events(sid)
+        if e.service == "gateway" and e.name in names
+    ]
+    print(f"\n[{name}] {facts} gateway events: {seen}")
+
+
 def _answered(result: CallResult, i: int) -> bool:
     t = result.turns[i]
     return t.first_audio_at is not None and bool(t.agent_text) and APOLOGY not in t.agent_text
@@ -95,6 +107,7 @@ async def test_asr_worker_killed_another_claims_within_2s_and_hears_the_next_sen
         assert took < 2.0, f"re-claimed after {took:.2f} s" + ctx
         reclaim = next(e for _, e in bus.events(sid) if e.data.get("reclaim") is True)
         assert reclaim.data["worker"] != holder
+        _report("asr kill", bus, sid, killed_at, reclaimed_s=round(took, 2), claim=reclaim.data)
 
         # The next sentence is recognized and answered; the replayed audio did not make the new
         # worker recognize the first sentence again.
@@ -138,11 +151,13 @@ async def test_agent_killed_mid_turn_another_replica_answers_once(faults: Faults
         )
         await asyncio.sleep(0.3)
         faults.signal(faults.name_of(hb.worker_id), signal.SIGKILL)
+        killed_at = time.monotonic()
         result = await asyncio.wait_for(task, 60)
         ctx = _ctx(faults, result)
 
         assert _answered(result, 0), ctx
         answer = result.turns[0]
+        _report("agent kill", bus, sid, killed_at, reply_latency_ms=answer.latency_ms)
         assert answer.latency_ms is not None
         assert answer.latency_ms < PROVIDER_TIMEOUT_S * 1000, ctx
         # One reply for the utterance, from one turn: no duplicate answer.
@@ -186,9 +201,11 @@ async def test_tts_killed_mid_segment_the_segment_is_made_again_and_played_once(
         )
         await asyncio.sleep(0.4)
         faults.signal(faults.name_of(str(ev.data["worker"])), signal.SIGKILL)
+        killed_at = time.monotonic()
         faults.tts.piece_delay_s = 0.0
         result = await asyncio.wait_for(task, 60)
         ctx = _ctx(faults, result)
+        _report("tts kill", bus, sid, killed_at, heard_ms=result.turns[0].reply_ms)
 
         assert any(e.name == "tts.retry" for _, e in bus.events(sid)), "no re-synthesis" + ctx
         skipped = [e.data for _, e in bus.events(sid) if e.name == "playback.skipped"]
@@ -255,6 +272,7 @@ async def test_nats_restarted_mid_call_every_service_reconnects(faults: Faults) 
         ctx = _ctx(faults, result)
 
         after = [m for at, m in bus.finals(sid) if at > restarted_at]
+        _report("nats restart", bus, sid, restarted_at, latency_ms=result.turns[1].latency_ms)
         assert any(word_recall(S2, m.text) >= 0.6 for m in after), ctx
         assert _answered(result, 1), ctx
         # The call's recognizer is held after the restart: heartbeats flow again.
