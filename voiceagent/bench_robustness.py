@@ -574,9 +574,10 @@ def _caller_class() -> type:
                 u = self.condition.utterances[0]
                 self.early_done = self._speak(to_mulaw(u.audio))
             await super()._await_reply(turn, first_timeout_s)
-            if turn is not self.result.greeting and turn.first_audio_at and not _answered(turn):
-                # A re-prompt ("Are you still there?") crossed the caller's words: wait on for
-                # the answer to them, and measure the latency to it.
+            again = not _answered(turn) or bool(self.condition.dtmf_during)
+            if turn is not self.result.greeting and turn.first_audio_at and again:
+                # A re-prompt ("Are you still there?") or the answer to a key crossed the
+                # caller's words: wait on for the answer to them, and measure the latency to it.
                 reprompt_at = turn.first_audio_at
                 turn.first_audio_at = None
                 await super()._await_reply(turn, first_timeout_s)
@@ -610,17 +611,16 @@ def _caller_class() -> type:
 
 
 def _answered(turn: Any) -> bool:
-    """The agent replied to this turn (its re-prompt after a silence is not a reply)."""
-    from services.agent.fixed_prompts import STILL_THERE
+    """The agent replied to this turn (its re-prompts after a silence are not replies)."""
+    from services.agent.fixed_prompts import SILENCE_GOODBYE, STILL_THERE
 
     if turn.first_audio_at is None:
         return False
     by_turn: dict[int, str] = {}
     for seg in sorted(turn.segments, key=lambda x: (x.turn, x.seq)):
-        by_turn[seg.turn] = by_turn.get(seg.turn, "") + seg.text
-    if not by_turn:  # no bus: any audio counts
-        return True
-    return any(not text.strip().startswith(STILL_THERE) for text in by_turn.values())
+        by_turn[seg.turn] = by_turn.get(seg.turn, "") + " " + seg.text
+    prompts = (STILL_THERE, SILENCE_GOODBYE[:40])
+    return any(not text.strip().startswith(prompts) for text in by_turn.values())
 
 
 async def _one_call(

@@ -509,6 +509,55 @@ async def false_interruption_rate(
     }
 
 
+async def run_bench(*, trials: int = 10) -> str:
+    """The ``make bench`` rows: barge-in reaction and false interruptions, on a private bus."""
+    import shutil
+    import tempfile
+
+    from voiceagent.stack import free_port, nats_server_binary, reachable
+
+    port = free_port()
+    store = tempfile.mkdtemp(prefix="bench-turn-")
+    proc = await asyncio.create_subprocess_exec(
+        str(nats_server_binary()),
+        "-a",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-js",
+        "-sd",
+        store,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            if reachable("127.0.0.1", port):
+                break
+            await asyncio.sleep(0.05)
+        url = f"nats://127.0.0.1:{port}"
+        react = await barge_in_reaction(url, trials=trials)
+        rate = await false_interruption_rate(url, asr="local")
+    finally:
+        proc.terminate()
+        await proc.wait()
+        shutil.rmtree(store, ignore_errors=True)
+    target = "met" if react["p95_ms"] is not None and react["p95_ms"] < 250 else "NOT met"
+    return "\n".join(
+        [
+            "turn-taking (private bus, local ASR)",
+            "| measure | value |",
+            "|---|---|",
+            f"| barge-in reaction p50 (speech onset -> clear) | {react['p50_ms']} ms |",
+            f"| barge-in reaction p95 (target < 250 ms: {target}) | {react['p95_ms']} ms |",
+            f"| barge-ins missed | {react['missed']} of {trials} |",
+            f"| false interruptions (noise + backchannels) | {rate['interrupted']}/{rate['total']}"
+            f" (rate {rate['rate']}) |",
+            f"| paused then resumed | {rate['paused']} paused, {rate['resumed']} resumed |",
+        ]
+    )
+
+
 def main() -> None:
     """``python -m voiceagent.bench_turntaking NATS_URL``: print both measures."""
     import sys
