@@ -121,3 +121,26 @@ def serve_http(port: int, *, health: Health | None = None, host: str = "") -> Th
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
+
+
+def run_service(service: str, run: Callable[[Any], Any], *, settings: Any | None = None) -> None:
+    """A service's ``main()``: settings, redacting logs, tracing (off unless OTEL_*), run, exit.
+
+    ``run(settings)`` is the service's async body returning its exit code.
+    """
+    import sys
+
+    from shared.logging import setup_logging
+    from shared.settings import get_settings
+    from shared.telemetry import setup_tracing
+
+    s = settings if settings is not None else get_settings()
+    name = s.service_name or service
+    setup_logging(
+        service=name,
+        level=s.log_level,
+        json_lines=s.log_format == "json",
+        allow_text=s.log_transcripts,
+    )
+    setup_tracing(name)
+    sys.exit(asyncio.run(run(s)))

@@ -38,7 +38,6 @@ import asyncio
 import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -70,7 +69,7 @@ from shared.asyncapi import contract_app
 from shared.backchannel import is_backchannel, parse_backchannels
 from shared.bus import audio_client, make_broker
 from shared.errors import ProviderError, ProviderTimeout
-from shared.logging import kv, setup_logging
+from shared.logging import kv
 from shared.messages import (
     CallEnded,
     CallStarted,
@@ -90,9 +89,9 @@ from shared.messages import (
     parse_transcript,
 )
 from shared.metrics import BAD_MESSAGES, PROVIDER_ERRORS, STAGE_LATENCY
-from shared.service import Health, serve_metrics, stop_event
-from shared.settings import Settings, get_settings
-from shared.telemetry import NO_SPAN, Span, setup_tracing, start_span, traceparent_of, with_trace
+from shared.service import Health, run_service, serve_metrics, stop_event
+from shared.settings import Settings
+from shared.telemetry import NO_SPAN, Span, start_span, traceparent_of, with_trace
 
 log = logging.getLogger(__name__)
 
@@ -752,12 +751,4 @@ asyncapi_app = contract_app(
 
 def main() -> None:
     """``python -m services.agent``."""
-    settings = get_settings()
-    setup_logging(
-        service=settings.service_name or SERVICE,
-        level=settings.log_level,
-        json_lines=settings.log_format == "json",
-        allow_text=settings.log_transcripts,
-    )
-    setup_tracing(settings.service_name or SERVICE)  # off unless OTEL_* asks for it
-    sys.exit(asyncio.run(run(settings)))
+    run_service(SERVICE, run)

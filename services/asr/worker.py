@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import socket
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -37,7 +36,7 @@ from shared import subjects
 from shared.asyncapi import contract_app
 from shared.bus import audio_client, make_broker, on_slow_consumer
 from shared.errors import ProviderError
-from shared.logging import kv, setup_logging
+from shared.logging import kv
 from shared.messages import (
     HEARTBEAT_S,
     AsrClaim,
@@ -59,9 +58,9 @@ from shared.metrics import (
     PROVIDER_ERRORS,
     STAGE_LATENCY,
 )
-from shared.service import Health, serve_metrics, stop_event
-from shared.settings import Settings, get_settings
-from shared.telemetry import setup_tracing, start_span, with_trace
+from shared.service import Health, run_service, serve_metrics, stop_event
+from shared.settings import Settings
+from shared.telemetry import start_span, with_trace
 
 log = logging.getLogger(__name__)
 
@@ -672,12 +671,4 @@ asyncapi_app = contract_app(
 
 def main() -> None:
     """``python -m services.asr``."""
-    settings = get_settings()
-    setup_logging(
-        service=settings.service_name or SERVICE,
-        level=settings.log_level,
-        json_lines=settings.log_format == "json",
-        allow_text=settings.log_transcripts,
-    )
-    setup_tracing(settings.service_name or SERVICE)  # off unless OTEL_* asks for it
-    sys.exit(asyncio.run(run(settings)))
+    run_service(SERVICE, run)

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
 from types import FrameType
@@ -44,11 +43,11 @@ from services.gateway.stream import PATH as STREAM_PATH
 from services.gateway.stream import TwilioStream
 from services.gateway.twiml import busy_twiml, connect_twiml
 from shared.asyncapi import contract_app
-from shared.logging import kv, setup_logging
+from shared.logging import kv
 from shared.metrics import BAD_MESSAGES
-from shared.settings import Settings, get_settings
+from shared.service import run_service
+from shared.settings import Settings
 from shared.subjects import call_root
-from shared.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -246,12 +245,4 @@ asyncapi_app = contract_app(
 
 def main() -> None:
     """``python -m services.gateway``."""
-    settings = get_settings()
-    setup_logging(
-        service=settings.service_name or SERVICE,
-        level=settings.log_level,
-        json_lines=settings.log_format == "json",
-        allow_text=settings.log_transcripts,
-    )
-    setup_tracing(settings.service_name or SERVICE)  # off unless OTEL_* asks for it
-    sys.exit(asyncio.run(serve(settings)))
+    run_service(SERVICE, serve)

@@ -19,7 +19,6 @@ import asyncio
 import logging
 import os
 import socket
-import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
@@ -37,7 +36,7 @@ from shared import subjects
 from shared.asyncapi import contract_app
 from shared.bus import audio_client, make_broker
 from shared.errors import ProviderError
-from shared.logging import kv, setup_logging
+from shared.logging import kv
 from shared.messages import (
     CallEnded,
     Interrupt,
@@ -48,9 +47,9 @@ from shared.messages import (
 )
 from shared.metrics import BAD_MESSAGES, FRAMES, PROVIDER_ERRORS, STAGE_LATENCY
 from shared.retry import stream_with_retries
-from shared.service import Health, serve_metrics, stop_event
-from shared.settings import Settings, get_settings
-from shared.telemetry import setup_tracing, start_span, traceparent_of
+from shared.service import Health, run_service, serve_metrics, stop_event
+from shared.settings import Settings
+from shared.telemetry import start_span, traceparent_of
 
 log = logging.getLogger(__name__)
 
@@ -459,12 +458,4 @@ asyncapi_app = contract_app(
 
 def main() -> None:
     """``python -m services.tts``."""
-    settings = get_settings()
-    setup_logging(
-        service=settings.service_name or SERVICE,
-        level=settings.log_level,
-        json_lines=settings.log_format == "json",
-        allow_text=settings.log_transcripts,
-    )
-    setup_tracing(settings.service_name or SERVICE)  # off unless OTEL_* asks for it
-    sys.exit(asyncio.run(run(settings)))
+    run_service(SERVICE, run)
