@@ -135,8 +135,15 @@ async def read(
 
 
 async def read_call(nc: NATS, call_sid: str) -> list[StoredMessage]:
-    """Everything stored for one call, in publish order."""
-    return await read(nc, subjects.call_root(call_sid) + ".*")
+    """Everything stored for one call, in publish order.
+
+    One filter per stored kind, merged by stream sequence: ``voice.<call>.*`` is not a subset
+    of the stream's subjects (it would also match audio), which older servers refuse.
+    """
+    root = subjects.call_root(call_sid)
+    kinds = [s.split(".", 2)[2] for s in subjects.EVENTS_STREAM_SUBJECTS]
+    found = [m for kind in kinds for m in await read(nc, f"{root}.{kind}")]
+    return sorted(found, key=lambda m: m.seq)
 
 
 # ------------------------------------------------------------------ call summaries
