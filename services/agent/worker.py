@@ -472,7 +472,7 @@ class AgentWorker:
                 await self._send(Interrupt(call_sid=sid, turn=other))
             log.info("turn started", **kv(call=sid, turn=turn, kind=job.kind))
             await self._event(
-                sid, "agent.turn_started", turn, kind=job.kind, utterance=job.utterance_id
+                sid, "agent.turn_started", turn, kind=job.kind, utterance_id=job.utterance_id
             )
             history = await self._history.load(sid)
             if job.kind in ("utterance", "dtmf", "digits") and job.say is None:
