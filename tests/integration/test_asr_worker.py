@@ -8,19 +8,10 @@ other ASR workers on the machine's NATS (same `asr` queue group) would take some
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import queue
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import nats
 import pytest
@@ -48,50 +39,21 @@ from shared.messages import (
     parse_transcript,
 )
 from shared.settings import Settings
-from tests.conftest import _free_port, _reachable, nats_server_binary
+from tests.natsserver import private_nats_server
+from tests.serviceproc import ServiceProcess
 from tests.speech import silence_mulaw, synthesize_mulaw
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 MAX_CALLS = 3
 SENTENCE = "Can I speak to the pharmacy please?"
 
 
-@contextlib.contextmanager
-def nats_server() -> Iterator[str]:
-    """A private nats-server (no other ASR worker in our queue group)."""
-    port = _free_port()
-    store = tempfile.mkdtemp(prefix="nats-asr-")
-    proc = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-sd", store],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not _reachable("127.0.0.1", port):
-            assert time.monotonic() < deadline, "nats-server did not start"
-            time.sleep(0.05)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(store, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def private_nats() -> Iterator[str]:
-    with nats_server() as url:
-        yield url
-
-
-class Worker:
+class Worker(ServiceProcess):
     """`python -m services.asr` with its stderr collected line by line."""
 
     def __init__(self, nats_url: str, **env: str) -> None:
         full_env = {
-            **os.environ,
             "NATS_URL": nats_url,
             "ASR_PROVIDER": "local",
             "DEEPGRAM_API_KEY": "",
@@ -103,38 +65,7 @@ class Worker:
             "SMART_ENDPOINTING": "false",
             **env,
         }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.asr"],
-            cwd=ROOT,
-            env=full_env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.log: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
-            self.lines.put(line)
-
-    def wait_for_log(self, text: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if text in self.lines.get(timeout=0.1):
-                    return
-            except queue.Empty:
-                assert self.proc.poll() is None, "worker exited:\n" + "".join(self.log)
-        raise AssertionError(f"no {text!r} in the worker log:\n" + "".join(self.log))
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
+        super().__init__("asr", env=full_env, log_timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +232,7 @@ async def test_a_worker_at_capacity_refuses_claims(nc: NATS) -> None:
 
 
 async def test_sigterm_finishes_the_utterance_in_progress_and_exits_0() -> None:
-    with nats_server() as url:
+    with private_nats_server() as url:
         w = Worker(url, ASR_DRAIN_S="1")
         try:
             w.wait_for_log("asr worker ready")
@@ -342,7 +273,7 @@ class FlakyAsr(AsrProvider):
 
 
 async def test_a_crashing_recognizer_is_restarted_then_released_without_hurting_others() -> None:
-    with nats_server() as url:
+    with private_nats_server() as url:
         settings = Settings(_env_file=None, nats_url=url, asr_max_calls=10)
         broker = make_broker(settings, name="asr-test")
         worker = AsrWorker(settings=settings, provider=FlakyAsr(), broker=broker)

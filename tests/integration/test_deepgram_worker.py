@@ -11,16 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import nats
 import pytest
@@ -42,37 +37,14 @@ from shared.messages import (
     parse_event,
     parse_transcript,
 )
-from tests.conftest import _free_port, _reachable, nats_server_binary
+from tests.serviceproc import ROOT, ServiceProcess
 from tests.speech import silence_mulaw, synthesize_mulaw
 from voiceagent.fakes.deepgram import FakeDeepgram
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY = "dg-worker-key"
 SENTENCE = "Can I speak to the pharmacy please?"
-
-
-@pytest.fixture(scope="module")
-def private_nats() -> Iterator[str]:
-    """Our own nats-server: other ASR workers on the machine's would take some claims."""
-    port = _free_port()
-    store = tempfile.mkdtemp(prefix="nats-dg-")
-    proc = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-sd", store],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not _reachable("127.0.0.1", port):
-            assert time.monotonic() < deadline, "nats-server did not start"
-            time.sleep(0.05)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(store, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +58,6 @@ def fake() -> Iterator[FakeDeepgram]:
 def worker(private_nats: str, fake: FakeDeepgram) -> Iterator[list[str]]:
     """The worker process with ASR_PROVIDER=auto and a Deepgram key; yields its log lines."""
     env = {
-        **os.environ,
         "NATS_URL": private_nats,
         "ASR_PROVIDER": "auto",
         "DEEPGRAM_API_KEY": KEY,
@@ -96,32 +67,12 @@ def worker(private_nats: str, fake: FakeDeepgram) -> Iterator[list[str]]:
         "LOG_FORMAT": "text",
         "METRICS_PORT": "0",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.asr"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if "asr worker ready" in line:
-                ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
+    w = ServiceProcess("asr", env=env)
     try:
-        assert ready.wait(60), "worker did not start:\n" + "".join(lines)
-        yield lines
+        w.wait_for_log("asr worker ready", timeout=60)
+        yield w.log
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        w.stop()
 
 
 @pytest.fixture

@@ -7,10 +7,6 @@ segments.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -30,41 +26,9 @@ from shared.audio import FRAME_BYTES, duration_ms
 from shared.bus import make_broker
 from shared.messages import ReplySegment
 from shared.settings import Settings
-from tests.conftest import nats_server_binary
 from voiceagent.fakes.elevenlabs import FakeElevenLabs
 
 KEY = "fake-key-789"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def private_nats() -> Iterator[str]:
-    port = _free_port()
-    store = tempfile.mkdtemp(prefix="nats-el-")
-    proc = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-sd", store],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.02)
-    yield f"nats://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
-    shutil.rmtree(store, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

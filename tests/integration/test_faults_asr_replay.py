@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import nats
@@ -23,7 +22,6 @@ from services.gateway.asr_link import REPLAY_MARGIN_MS, AsrLink
 from shared import headers as H
 from shared import subjects
 from shared.messages import AsrClaim, AsrClaimReply, AsrHeartbeat, Transcript
-from tests.integration.agent_bus import private_nats_server
 
 pytestmark = pytest.mark.integration
 
@@ -69,13 +67,6 @@ class ScriptedWorker:
                 await self._beats
         for sub in self._subs:
             await sub.unsubscribe()
-
-
-@pytest.fixture(scope="module")
-def private_nats() -> Iterator[str]:
-    # Our own server: the machine's has real ASR workers in the `asr` queue group.
-    with private_nats_server() as url:
-        yield url
 
 
 async def test_a_reclaim_replays_only_the_audio_after_the_last_final(private_nats: str) -> None:

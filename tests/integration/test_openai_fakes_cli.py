@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,14 +12,9 @@ import pytest
 from mcp import Client
 from openai import AsyncOpenAI
 
+from tests.natsserver import free_port
 from voiceagent.fakes.mcp_server import insurance_status
 from voiceagent.fakes.openai import DEFAULT_ANSWER
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
@@ -38,7 +32,7 @@ async def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 def fakes() -> Iterator[tuple[int, int, list[subprocess.Popen[bytes]]]]:
-    oai, mcp = _free_port(), _free_port()
+    oai, mcp = free_port(), free_port()
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "voiceagent.fakes.openai", "--port", str(oai),

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from uuid import uuid4
@@ -19,34 +16,13 @@ from shared import audit, callevents, subjects
 from shared import headers as H
 from shared.messages import CallEnded, CallStarted, ReplySegment, Transcript, event
 from shared.settings import Settings
-from tests.conftest import _free_port, _reachable, nats_server_binary
+from tests.natsserver import private_nats_server
 from voiceagent import ops_cli
-
-
-@contextlib.contextmanager
-def jetstream_server(*, js: bool = True) -> Iterator[str]:
-    port = _free_port()
-    store = tempfile.mkdtemp(prefix="nats-ops-")
-    argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)]
-    proc = subprocess.Popen(
-        [*argv, "-js", "-sd", store] if js else argv,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not _reachable("127.0.0.1", port):
-            assert time.monotonic() < deadline, "nats-server did not start"
-            time.sleep(0.02)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def js_url() -> Iterator[str]:
-    with jetstream_server() as url:
+    with private_nats_server(jetstream=True) as url:
         yield url
 
 
@@ -102,7 +78,7 @@ async def test_gateway_creates_the_stream_and_retention_follows_the_setting(js_u
 
 
 async def test_without_jetstream_the_platform_runs_and_says_so() -> None:
-    with jetstream_server(js=False) as url:
+    with private_nats_server() as url:
         nc = await nats.connect(url)
         try:
             assert not await asyncio.wait_for(callevents.ensure_stream(nc, _settings(url)), 10)

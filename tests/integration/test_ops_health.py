@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _free_port, _reachable, nats_server_binary
+from tests.natsserver import free_port, nats_server_binary, reachable
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def _until(url: str, code: int, timeout: float = 30) -> str:
 
 
 def test_tts_worker_is_ready_only_while_connected_and_alive_throughout() -> None:
-    nats_port, metrics_port = _free_port(), _free_port()
+    nats_port, metrics_port = free_port(), free_port()
     argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(nats_port)]
     server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {
@@ -63,7 +63,7 @@ def test_tts_worker_is_ready_only_while_connected_and_alive_throughout() -> None
     )
     base = f"http://127.0.0.1:{metrics_port}"
     try:
-        while not _reachable("127.0.0.1", nats_port):
+        while not reachable("127.0.0.1", nats_port):
             time.sleep(0.02)
         body = _until(base + "/healthz", 200)
         assert json.loads(body)["status"] == "ok"

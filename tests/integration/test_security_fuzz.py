@@ -13,20 +13,16 @@ import asyncio
 import base64
 import contextlib
 import json
-import socket
-import subprocess
 import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import nats
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nats.aio.msg import Msg
@@ -35,63 +31,21 @@ from twilio.request_validator import RequestValidator
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as sync_connect
 
-from services.gateway.app import create_app
-from services.gateway.runtime import Gateway
 from shared import headers as H
 from shared import subjects
 from shared.messages import AsrClaim, AsrClaimReply, AsrHeartbeat
 from shared.settings import Settings
-from tests.conftest import nats_server_binary
+from tests.gatewayserver import Gw, serve_gateway
+from tests.natsserver import free_port
 
 TOKEN = "fuzz-auth-token"
 ADMIN = "fuzz-admin-token-0b9d"
 WS_LIMIT = 4096
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:  # pytest owns the signals
-        yield
-
-
-@pytest.fixture(scope="module")
-def private_nats() -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("nats-server did not start")
-            time.sleep(0.02)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-@dataclass
-class Gw:
-    base: str
-    settings: Settings
-    gateway: Gateway
-
-
 @pytest.fixture
 async def gw(private_nats: str) -> AsyncIterator[Gw]:
-    port = _free_port()
+    port = free_port()
     s = Settings(
         nats_url=private_nats,
         redis_url="",
@@ -104,17 +58,8 @@ async def gw(private_nats: str) -> AsyncIterator[Gw]:
         playback_lead_ms=100,
         silence_reprompt_s=600.0,  # the good call sends no speech: no silence hangup mid-test
     )
-    gateway = Gateway(settings=s, use_vad=False)
-    app = create_app(settings=s, gateway=gateway)
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
-        await asyncio.sleep(0.01)
-    try:
-        yield Gw(base=f"http://127.0.0.1:{port}", settings=s, gateway=gateway)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 20)
+    async with serve_gateway(s, port=port, use_vad=False, stop_within=20) as gw:
+        yield gw
 
 
 def dial(base: str, s: Settings, call: str) -> tuple[str, dict[str, str]]:

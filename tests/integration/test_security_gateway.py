@@ -6,10 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +24,7 @@ from services.gateway.runtime import Gateway
 from shared import audit, subjects
 from shared.callstate import HEARD, HISTORY, call_key
 from shared.settings import Settings
-from tests.conftest import nats_server_binary
+from tests.natsserver import private_nats_server
 from voiceagent.security_cli import parse_since, run_audit
 
 TOKEN = "test-auth-token"
@@ -38,35 +34,11 @@ ANN = {"Authorization": "Bearer ann-token-7f3e9c1b"}
 PRIVILEGED = ("/calls", "/websocket-status", "/websocket-metrics")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def js_url() -> Iterator[str]:
     """A private NATS with JetStream (the audit stream must not land on the shared server)."""
-    port = _free_port()
-    store = tempfile.mkdtemp(prefix="nats-audit-")
-    proc = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("nats-server did not start")
-            time.sleep(0.02)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(store, ignore_errors=True)
+    with private_nats_server(jetstream=True) as url:
+        yield url
 
 
 def settings_for(nats_url: str, redis_url: str, **over: object) -> Settings:
@@ -249,27 +221,12 @@ def test_audit_stream_is_append_only(js_url: str) -> None:
 
 def test_export_refused_when_the_audit_trail_is_unavailable(redis_url: str) -> None:
     # A NATS without JetStream: the record cannot be stored, so the transcript is not served.
-    port = _free_port()
-    proc = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+    with private_nats_server() as url:
         call = "CA" + uuid.uuid4().hex
         _seed_history(redis_url, call)
-        with client_for(settings_for(f"nats://127.0.0.1:{port}", redis_url)) as c:
+        with client_for(settings_for(url, redis_url)) as c:
             r = c.get(f"/calls/{call}/transcript", headers=ANN)
             assert r.status_code == 503 and "appointment" not in r.text
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_recording_export_decrypts_and_is_audited(

@@ -7,10 +7,7 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +23,7 @@ from pydantic import SecretStr
 
 from shared import audit, bus, subjects
 from shared.settings import Settings
-from tests.conftest import nats_server_binary
+from tests.natsserver import private_nats_server
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "deploy" / "nats" / "nats-server.conf"
@@ -34,15 +31,8 @@ SERVICES = ("gateway", "asr", "agent", "tts", "operator")
 PASSWORDS = {s: f"pw-{s}-{uuid.uuid4().hex[:8]}" for s in SERVICES}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def secured_nats() -> Iterator[str]:
-    port = _free_port()
     store = tempfile.mkdtemp(prefix="nats-sec-")
     env = dict(os.environ, **{f"{s.upper()}_NATS_PASSWORD": p for s, p in PASSWORDS.items()})
     # The shipped file, verbatim but for where JetStream keeps its files.
@@ -50,24 +40,10 @@ def secured_nats() -> Iterator[str]:
     assert store in text
     conf = Path(store) / "nats-server.conf"
     conf.write_text(text)
-    proc = subprocess.Popen(
-        [nats_server_binary(), "-c", str(conf), "-a", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("nats-server did not start with deploy/nats/nats-server.conf")
-            time.sleep(0.02)
-        yield f"nats://127.0.0.1:{port}"
+        with private_nats_server(args=("-c", str(conf)), env=env) as url:
+            yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
         shutil.rmtree(store, ignore_errors=True)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from shared import settings as settings_mod
 from shared.logging import RedactingFormatter
 from shared.secrets import SecretsError, load_into_environ
+from tests.natsserver import free_port
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
@@ -21,15 +21,9 @@ TWILIO = "twilio-secret-Zq81vX"
 OPENAI = "sk-openai-secret-P0o9i8"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def aws(monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Any]:
-    port = _free_port()
+    port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     env = {

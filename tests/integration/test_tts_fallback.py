@@ -7,9 +7,8 @@ own NATS server; the espeak fallback is the real engine.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import nats
 import pytest
@@ -23,7 +22,7 @@ from shared.bus import make_broker
 from shared.errors import ProviderError
 from shared.messages import CallEnded, Interrupt
 from shared.settings import Settings
-from tests.integration.test_tts_worker import Call, assert_well_formed, rms, start_nats
+from tests.integration.test_tts_worker import Call, assert_well_formed, rms
 
 pytestmark = pytest.mark.integration
 
@@ -79,15 +78,6 @@ class Streaming(TtsProvider):
                 yield TONE
         finally:
             self.closed.set()
-
-
-@pytest.fixture(scope="module")
-def private_nats() -> Iterator[str]:
-    proc, url, store = start_nats()
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-    shutil.rmtree(store, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

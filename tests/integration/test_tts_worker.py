@@ -7,19 +7,11 @@ same `tts` queue group) would otherwise take some of these segments.
 from __future__ import annotations
 
 import asyncio
-import os
-import queue
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import nats
 import numpy as np
@@ -31,43 +23,16 @@ from shared import headers as H
 from shared import subjects
 from shared.audio import ulaw_to_float
 from shared.messages import Event, Interrupt, ReplySegment, parse_event
-from tests.conftest import _free_port, _reachable, nats_server_binary
+from tests.serviceproc import ServiceProcess
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def start_nats() -> tuple[subprocess.Popen[bytes], str, str]:
-    port = _free_port()
-    store = tempfile.mkdtemp(prefix="nats-tts-")
-    proc = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-sd", store],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while not _reachable("127.0.0.1", port):
-        assert time.monotonic() < deadline, "nats-server did not start"
-        time.sleep(0.05)
-    return proc, f"nats://127.0.0.1:{port}", store
-
-
-@pytest.fixture(scope="module")
-def private_nats() -> Iterator[str]:
-    proc, url, store = start_nats()
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-    shutil.rmtree(store, ignore_errors=True)
-
-
-class Worker:
+class Worker(ServiceProcess):
     """`python -m services.tts` with its stderr collected line by line."""
 
     def __init__(self, nats_url: str) -> None:
         env = {
-            **os.environ,
             "NATS_URL": nats_url,
             "TTS_PROVIDER": "local",
             "LOCAL_TTS_ENGINE": "piper",
@@ -76,38 +41,7 @@ class Worker:
             "LOG_FORMAT": "text",
             "METRICS_PORT": "0",
         }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.tts"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.log: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
-            self.lines.put(line)
-
-    def wait_for_log(self, text: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if text in self.lines.get(timeout=0.1):
-                    return
-            except queue.Empty:
-                assert self.proc.poll() is None, "worker exited:\n" + "".join(self.log)
-        raise AssertionError(f"no {text!r} in the worker log:\n" + "".join(self.log))
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
+        super().__init__("tts", env=env)
 
 
 @pytest.fixture(scope="module")

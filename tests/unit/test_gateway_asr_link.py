@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
@@ -21,34 +18,14 @@ from services.gateway.asr_link import AsrLink, backoff
 from shared import headers as H
 from shared import subjects
 from shared.messages import AsrClaim, AsrClaimReply, AsrHeartbeat, Transcript
-from tests.conftest import nats_server_binary
 
 HB = 0.05  # heartbeat period in these tests (production: 0.5 s)
 
 
 @pytest.fixture(scope="module")
-def nats_url() -> Iterator[str]:
+def nats_url(private_nats: str) -> str:
     """A private NATS: ASR workers of other test runs on the shared one would answer claims."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    proc = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("nats-server did not start")
-            time.sleep(0.02)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    return private_nats
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ import base64
 import contextlib
 import json
 import signal
-import socket
-import subprocess
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -46,51 +44,16 @@ from shared.messages import (
     parse_event,
 )
 from shared.settings import Settings
-from tests.conftest import nats_server_binary
+from tests.gatewayserver import Gw, serve_gateway
+from tests.natsserver import free_port
 
 TOKEN = "stream-test-token"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:  # pytest owns the signals
-        yield
-
-
-@dataclass
-class Gw:
-    base: str
-    settings: Settings
-    gateway: Gateway
-
-
 @pytest.fixture(scope="module")
-def nats_url() -> Iterator[str]:
+def nats_url(private_nats: str) -> str:
     """A private NATS: ASR workers of other test runs on the shared one would claim our calls."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("nats-server did not start")
-            time.sleep(0.02)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    return private_nats
 
 
 @pytest.fixture
@@ -103,19 +66,8 @@ async def gw(nats_url: str) -> AsyncIterator[Gw]:
         ws_max_message_bytes=4096,
         playback_lead_ms=100,
     )
-    gateway = Gateway(settings=settings)
-    app = create_app(settings=settings, gateway=gateway)
-    server = _Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
-        await asyncio.sleep(0.01)
-    try:
-        yield Gw(base=f"http://127.0.0.1:{port}", settings=settings, gateway=gateway)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
+    async with serve_gateway(settings, port=port, lifespan="on") as gw:
+        yield gw
 
 
 @pytest.fixture

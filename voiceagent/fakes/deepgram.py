@@ -36,7 +36,6 @@ Standalone: ``python -m voiceagent.fakes.deepgram --port 9400 --api-key k [--fau
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import hashlib
@@ -57,6 +56,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+
+from voiceagent.fakes._server import FaultQueue, add_fault_option, cli_parser, serve_in_thread
 
 if TYPE_CHECKING:
     from services.asr.providers.base import AsrProvider, SpeechEvent
@@ -219,7 +220,6 @@ class ConnectionRecord:
 
 @dataclass
 class _State:
-    faults: list[Fault] = field(default_factory=list)
     connections: list[ConnectionRecord] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -630,12 +630,12 @@ class FakeDeepgram:
         self._recognizers: dict[int, AsrProvider] = {}
         self._rec_lock: asyncio.Lock | None = None
         self._state = _State()
+        self._faults = FaultQueue[Fault](FAULT_KINDS)
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
-        self._error: BaseException | None = None
         self._pending: dict[int, dict[str, Any]] = {}  # handshake -> handler, per connection
 
     # -------------------------------------------------------------- test controls
@@ -660,17 +660,11 @@ class FakeDeepgram:
         cut_after_s: float | None = None,
     ) -> None:
         """Make the next ``times`` connections fail with ``kind`` (-1: all)."""
-        if times == 0 or kind not in FAULT_KINDS:
-            raise ValueError("times must be positive or -1, kind one of FAULT_KINDS")
-        with self._state.lock:
-            self._state.faults.append(
-                Fault(kind, times, retry_after_s, cut_after_bytes, cut_after_s)
-            )
+        self._faults.add(Fault(kind, times, retry_after_s, cut_after_bytes, cut_after_s))
 
     def clear_faults(self) -> None:
         """Remove every pending fault."""
-        with self._state.lock:
-            self._state.faults.clear()
+        self._faults.clear()
 
     @property
     def connections(self) -> list[ConnectionRecord]:
@@ -682,18 +676,7 @@ class FakeDeepgram:
         """Forget recorded connections and pending faults."""
         with self._state.lock:
             self._state.connections.clear()
-            self._state.faults.clear()
-
-    def _take_fault(self) -> Fault | None:
-        with self._state.lock:
-            if not self._state.faults:
-                return None
-            fault = self._state.faults[0]
-            if fault.times > 0:
-                fault.times -= 1
-                if fault.times == 0:
-                    self._state.faults.pop(0)
-            return fault
+        self._faults.clear()
 
     async def _recognizer(self, endpointing_ms: int | None) -> AsrProvider:
         ep = max(endpointing_ms or 0, self.default_endpointing_ms)
@@ -729,7 +712,7 @@ class FakeDeepgram:
                 401, "INVALID_AUTH", "Invalid credentials. Could not authenticate."
             )
         else:
-            fault = self._take_fault()
+            fault = self._faults.take()
             record.fault = fault.kind if fault else None
             response = self._refusal(fault, query)
         if response is not None:
@@ -813,17 +796,9 @@ class FakeDeepgram:
         if self._thread is not None:
             return self.url
 
-        def run() -> None:
-            try:
-                asyncio.run(self.serve())
-            except BaseException as e:  # surfaced by start()
-                self._error = e
-                self._ready.set()
-
-        self._thread = threading.Thread(target=run, name="fake-deepgram", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10) or self._error is not None:
-            raise RuntimeError("fake Deepgram did not start") from self._error
+        self._thread = serve_in_thread(
+            self.serve, name="fake-deepgram", ready=self._ready.is_set, what="fake Deepgram"
+        )
         return self.url
 
     def warm_up(self, endpointing_ms: int | None = None) -> None:
@@ -850,26 +825,11 @@ class FakeDeepgram:
         self.stop()
 
 
-def _parse_fault(text: str) -> tuple[FaultKind, int]:
-    kind, _, times = text.partition(":")
-    if kind not in FAULT_KINDS:
-        raise argparse.ArgumentTypeError(f"fault must be one of {', '.join(FAULT_KINDS)}")
-    return kind, int(times) if times else -1
-
-
 def main(argv: list[str] | None = None) -> None:
     """``python -m voiceagent.fakes.deepgram --port N [--fault KIND[:TIMES]] ...``."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9400)
+    p = cli_parser(__doc__, port=9400)
     p.add_argument("--api-key", default="test-key", help="the key accepted ('' accepts any)")
-    p.add_argument(
-        "--fault",
-        type=_parse_fault,
-        action="append",
-        default=[],
-        help=f"KIND[:TIMES], KIND in {{{','.join(FAULT_KINDS)}}}; TIMES omitted: every connection",
-    )
+    add_fault_option(p, FAULT_KINDS, per="connection")
     p.add_argument("--retry-after", type=float, default=1.0, help="Retry-After of 429s")
     p.add_argument("--cut-after-bytes", type=int, default=16000, help="cut: audio before drop")
     p.add_argument("--cut-after-s", type=float, default=None, help="cut: seconds before drop")

@@ -25,22 +25,26 @@ Standalone: ``python -m voiceagent.fakes.elevenlabs --port 9300 --api-key k [--f
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
-import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from voiceagent.fakes._server import (
+    FaultQueue,
+    ThreadedFake,
+    add_fault_option,
+    cli_parser,
+)
 
 FaultKind = Literal["401", "429", "500", "hang", "cut"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("401", "429", "500", "hang", "cut")
@@ -79,7 +83,6 @@ class RecordedRequest:
 
 @dataclass
 class _State:
-    faults: list[Fault] = field(default_factory=list)
     requests: list[RecordedRequest] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -148,8 +151,11 @@ def local_synth(engine: Literal["espeak", "piper"] = "espeak") -> Synth:
     return synth
 
 
-class FakeElevenLabs:
+class FakeElevenLabs(ThreadedFake):
     """An ElevenLabs-compatible server on loopback, with fault injection and request counts."""
+
+    what = "fake ElevenLabs"
+    thread_name = "fake-elevenlabs"
 
     def __init__(
         self,
@@ -163,6 +169,7 @@ class FakeElevenLabs:
         piece_delay_s: float = 0.0,
         voices: dict[str, str] | None = None,
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.host = host
         self.port = port
@@ -171,8 +178,7 @@ class FakeElevenLabs:
         self.piece_delay_s = piece_delay_s
         self.voices = dict(DEFAULT_VOICES if voices is None else voices)
         self._state = _State()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._faults = FaultQueue[Fault](FAULT_KINDS)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._released: asyncio.Event | None = None
         self.app = Starlette(
@@ -184,11 +190,6 @@ class FakeElevenLabs:
 
     # ------------------------------------------------------------------ test controls
 
-    @property
-    def base_url(self) -> str:
-        """``http://host:port`` once started (give it to the SDK as ``base_url``)."""
-        return f"http://{self.host}:{self.port}"
-
     def inject(
         self,
         kind: FaultKind,
@@ -199,16 +200,11 @@ class FakeElevenLabs:
         cut_after_bytes: int = 1600,
     ) -> None:
         """Make the next ``times`` text-to-speech requests fail with ``kind`` (-1: all)."""
-        if times == 0 or kind not in FAULT_KINDS:
-            raise ValueError("times must be positive or -1, kind one of FAULT_KINDS")
-        fault = Fault(kind, times, retry_after_s, hang_s, cut_after_bytes)
-        with self._state.lock:
-            self._state.faults.append(fault)
+        self._faults.add(Fault(kind, times, retry_after_s, hang_s, cut_after_bytes))
 
     def clear_faults(self) -> None:
         """Remove every pending fault."""
-        with self._state.lock:
-            self._state.faults.clear()
+        self._faults.clear()
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -220,18 +216,7 @@ class FakeElevenLabs:
         """Forget recorded requests and pending faults."""
         with self._state.lock:
             self._state.requests.clear()
-            self._state.faults.clear()
-
-    def _take_fault(self) -> Fault | None:
-        with self._state.lock:
-            if not self._state.faults:
-                return None
-            fault = self._state.faults[0]
-            if fault.times > 0:
-                fault.times -= 1
-                if fault.times == 0:
-                    self._state.faults.pop(0)
-            return fault
+        self._faults.clear()
 
     def _record(self, req: RecordedRequest) -> None:
         with self._state.lock:
@@ -258,7 +243,7 @@ class FakeElevenLabs:
             body = json.loads(await request.body() or b"null")
         except ValueError:
             body = None
-        fault = self._take_fault()
+        fault = self._faults.take()
         self._record(
             RecordedRequest(
                 voice_id=voice_id,
@@ -328,90 +313,24 @@ class FakeElevenLabs:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _bind(self) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        return sock
-
-    def _make_server(self) -> uvicorn.Server:
-        config = uvicorn.Config(
-            self.app,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=1,
-            lifespan="off",
-        )
-        return uvicorn.Server(config)
-
-    async def serve(self) -> None:
-        """Serve until :meth:`stop` (or SIGINT/SIGTERM when run in the main thread)."""
-        sock = self._bind()
+    def _serving(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._released = asyncio.Event()
-        self._server = self._make_server()
-        await self._server.serve(sockets=[sock])
 
-    def start(self) -> str:
-        """Serve in a background thread; returns :attr:`base_url` once accepting."""
-        if self._thread is not None:
-            return self.base_url
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self.serve()), name="fake-elevenlabs", daemon=True
-        )
-        self._thread.start()
-        for _ in range(500):
-            if self._server is not None and self._server.started:
-                return self.base_url
-            if not self._thread.is_alive():
-                break
-            threading.Event().wait(0.01)
-        raise RuntimeError("fake ElevenLabs did not start")
-
-    def stop(self) -> None:
-        """Release hung requests, stop the server and join its thread."""
-        if self._server is None:
-            return
-        self._server.should_exit = True
+    def _stopping(self) -> None:
+        # Hung requests wait on this: free them so the server can finish.
         if self._loop is not None and self._released is not None:
             self._loop.call_soon_threadsafe(self._released.set)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._thread = None
-        self._server = None
-
-    def __enter__(self) -> FakeElevenLabs:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _parse_fault(text: str) -> tuple[FaultKind, int]:
-    kind, _, times = text.partition(":")
-    if kind not in FAULT_KINDS:
-        raise argparse.ArgumentTypeError(f"fault must be one of {', '.join(FAULT_KINDS)}")
-    return kind, int(times) if times else -1
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m voiceagent.fakes.elevenlabs --port N [--fault KIND[:TIMES]] ...``."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9300)
+    p = cli_parser(__doc__, port=9300)
     p.add_argument("--api-key", default="test-key", help="the xi-api-key value accepted")
     p.add_argument("--engine", choices=["espeak", "piper"], default="espeak")
     p.add_argument("--piece-bytes", type=int, default=1000, help="bytes per streamed piece")
     p.add_argument("--piece-delay", type=float, default=0.0, help="seconds between pieces")
-    p.add_argument(
-        "--fault",
-        type=_parse_fault,
-        action="append",
-        default=[],
-        help=f"KIND[:TIMES], KIND in {{{','.join(FAULT_KINDS)}}}; TIMES omitted: every request",
-    )
+    add_fault_option(p, FAULT_KINDS)
     p.add_argument("--retry-after", type=float, default=1.0, help="Retry-After of 429s")
     p.add_argument("--hang-s", type=float, default=30.0, help="how long 'hang' answers nothing")
     p.add_argument("--cut-after", type=int, default=1600, help="cut: audio bytes before the drop")

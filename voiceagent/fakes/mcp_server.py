@@ -17,7 +17,6 @@ Standalone: ``python -m voiceagent.fakes.mcp_server --port 9200``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import logging
@@ -28,7 +27,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
-from voiceagent.fakes.openai import LoopbackServer
+from voiceagent.fakes._server import LoopbackServer, cli_parser
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +130,7 @@ class FakeMcpServer:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m voiceagent.fakes.mcp_server --port N``."""
-    parser = argparse.ArgumentParser(description="Fake MCP server (streamable HTTP at /mcp)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9200)
+    parser = cli_parser("Fake MCP server (streamable HTTP at /mcp)", port=9200)
     parser.add_argument("--tool-delay", type=float, default=0.0, help="seconds per tool call")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)

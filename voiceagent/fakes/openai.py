@@ -24,14 +24,12 @@ Standalone: ``python -m voiceagent.fakes.openai --port 9100``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
 import json
 import logging
 import re
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +40,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp
+
+from voiceagent.fakes._server import LoopbackServer, add_fault_option, cli_parser, take_fault
 
 log = logging.getLogger(__name__)
 
@@ -392,16 +391,6 @@ class FakeOpenAI:
                 return False
             return state.api_key is None or header[7:].strip() == state.api_key
 
-        def next_fault() -> Fault | None:
-            if not state.faults:
-                return None
-            fault = state.faults[0]
-            if fault.times > 0:
-                fault.times -= 1
-                if fault.times == 0:
-                    state.faults.pop(0)
-            return fault
-
         async def models(request: Request) -> Response:
             if not authorized(request):
                 return _auth_error()
@@ -417,7 +406,7 @@ class FakeOpenAI:
             except (ValueError, KeyError, TypeError):
                 return _error(400, "Invalid request body.", "invalid_request_error", None)
             state.requests.append(body)
-            fault = next_fault()
+            fault = take_fault(state.faults)
             if fault is not None and fault.kind != "cut":
                 return await _serve_fault(fault)
             tools = list(body.get("tools") or [])
@@ -573,76 +562,16 @@ def _completion(decision: Decision, *, model: str, state: _State) -> dict[str, A
 # ---------------------------------------------------------------- serving
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its signal capture: in process, the host (pytest, a worker) owns signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-class LoopbackServer:
-    """Serve an ASGI app with uvicorn on 127.0.0.1 inside the running event loop (for fakes)."""
-
-    def __init__(self, *, app: ASGIApp, port: int = 0, host: str = "127.0.0.1") -> None:
-        self._app = app
-        self._host = host
-        self._port = port
-        self._server: _QuietServer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.url = ""
-
-    async def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self._host, self._port))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._app, log_level="warning", lifespan="auto", timeout_graceful_shutdown=1
-        )
-        self._server = _QuietServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-                raise RuntimeError("server exited during start-up")
-            await asyncio.sleep(0.01)
-        self.url = f"http://{self._host}:{port}"
-
-    async def stop(self) -> None:
-        if self._server is None or self._task is None:
-            return
-        self._server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._server = self._task = None
-
-
 logging.getLogger("uvicorn.error").addFilter(_HideCuts())
-
-
-def _parse_fault(text: str) -> tuple[FaultKind, int]:
-    kind, _, times = text.partition(":")
-    if kind not in FAULT_KINDS:
-        raise argparse.ArgumentTypeError(f"fault must be one of {', '.join(FAULT_KINDS)}")
-    return kind, int(times) if times else -1
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m voiceagent.fakes.openai --port N [--fault KIND[:TIMES]] ...``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9100)
+    parser = cli_parser(__doc__, port=9100)
     parser.add_argument("--api-key", default=None, help="required bearer key (default: any)")
     parser.add_argument("--model", default="gpt-4o-mini")
     parser.add_argument("--chunk-delay", type=float, default=0.01, help="seconds between chunks")
-    parser.add_argument(
-        "--fault",
-        type=_parse_fault,
-        action="append",
-        default=[],
-        help=f"KIND[:TIMES], KIND in {{{','.join(FAULT_KINDS)}}}; TIMES omitted: every request",
-    )
+    add_fault_option(parser, FAULT_KINDS)
     parser.add_argument("--retry-after", type=float, default=1.0, help="rate_limit Retry-After")
     parser.add_argument("--cut-after", type=int, default=4, help="cut: chunks before the drop")
     args = parser.parse_args(argv)

@@ -23,22 +23,21 @@ Standalone: ``python -m voiceagent.fakes.twilio_rest --port 9400 --account-sid A
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import binascii
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any, Literal
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from voiceagent.fakes._server import ThreadedFake, cli_parser
 
 FailKind = Literal[401, 404, 500]
 API_VERSION = "2010-04-01"
@@ -78,8 +77,11 @@ def _error(status: int, code: int, message: str) -> JSONResponse:
     )
 
 
-class FakeTwilioRest:
+class FakeTwilioRest(ThreadedFake):
     """A Twilio-REST-compatible Calls endpoint on loopback, with failure injection."""
+
+    what = "fake Twilio REST"
+    thread_name = "fake-twilio-rest"
 
     def __init__(
         self,
@@ -90,14 +92,13 @@ class FakeTwilioRest:
         port: int = 0,
         known_calls: set[str] | None = None,
     ) -> None:
+        super().__init__()
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.host = host
         self.port = port
         self.known_calls = known_calls  # None: every CallSid exists
         self._state = _State()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
         self.app = Starlette(
             routes=[
                 Route(
@@ -109,11 +110,6 @@ class FakeTwilioRest:
         )
 
     # ------------------------------------------------------------------ test controls
-
-    @property
-    def base_url(self) -> str:
-        """``http://host:port`` once started (``TWILIO_API_BASE_URL``)."""
-        return f"http://{self.host}:{self.port}"
 
     def fail(self, kind: FailKind, times: int = 1) -> None:
         """The next ``times`` requests answer ``kind`` (-1: all until :meth:`reset`)."""
@@ -234,67 +230,10 @@ class FakeTwilioRest:
             "queue_time": "0",
         }
 
-    # ------------------------------------------------------------------ server
-
-    def _bind(self) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        return sock
-
-    async def serve(self) -> None:
-        """Serve until :meth:`stop` (or SIGINT/SIGTERM when run in the main thread)."""
-        sock = self._bind()
-        config = uvicorn.Config(
-            self.app,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        await self._server.serve(sockets=[sock])
-
-    def start(self) -> str:
-        """Serve in a background thread; returns :attr:`base_url` once accepting."""
-        if self._thread is not None:
-            return self.base_url
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self.serve()), name="fake-twilio-rest", daemon=True
-        )
-        self._thread.start()
-        for _ in range(1000):
-            if self._server is not None and self._server.started:
-                return self.base_url
-            if not self._thread.is_alive():
-                break
-            threading.Event().wait(0.01)
-        raise RuntimeError("fake Twilio REST did not start")
-
-    def stop(self) -> None:
-        """Stop the server and join its thread."""
-        if self._server is None:
-            return
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._thread = None
-        self._server = None
-
-    def __enter__(self) -> FakeTwilioRest:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m voiceagent.fakes.twilio_rest``: serve in the foreground."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=9400)
+    ap = cli_parser(__doc__, port=9400)
     ap.add_argument("--account-sid", default="AC" + "0" * 32)
     ap.add_argument("--token", default="test-token")
     args = ap.parse_args(argv)
