@@ -161,6 +161,11 @@ class Settings(BaseSettings):
         default=15.0, description="on SIGTERM, how long ASR waits for calls to reach a pause"
     )
     vad_threshold: float = 0.5
+    vad_level_margin_db: float = Field(
+        default=20.0,
+        description="VAD speech more than this many dB under the caller's own speech level is "
+        "background (a TV, other people) and does not hold a turn open or barge in (0: off)",
+    )
     endpointing_ms: int = Field(default=600, description="silence that ends a caller turn")
     smart_endpointing: bool = Field(
         default=True,

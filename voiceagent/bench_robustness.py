@@ -308,6 +308,9 @@ def build_conditions(names: Sequence[str] | None = None) -> list[Condition]:
         "noise:pink-10dB": lambda: _with_bed("noise:pink-10dB", "noise", pink(n_bed), 10),
         "noise:hum-60Hz": lambda: _with_bed("noise:hum-60Hz", "noise", hum(n_bed), 15),
         "noise:babble-15dB": lambda: _with_bed("noise:babble-15dB", "noise", babble(n_bed), 15),
+        "noise:babble-25dB": lambda: _with_bed(
+            "noise:babble-25dB", "noise", babble(n_bed), 25, note="a TV across the room"
+        ),
         "line:telephone-band": lambda: Condition(
             "line:telephone-band", "line", (_speech(SENTENCE, transform=band_limit),)
         ),
@@ -430,6 +433,9 @@ class Row:
     note: str = ""
     agent: str = ""  # what the agent said after the greeting
     empty_finals: int = 0  # utterances the recognizer heard but found no words in
+    # --asr-only: every turn ended at a pause, not only when the audio did (background talk
+    # can hold a turn open; the stream's end then forces it, which a call never gets)
+    ended: bool | None = None
 
     @property
     def wer(self) -> float | None:
@@ -447,6 +453,8 @@ def table(rows: Sequence[Row], *, calls: bool) -> str:
     head = ["condition", "WER", "heard"]
     if calls:
         head += ["reply", "cut-off", "latency ms"]
+    else:
+        head += ["turn ended"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         w = r.wer
@@ -468,6 +476,8 @@ def table(rows: Sequence[Row], *, calls: bool) -> str:
             cells += [reply, "CUT" if r.cut else "", lat]
         elif calls:
             cells += ["", "", ""]
+        else:
+            cells += [{True: "yes", False: "NO (end of audio)", None: "—"}[r.ended]]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -520,11 +530,11 @@ async def run_asr(conditions: Sequence[Condition], *, settings: Any = None) -> l
             parts += [u, Utterance("", silence(1500))]
         parts.append(Utterance("", silence(1000)))
         line = np.concatenate([render(c, p, offset=i * 7919) for i, p in enumerate(parts)])
-        finals = [
-            ev.text
-            async for ev in asr.stream(_chunks(to_mulaw(line)))
-            if ev.kind == "final" and ev.text.strip()
-        ]
+        events = [ev async for ev in asr.stream(_chunks(to_mulaw(line))) if ev.kind == "final"]
+        finals = [ev.text for ev in events if ev.text.strip()]
+        line_ms = len(line) * 1000 // SAMPLE_RATE
+        # A turn closed by the end of the stream ends within a VAD window of it.
+        ended = all((ev.speech_end_ms or 0) < line_ms - 100 for ev in events)
         rows.append(
             Row(
                 name=c.name,
@@ -535,6 +545,7 @@ async def run_asr(conditions: Sequence[Condition], *, settings: Any = None) -> l
                 noise_only=c.noise_only,
                 cut=len(finals) > len([u for u in c.utterances if u.text]),
                 note=c.note,
+                ended=ended if events else None,
             )
         )
     return rows

@@ -6,6 +6,8 @@ never on the event loop. A model instance costs ~9 MiB, so instances are pooled 
 call only while its agent audio plays.
 
 :class:`BargeInDetector` only says "speech for at least ``min_speech_ms``" (the fast pause);
+windows far under the caller's own speech level (:mod:`shared.level`, learnt from the frames
+the recognizer marks as the caller talking) are not speech, so a TV does not cut the greeting.
 :mod:`services.gateway.turntaking` decides whether it was a real interruption.
 """
 
@@ -20,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.audio import SAMPLE_RATE, ulaw_to_float
+from shared.level import SpeechLevel, rms_dbfs
 from shared.logging import kv
 
 log = logging.getLogger(__name__)
@@ -100,9 +103,14 @@ class BargeInDetector:
     :attr:`total_speech_ms` let :mod:`services.gateway.turntaking` follow the caller afterwards.
     """
 
-    def __init__(self, *, pool: VadPool, threshold: float, min_speech_ms: int) -> None:
+    def __init__(
+        self, *, pool: VadPool, threshold: float, min_speech_ms: int, level_margin_db: float = 0.0
+    ) -> None:
         self._pool = pool
         self._threshold = threshold
+        # The caller's speech level, kept for the whole call (across agent turns): background
+        # talk well under it is not an interruption (shared/level.py).
+        self.level = SpeechLevel(margin_db=level_margin_db)
         self._min_ms = max(min_speech_ms, int(WINDOW_MS))
         self._vad: Vad | None = None
         self._buf = np.zeros(0, dtype=np.float32)
@@ -144,6 +152,7 @@ class BargeInDetector:
             window = np.ascontiguousarray(self._buf[:WINDOW])
             self._buf = self._buf[WINDOW:]
             prob = await self._pool.score(self._vad, window)
+            prob = self.level.gate(prob, rms_dbfs(window), threshold=self._threshold)
             if prob >= self._threshold:
                 self._speech_ms += WINDOW_MS
                 self.total_speech_ms += WINDOW_MS
@@ -154,6 +163,12 @@ class BargeInDetector:
                 fired = True
                 self._fired = True
         return fired
+
+    def learn_level(self, mulaw: bytes) -> None:
+        """A frame of the caller talking while no agent audio plays (the recognizer says so):
+        it teaches the gate the caller's own level."""
+        if self.level.enabled:
+            self.level.observe(rms_dbfs(ulaw_to_float(mulaw)))
 
     def stop(self) -> None:
         """Agent audio stopped: give the model back and forget partial speech."""

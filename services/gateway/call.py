@@ -119,10 +119,12 @@ class CallSession:
                 pool=vad_pool,
                 threshold=settings.vad_threshold,
                 min_speech_ms=settings.barge_in_min_speech_ms,
+                level_margin_db=settings.vad_level_margin_db,
             )
             if vad_pool is not None
             else None
         )
+        self._caller_talking = False  # the recognizer's view: between speech start and stop
         self._subs: list[Subscription] = []
         self._wake = asyncio.Event()
         self._player: asyncio.Task[None] | None = None
@@ -232,6 +234,8 @@ class CallSession:
         if not paused and not self.playback.is_playing(now):
             if det.active:
                 det.stop()
+            if self._caller_talking:
+                det.learn_level(frame)
             return
         before = det.total_speech_ms
         fired = await det.feed(frame)
@@ -509,12 +513,14 @@ class CallSession:
             if isinstance(tr, SpeechStarted):
                 arb.on_speech_started(tr.utterance_id, now)
                 self._guards.caller_speaking(True, now)
+                self._caller_talking = True
                 vad = self._bargein is not None and self._bargein.active
                 if not vad and self.playback.is_playing(now):
                     await self.barge_in()  # no VAD here: the recognizer's onset is the fast path
             elif isinstance(tr, SpeechStopped):
                 arb.on_speech_stopped(tr.utterance_id, now)
                 self._guards.caller_speaking(False, now)
+                self._caller_talking = False
             else:
                 if tr.text.strip():
                     self._guards.caller_activity(now)

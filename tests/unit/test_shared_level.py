@@ -50,3 +50,14 @@ def test_margin_zero_disables_the_gate() -> None:
     gate = SpeechLevel(margin_db=0)
     assert gate.gate(0.9, -90.0, threshold=0.5) == 0.9
     assert gate.level_dbfs == DEFAULT_SPEECH_DBFS
+
+
+def test_after_a_run_of_speech_a_words_soft_ending_is_held_but_not_after_a_peak() -> None:
+    gate = SpeechLevel(margin_db=20, hold_windows=2)
+    gate.gate(0.99, -30.0, threshold=0.5)  # one background peak over the gate
+    assert gate.gate(0.9, -60.0, threshold=0.5) == 0.0
+    for _ in range(5):  # a syllable of the caller
+        gate.gate(0.99, -30.0, threshold=0.5)
+    assert gate.gate(0.9, -60.0, threshold=0.5) == 0.9
+    assert gate.gate(0.9, -60.0, threshold=0.5) == 0.9
+    assert gate.gate(0.9, -60.0, threshold=0.5) == 0.0

