@@ -243,6 +243,11 @@ class AsrLink:
                 last_utterance_id=self.last_utterance_id,
             )
             attempt += 1
+            # Frames still queued for the previous worker must reach the bus before the claim:
+            # the new worker subscribes on it, and one stale live frame arriving ahead of the
+            # replay would make it drop the whole replay as already heard (Va-Seq order).
+            with contextlib.suppress(Exception):
+                await batcher_for(self._nc).flush()
             try:
                 msg = await self._nc.request(
                     subjects.ASR_CLAIM, body.to_bytes(), timeout=self._claim_timeout
