@@ -65,6 +65,11 @@ class SpeechLevel:
         """The window is more than the margin under the caller's level (not the caller)."""
         return self.enabled and dbfs < self.level_dbfs - self.margin_db
 
+    def may_pass(self, dbfs: float) -> bool:
+        """Whether :meth:`gate` could let a window of this level through (else the VAD need
+        not score it: the gate returns 0 whatever the score)."""
+        return not self.too_quiet(dbfs) or self._hold > 0
+
     def observe(self, dbfs: float) -> None:
         """A window the VAD called speech and the gate let through: follow its level."""
         if dbfs >= self.level_dbfs - self.margin_db * UPDATE_FRACTION:
