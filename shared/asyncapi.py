@@ -34,8 +34,10 @@ DOCS_DIR = Path(__file__).resolve().parent.parent / "docs" / "asyncapi"
 SERVICES = ("gateway", "asr", "agent", "tts")
 
 _AUDIO_IN = (
-    "Caller audio: raw 8 kHz mu-law, one 20 ms Twilio frame (160 B) per message. Headers: "
-    "Va-Schema=audio.in/1, Va-Seq (Twilio chunk), Va-Ts (Twilio ms), Va-Sent (ns), traceparent."
+    "Caller audio: raw 8 kHz mu-law, one 20 ms Twilio frame (160 B) per message, on "
+    "voice.<call>.audio.in.<worker>: addressed to the ASR worker holding the call (it "
+    "subscribes to voice.*.audio.in.<worker>). Headers (no Va-Schema: audio.in/1 is "
+    "implied): Va-Seq (Twilio chunk), Va-Ts (Twilio ms), Va-Sent (ns), traceparent."
 )
 _AUDIO_OUT = (
     "Reply audio: raw 8 kHz mu-law chunks of one segment. Headers: Va-Turn, Va-Seg, Va-Chunk, "
@@ -62,7 +64,7 @@ class Channel:
 
 
 CHANNELS: dict[str, Channel] = {
-    "audio.in": Channel(_wild(subjects.audio_in), bytes, _AUDIO_IN),
+    "audio.in": Channel(subjects.ALL_AUDIO_IN, bytes, _AUDIO_IN),
     "transcript": Channel(
         _wild(subjects.transcript),
         m.TranscriptMsg,

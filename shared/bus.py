@@ -19,6 +19,7 @@ from faststream.security import BaseSecurity
 from nats.aio.client import Client as NATS
 from nats.errors import SlowConsumerError
 
+from shared import subjects
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,7 @@ def on_slow_consumer(hook: SlowConsumerHook) -> None:
 def _slow_consumer(subject: str) -> None:
     from shared.metrics import SLOW_CONSUMER_DROPS
 
-    parts = subject.split(".", 2)  # voice.<call>.<kind>: label by kind, never by call
-    kind = parts[2] if len(parts) == 3 and parts[0] == "voice" and parts[1] != "_sys" else "other"
-    SLOW_CONSUMER_DROPS.labels(kind).inc()
+    SLOW_CONSUMER_DROPS.labels(subjects.kind_of(subject)).inc()  # by kind, never by call
     now = time.monotonic()
     if now - _slow_logged.get(subject, -SLOW_LOG_EVERY_S) >= SLOW_LOG_EVERY_S:
         if len(_slow_logged) > 10_000:

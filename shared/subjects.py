@@ -32,9 +32,32 @@ def call_all(call_sid: str) -> str:
     return f"{call_root(call_sid)}.>"
 
 
-def audio_in(call_sid: str) -> str:
-    """Caller audio, gateway -> ASR: raw 8 kHz mu-law bytes, metadata in headers."""
-    return f"{call_root(call_sid)}.audio.in"
+_TOKEN_BAD = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def worker_token(worker_id: str) -> str:
+    """A worker id as one subject token (host names may hold dots)."""
+    return _TOKEN_BAD.sub("_", worker_id)[:128] or "_"
+
+
+def audio_in(call_sid: str, worker_id: str) -> str:
+    """Caller audio, gateway -> the ASR worker holding the call: raw 8 kHz mu-law bytes,
+    metadata in headers: ``voice.<call>.audio.in.<worker>``.
+
+    Addressed to the worker so it takes in all its calls' audio on one subscription
+    (:func:`worker_audio_in`): one per call cost it a task hand-off per frame (docs/subjects.md).
+    """
+    return f"{call_root(call_sid)}.audio.in.{worker_token(worker_id)}"
+
+
+def audio_in_any(call_sid: str) -> str:
+    """``voice.<call>.audio.in.*``: one call's caller audio, whichever worker holds it (taps)."""
+    return f"{call_root(call_sid)}.audio.in.*"
+
+
+def worker_audio_in(worker_id: str) -> str:
+    """``voice.*.audio.in.<worker>``: the audio of every call one ASR worker holds."""
+    return f"{PREFIX}.*.audio.in.{worker_token(worker_id)}"
 
 
 def transcript(call_sid: str) -> str:
@@ -75,6 +98,7 @@ def retry_segment(call_sid: str) -> str:
 
 
 # Wildcards used by worker subscriptions (one subscription serves every call).
+ALL_AUDIO_IN = f"{PREFIX}.*.audio.in.*"
 ALL_RETRY_TURN = f"{PREFIX}.*.retry.turn"
 ALL_RETRY_SEGMENT = f"{PREFIX}.*.retry.segment"
 ALL_TRANSCRIPT = f"{PREFIX}.*.transcript"
@@ -120,6 +144,16 @@ EVENTS_STREAM_SUBJECTS = (ALL_EVENTS, ALL_CONTROL, ALL_TRANSCRIPT, ALL_REPLY)
 QUEUE_ASR = "asr"
 QUEUE_AGENT = "agent"
 QUEUE_TTS = "tts"
+
+
+def kind_of(subject: str) -> str:
+    """What a per-call subject carries (``audio.in``, ``transcript``, ...), never naming the
+    call or the worker (metric labels, tail); "other" for anything else."""
+    parts = subject.split(".", 2)
+    if len(parts) < 3 or parts[0] != PREFIX or parts[1] == "_sys":
+        return "other"
+    kind = parts[2]
+    return "audio.in" if kind.startswith("audio.in.") else kind
 
 
 def call_sid_of(subject: str) -> str:

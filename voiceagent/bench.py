@@ -7,7 +7,7 @@ marks echoed as Twilio's playback buffer would) and prints one row per N:
 
 - CPU per service (% of one core, from ``/proc``), summed over replicas;
 - frame-in -> bus latency p50/p99: from the simulated Twilio sending a ``media`` frame to the
-  frame arriving on ``voice.<call>.audio.in`` (the bench subscribes to it);
+  frame arriving on ``voice.<call>.audio.in.<worker>`` (the bench subscribes to it);
 - outbound pacing jitter p99: ``|gap - 20 ms|`` between consecutive ``media`` frames the
   gateway sends once its lead is built;
 - voice-to-voice p50/p95 (end of caller speech -> first reply audio at the caller), split into
@@ -120,6 +120,17 @@ def proc_ticks(pid: int) -> int | None:
         return None
     fields = raw.rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident memory of ``pid`` in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
 def service_of(name: str) -> str:
@@ -554,7 +565,7 @@ class LightCall:
 
 
 class BusObserver:
-    """Watches ``voice.*.audio.in`` (frame latency, frames seen) and ``voice.*.events``."""
+    """Watches ``voice.*.audio.in.*`` (frame latency, frames seen) and ``voice.*.events``."""
 
     def __init__(self) -> None:
         self.calls: dict[str, CallStats] = {}
@@ -566,7 +577,7 @@ class BusObserver:
 
     async def start(self, nc: Any) -> None:
         self._subs = [
-            await nc.subscribe("voice.*.audio.in", cb=self._on_audio, pending_msgs_limit=-1),
+            await nc.subscribe(subjects.ALL_AUDIO_IN, cb=self._on_audio, pending_msgs_limit=-1),
             await nc.subscribe(subjects.ALL_EVENTS, cb=self._on_event, pending_msgs_limit=-1),
         ]
         await nc.flush()
@@ -728,6 +739,8 @@ class BenchOptions:
     ramp_s: float = 2.0  # calls of a step start spread over this
     timeout_s: float = 240.0  # stack readiness
     keep_going: bool = False  # run every step even after one broke
+    soak_waves: int = 0  # after the steps: waves of soak_calls calls, memory sampled after each
+    soak_calls: int = 20
     verbose: bool = False  # print the services' logs
 
 
@@ -909,6 +922,27 @@ async def run_bench(opts: BenchOptions, *, out: Output = print) -> list[Row]:
                 if broke(row) and not opts.keep_going:
                     out(f"bench: N={n} broke (calls failed or frames lost): stopping here")
                     break
+            if opts.soak_waves > 0:
+                waves: list[SoakWave] = []
+                services = {k: v for k, v in pids.items() if k != "fakes"}
+                for w in range(1, opts.soak_waves + 1):
+                    out(f"bench: soak wave {w}/{opts.soak_waves}: {opts.soak_calls} calls ...")
+                    row = await run_step(
+                        n=opts.soak_calls,
+                        mode=opts.mode,
+                        info=info,
+                        pids=pids,
+                        nc=nc,
+                        utterance=utterance,
+                        ramp_s=min(opts.ramp_s, 0.05 * opts.soak_calls),
+                        lead_frames=lead_frames,
+                        progress=out,
+                    )
+                    await asyncio.sleep(2.0)  # calls released everywhere
+                    waves.append(
+                        SoakWave(w, opts.soak_calls, row.calls_failed, rss_by_service(services))
+                    )
+                out(format_soak(waves))
         finally:
             await nc.close()
     finally:
@@ -919,6 +953,71 @@ async def run_bench(opts: BenchOptions, *, out: Output = print) -> list[Row]:
     out("")
     out(summary(rows, mode=opts.mode))
     return rows
+
+
+# ---------------------------------------------------------------- soak
+
+SOAK_SLACK_MIB = 8.0  # RSS a service may still gain after the first wave (allocator noise)
+SOAK_SLACK_FRAC = 0.05
+
+
+@dataclass
+class SoakWave:
+    """Memory after one wave of calls (all ended), per service (replicas summed)."""
+
+    wave: int
+    calls: int
+    failed: int
+    rss_mib: dict[str, float]
+
+
+def soak_growth(waves: Sequence[SoakWave]) -> list[str]:
+    """Services whose memory kept growing after the first wave (which warms caches and pools).
+
+    Flat means: after the last wave, at most ``SOAK_SLACK_MIB`` or ``SOAK_SLACK_FRAC`` above
+    what it held after the first wave.
+    """
+    if len(waves) < 2:
+        return []
+    first, last = waves[0].rss_mib, waves[-1].rss_mib
+    grew = []
+    for svc, mib in sorted(last.items()):
+        base = first.get(svc)
+        if base is not None and mib - base > max(SOAK_SLACK_MIB, SOAK_SLACK_FRAC * base):
+            grew.append(f"{svc} +{mib - base:.0f} MiB ({base:.0f} -> {mib:.0f})")
+    return grew
+
+
+def format_soak(waves: Sequence[SoakWave]) -> str:
+    """The soak table and its verdict."""
+    services = sorted({s for w in waves for s in w.rss_mib})
+    cols = " ".join(f"{s + ' MiB':>12}" for s in services)
+    head = f"{'wave':>4} {'calls':>5} {'failed':>6} {cols}"
+    lines = [head]
+    for w in waves:
+        cells = " ".join(f"{w.rss_mib.get(s, float('nan')):>12.0f}" for s in services)
+        lines.append(f"{w.wave:>4} {w.calls:>5} {w.failed:>6} {cells}")
+    grew = soak_growth(waves)
+    total = sum(w.calls for w in waves)
+    if grew:
+        lines.append(f"soak: memory NOT flat over {total} calls: {'; '.join(grew)}")
+    else:
+        lines.append(
+            f"soak: memory flat over {total} calls (every service within "
+            f"{SOAK_SLACK_MIB:.0f} MiB / {SOAK_SLACK_FRAC:.0%} of its size after wave 1)"
+        )
+    return "\n".join(lines)
+
+
+def rss_by_service(pids: dict[str, int | None]) -> dict[str, float]:
+    """Resident memory per service, replicas summed."""
+    out: dict[str, float] = {}
+    for name, pid in pids.items():
+        mib = rss_mib(pid) if pid else None
+        if mib is not None:
+            svc = service_of(name)
+            out[svc] = out.get(svc, 0.0) + mib
+    return out
 
 
 def capacity_line(rows: Sequence[Row]) -> str:

@@ -2,9 +2,9 @@
 
 - :func:`asr_intake`: one ASR worker (``ASR_PROVIDER=null``: audio consumed, nothing
   recognized) claims N calls through the claim protocol; a publisher speaking the NATS wire
-  protocol sends each call's 20 ms frames on ``voice.<call>.audio.in`` at 50 frames/s. Counts
-  what the worker took in (its ``/metrics``), its CPU and memory per call, and checks the memory
-  is given back when the calls end.
+  protocol sends each call's 20 ms frames on ``voice.<call>.audio.in.<worker>`` at 50 frames/s.
+  Counts what the worker took in (its ``/metrics``), its CPU and memory per call, and checks the
+  memory is given back when the calls end.
 - :func:`gateway_capacity`: one gateway process serves N simulated Twilio calls
   (:class:`~voiceagent.bench.LightCall` in streaming mode) while this process plays the TTS
   workers (reply audio on ``voice.<call>.audio.out``). Counts inbound frames that reached the
@@ -32,7 +32,7 @@ from shared import headers as H
 from shared import subjects
 from shared.audio import FRAME_BYTES, FRAME_MS, MULAW_SILENCE
 from shared.messages import AsrClaim, AsrClaimReply, CallEnded, CallStarted, ReplySegment
-from voiceagent.bench import CpuMeter, percentile, proc_ticks
+from voiceagent.bench import CpuMeter, percentile, proc_ticks, rss_mib
 from voiceagent.supervisor import ProcessSpec, Supervisor
 
 Output = Callable[[str], None]
@@ -67,17 +67,6 @@ async def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float
     async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
         resp = await client.get(url)
     return parse_metrics(resp.text)
-
-
-def rss_mib(pid: int) -> float | None:
-    """Resident memory of ``pid`` in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 # ---------------------------------------------------------------- a raw NATS publisher
@@ -117,7 +106,7 @@ class RawPublisher:
     def frame(subject: str, seq: int, payload: bytes) -> bytes:
         """One ``HPUB`` of an inbound audio frame (headers as the gateway sets them)."""
         hdr = (
-            f"NATS/1.0\r\n{H.SCHEMA}: {H.AUDIO_IN_SCHEMA}\r\n{H.SEQ}: {seq}\r\n"
+            f"NATS/1.0\r\n{H.SEQ}: {seq}\r\n"
             f"{H.TS_MS}: {(seq - 1) * FRAME_MS}\r\n{H.SENT_NS}: {time.time_ns()}\r\n\r\n"
         ).encode()
         total = len(hdr) + len(payload)
@@ -239,17 +228,19 @@ async def _wait_port(url: str, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _claim(nc: Any, sid: str, *, tries: int = 40) -> bool:
+async def _claim(nc: Any, sid: str, *, tries: int = 40) -> str | None:
+    """Claim ``sid`` as a gateway would; the id of the worker that took it, or None."""
     claim = AsrClaim(call_sid=sid, gateway_id="bench")
     for _ in range(tries):
         try:
             msg = await nc.request(subjects.ASR_CLAIM, claim.to_bytes(), timeout=2.0)
-            if AsrClaimReply.model_validate_json(msg.data).accepted:
-                return True
+            reply = AsrClaimReply.model_validate_json(msg.data)
+            if reply.accepted:
+                return reply.worker_id
         except Exception:
             pass
         await asyncio.sleep(0.1)
-    return False
+    return None
 
 
 async def asr_intake(
@@ -282,20 +273,21 @@ async def asr_intake(
             pid = sup.pids()["asr-1"]
             assert pid is not None
             sids = [f"CAbench{i:05d}{os.getpid()}" for i in range(calls)]
-            if not await _claim(nc, sids[0]):
+            first = await _claim(nc, sids[0])
+            if first is None:
                 raise RuntimeError("the ASR worker does not accept claims")
             await asyncio.sleep(0.5)
             res.rss_base_mib = rss_mib(pid)
             out(f"    claiming {calls} calls ...")
-            ok = [True]
+            held: list[str | None] = [first]
             for i in range(1, calls, 100):
-                ok += await asyncio.gather(*(_claim(nc, s) for s in sids[i : i + 100]))
-            res.claimed = sum(ok)
+                held += await asyncio.gather(*(_claim(nc, s) for s in sids[i : i + 100]))
+            res.claimed = sum(w is not None for w in held)
             await pub.connect()
             mpage = f"http://127.0.0.1:{metrics_port}/metrics"
             before = await scrape(mpage)
             payload = bytes([MULAW_SILENCE - 1]) * FRAME_BYTES
-            subj = [subjects.audio_in(s) for s in sids]
+            subj = [subjects.audio_in(s, w or first) for s, w in zip(sids, held, strict=True)]
             meter = CpuMeter({"asr": pid})
             meter.start()
             loop = asyncio.get_running_loop()

@@ -66,6 +66,15 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     for name in ("asr", "agent", "tts"):
         b.add_argument(f"--{name}", type=int, default=2, metavar="N", help=f"{name} replicas")
     b.add_argument(
+        "--soak-waves",
+        type=int,
+        default=5,
+        metavar="N",
+        help="instant mode, after the steps: N waves of --soak-calls calls, each service's "
+        "memory sampled after each (flat memory check; 0: skip)",
+    )
+    b.add_argument("--soak-calls", type=int, default=20, metavar="N", help="calls per soak wave")
+    b.add_argument(
         "--keep-going", action="store_true", help="run every step even after one misses a target"
     )
     b.add_argument(
@@ -120,6 +129,8 @@ async def run_bench_command(args: argparse.Namespace, *, out: Output) -> int:
             agent=args.agent,
             tts=args.tts,
             keep_going=args.keep_going,
+            soak_waves=args.soak_waves if mode == "instant" else 0,
+            soak_calls=args.soak_calls,
         )
         out(f"\n=== bench: {mode} providers, up to {cap} concurrent calls ===")
         await run_bench(opts, out=out)

@@ -65,7 +65,7 @@ def _split(subject: str) -> tuple[str, str]:
     if subject.startswith(_CALL_PREFIX):
         parts = subject.split(".", 2)
         if len(parts) == 3:
-            return parts[1], parts[2]
+            return parts[1], subjects.kind_of(subject)
     return "", subject
 
 

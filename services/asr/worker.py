@@ -1,8 +1,9 @@
 """ASR worker: claims calls, recognizes their audio, publishes speech events and transcripts.
 
 The claim protocol is the one in ``docs/subjects.md``: claims arrive as requests to the ``asr``
-queue group; an accepted call gets a raw nats-py audio subscription feeding a bounded queue
-(the oldest frames are dropped when the recognizer falls behind), one provider stream, and a
+queue group; an accepted call's audio arrives on the worker's one raw nats-py audio
+subscription (``voice.*.audio.in.<worker>``) and feeds a bounded queue per call (the oldest
+frames are dropped when the recognizer falls behind), one provider stream, and a
 heartbeat every ``HEARTBEAT_S`` until the call ends. One call's recognizer failing is restarted
 a few times, then the call is released (the gateway re-claims it); other calls never notice.
 
@@ -18,8 +19,8 @@ import logging
 import os
 import socket
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from services.asr.utterances import AudioClock, Utterance, UtteranceTracker
 from shared import headers as H
 from shared import subjects
 from shared.asyncapi import contract_app
+from shared.audio import FRAME_MS
 from shared.bus import audio_client, make_broker, on_slow_consumer
 from shared.errors import ProviderError
 from shared.logging import kv
@@ -65,8 +67,14 @@ from shared.telemetry import start_span, with_trace
 log = logging.getLogger(__name__)
 
 SERVICE = "asr"
+_FRAMES_IN = FRAMES.labels(SERVICE, "in")
+_QUEUE_FULL = FRAMES_DROPPED.labels(SERVICE, "queue_full")
+_DUPLICATE = FRAMES_DROPPED.labels(SERVICE, "duplicate")
+_NOT_HELD = FRAMES_DROPPED.labels(SERVICE, "not_held")
+_BAD_AUDIO = BAD_MESSAGES.labels(SERVICE, "audio")
 QUEUE_FRAMES = 250  # 5 s of audio per call waiting for its recognizer, then drop the oldest
-AUDIO_PENDING_MSGS = 500  # frames nats-py may hold for one call's callback (10 s) before dropping
+# Frames nats-py may hold for the audio callback before dropping: 2 s of every call held.
+AUDIO_PENDING_S = 2.0
 MAX_RESTARTS = 3  # recognizer restarts per call before it is handed back to the gateway
 RESTART_BACKOFF_S = 0.25
 STABLE_S = 60.0  # a recognizer that ran this long has its restart budget refilled
@@ -82,10 +90,9 @@ Frame = tuple[bytes, int | None, float]
 @dataclass(eq=False)
 class _Call:
     sid: str
-    queue: asyncio.Queue[Frame | None]
+    queue: FrameQueue
     tracker: UtteranceTracker
     clock: AudioClock = field(default_factory=AudioClock)
-    sub: Subscription | None = None
     task: asyncio.Task[None] | None = None
     last_seq: int = -1
     last_audio: float = field(default_factory=time.monotonic)
@@ -118,14 +125,43 @@ def frame_meta(headers: dict[str, str] | None, now: float) -> tuple[int | None, 
     return (int(seq) if seq else None), (int(ts) if ts else None), wall
 
 
-def put_dropping_oldest(q: asyncio.Queue[Frame | None], item: Frame | None) -> bool:
-    """Enqueue without waiting; returns True when the oldest item had to go."""
-    dropped = False
-    if q.full():
-        q.get_nowait()
-        dropped = True
-    q.put_nowait(item)
-    return dropped
+class FrameQueue:
+    """One call's frames waiting for its recognizer: bounded, the oldest dropped when full.
+
+    A deque and one waiter future: about half the cost of an ``asyncio.Queue`` hand-off, which
+    the intake pays 50 times a second per call.
+    """
+
+    __slots__ = ("_items", "_max", "_waiter")
+
+    def __init__(self, *, maxsize: int) -> None:
+        self._items: deque[Frame | None] = deque()
+        self._max = maxsize
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Frame | None) -> bool:
+        """Enqueue without waiting; True when the oldest item had to go."""
+        items = self._items
+        dropped = len(items) >= self._max
+        if dropped:
+            items.popleft()
+        items.append(item)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        return dropped
+
+    async def get(self) -> Frame | None:
+        """The oldest item, waiting for one if there is none."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._items.popleft()
 
 
 async def _raw_body(msg: NatsMessage) -> bytes:
@@ -159,6 +195,8 @@ class AsrWorker:
         self._local: AsrProvider | None = None  # fallback recognizer, built on first need
         self._local_lock = asyncio.Lock()
         self._local_failed = False
+        self._audio_sub: Subscription | None = None
+        self._audio_pending = max(1000, int(self.max_calls * AUDIO_PENDING_S * 1000 / FRAME_MS))
 
     @property
     def calls(self) -> list[str]:
@@ -179,6 +217,15 @@ class AsrWorker:
     async def start(self) -> None:
         """Start heartbeating (the broker must be connected)."""
         # Subscriptions are registered once the server has our SUBs: only then are we "ready".
+        # One subscription for every held call's audio (``voice.*.audio.in.<worker>``): a
+        # subscription per call cost a task hand-off per frame, a quarter of the intake.
+        self._audio_sub = await self._nc.subscribe(
+            subjects.worker_audio_in(self.worker_id),
+            cb=self._on_audio,
+            # Bounded: a worker that falls behind drops (and reports) instead of growing.
+            pending_msgs_limit=self._audio_pending,
+            pending_bytes_limit=self._audio_pending * 1024,
+        )
         await self._nc.flush()
         self._heartbeat = asyncio.create_task(self._heartbeats())
         on_slow_consumer(self._on_slow_consumer)
@@ -190,7 +237,7 @@ class AsrWorker:
         except ValueError:
             return
         if sid in self._calls:
-            self._spawn(self._event(sid, "asr.slow_consumer", limit_frames=AUDIO_PENDING_MSGS))
+            self._spawn(self._event(sid, "asr.slow_consumer", limit_frames=self._audio_pending))
 
     @property
     def _nc(self) -> NATS:
@@ -202,7 +249,7 @@ class AsrWorker:
         """Accept (or refuse) a call and reply :class:`AsrClaimReply`."""
         try:
             claim = AsrClaim.model_validate_json(body)
-            subjects.audio_in(claim.call_sid)  # a SID that cannot address subjects is refused
+            subjects.call_root(claim.call_sid)  # a SID that cannot address subjects is refused
         except (ValidationError, ValueError) as e:
             BAD_MESSAGES.labels(SERVICE, "claim").inc()
             log.warning("bad claim dropped", **kv(error=type(e).__name__))
@@ -243,29 +290,17 @@ class AsrWorker:
         if sid in self._calls:
             log.info("call re-claimed; keeping its recognizer", **kv(call=sid))
             return True
-        if self._draining or sid in self._ended:
-            return False
+        if self._draining or sid in self._ended or self._audio_sub is None:
+            return False  # not started yet: the gateway asks again (another worker, or us soon)
         if len(self._calls) >= self.max_calls:
             log.info("claim refused: at capacity", **kv(call=sid, calls=len(self._calls)))
             return False
         call = _Call(
             sid=sid,
-            queue=asyncio.Queue(maxsize=QUEUE_FRAMES),
+            queue=FrameQueue(maxsize=QUEUE_FRAMES),
             tracker=UtteranceTracker(last_id=claim.last_utterance_id),
         )
         self._calls[sid] = call  # before any await: a concurrent re-claim finds it
-        try:
-            call.sub = await self._nc.subscribe(
-                subjects.audio_in(sid),
-                cb=self._audio_cb(call),
-                # Bounded: a worker that falls behind drops (and reports) instead of growing.
-                pending_msgs_limit=AUDIO_PENDING_MSGS,
-                pending_bytes_limit=AUDIO_PENDING_MSGS * 1024,
-            )
-        except Exception as e:
-            self._calls.pop(sid, None)
-            log.error("audio subscription failed", **kv(call=sid, error=type(e).__name__))
-            return False
         call.task = asyncio.create_task(self._run(call))
         self._active.set(len(self._calls))
         log.info(
@@ -276,34 +311,31 @@ class AsrWorker:
         )
         return True
 
-    def _audio_cb(self, call: _Call) -> Callable[[Msg], Awaitable[None]]:
-        frames_in = FRAMES.labels(SERVICE, "in")
-        full = FRAMES_DROPPED.labels(SERVICE, "queue_full")
-        duplicate = FRAMES_DROPPED.labels(SERVICE, "duplicate")
-        bad = BAD_MESSAGES.labels(SERVICE, "audio")
-
-        async def on_audio(msg: Msg) -> None:
-            if call.closing or not msg.data:
+    async def _on_audio(self, msg: Msg) -> None:
+        """One frame of any held call (hot path: 50 per second per call)."""
+        call = self._calls.get(msg.subject.split(".", 2)[1])
+        if call is None or call.closing:
+            _NOT_HELD.inc()  # in flight when the call ended or moved: nobody needs it
+            return
+        if not msg.data:
+            return
+        now = time.time()
+        try:
+            seq, ts, wall = frame_meta(msg.headers, now)
+        except ValueError:
+            _BAD_AUDIO.inc()  # keep the audio: the headers are only metadata
+            seq, ts, wall = None, None, now
+        if seq is not None:
+            if seq <= call.last_seq:  # re-sent after a re-claim: already heard
+                _DUPLICATE.inc()
                 return
-            now = time.time()
-            try:
-                seq, ts, wall = frame_meta(msg.headers, now)
-            except ValueError:
-                bad.inc()  # keep the audio: the headers are only metadata
-                seq, ts, wall = None, None, now
-            if seq is not None:
-                if seq <= call.last_seq:  # re-sent after a re-claim: already heard
-                    duplicate.inc()
-                    return
-                call.last_seq = seq
-            frames_in.inc()
-            call.last_audio = time.monotonic()
-            if call.traceparent is None and msg.headers:
-                call.traceparent = msg.headers.get(H.TRACEPARENT)
-            if put_dropping_oldest(call.queue, (msg.data, ts, wall)):
-                full.inc()
-
-        return on_audio
+            call.last_seq = seq
+        _FRAMES_IN.inc()
+        call.last_audio = time.monotonic()
+        if call.traceparent is None and msg.headers:
+            call.traceparent = msg.headers.get(H.TRACEPARENT)
+        if call.queue.put((msg.data, ts, wall)):
+            _QUEUE_FULL.inc()
 
     async def _frames(self, call: _Call) -> AsyncIterator[bytes]:
         """The call's queued audio, for one recognizer stream (ends at the ``None`` marker)."""
@@ -523,15 +555,10 @@ class AsrWorker:
             return
         call.closing = True
         self._active.set(len(self._calls))
-        if call.sub is not None:
-            try:
-                await call.sub.unsubscribe()
-            except Exception as e:  # connection closed: the server dropped it anyway
-                log.debug("audio unsubscribe failed", **kv(error=type(e).__name__))
         task = call.task
         if task is not None and task is not asyncio.current_task():
             if flush:
-                put_dropping_oldest(call.queue, None)  # the recognizer flushes and ends
+                call.queue.put(None)  # the recognizer flushes and ends
                 _, late = await asyncio.wait({task}, timeout=FLUSH_TIMEOUT_S)
                 if late:
                     task.cancel()

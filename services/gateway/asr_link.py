@@ -5,9 +5,10 @@ retries on refusal or no responders, watches the worker's heartbeats, claims aga
 ``HEARTBEAT_MISSES`` missed ones, and keeps the last seconds of caller audio so that what was
 said while no recognizer listened is replayed to the new one.
 
-Frames are published only while a worker holds the call; until then (and between a lost
-worker and the next claim) they wait in the ring buffer. This gives the recognizer every frame
-once, in order, after a claim.
+Frames are published only while a worker holds the call, on a subject addressed to that worker
+(``voice.<call>.audio.in.<worker>``); until then (and between a lost worker and the next claim)
+they wait in the ring buffer. This gives the recognizer every frame once, in order, after a
+claim: frames still in flight to a lost worker can never reach its successor.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ class AsrLink:
         self._call = call_sid
         self._gateway_id = gateway_id
         self._event = event
-        self._subject = subjects.audio_in(call_sid)
+        self._subject = ""  # voice.<call>.audio.in.<worker>, set by each claim
         self._ring: deque[tuple[int, bytes, str, str]] = deque(
             maxlen=max(1, int(ring_s * 1000 / FRAME_MS))
         )
@@ -173,7 +174,6 @@ class AsrLink:
 
     async def _publish(self, frame: bytes, seq: str, ts: str) -> None:
         hdrs = {
-            H.SCHEMA: H.AUDIO_IN_SCHEMA,
             H.SEQ: seq,
             H.TS_MS: ts,
             H.SENT_NS: str(time.time_ns()),
@@ -243,11 +243,6 @@ class AsrLink:
                 last_utterance_id=self.last_utterance_id,
             )
             attempt += 1
-            # Frames still queued for the previous worker must reach the bus before the claim:
-            # the new worker subscribes on it, and one stale live frame arriving ahead of the
-            # replay would make it drop the whole replay as already heard (Va-Seq order).
-            with contextlib.suppress(Exception):
-                await batcher_for(self._nc).flush()
             try:
                 msg = await self._nc.request(
                     subjects.ASR_CLAIM, body.to_bytes(), timeout=self._claim_timeout
@@ -273,6 +268,7 @@ class AsrLink:
                 refused += 1
                 continue
             self.worker_id = reply.worker_id
+            self._subject = subjects.audio_in(self._call, reply.worker_id)
             self._last_hb = time.monotonic()
             self.claims += 1
             replayed = await self._flush()

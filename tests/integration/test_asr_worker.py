@@ -87,6 +87,7 @@ class Call:
         self.raw_events: list[bytes] = []
         self.heartbeats: list[float] = []
         self.seq = 0
+        self.worker_id = ""  # the worker that accepted the claim: audio is addressed to it
 
     async def listen(self) -> None:
         await self.nc.subscribe(subjects.transcript(self.sid), cb=self._on_transcript)
@@ -109,19 +110,23 @@ class Call:
             call_sid=self.sid, gateway_id="gw-test", last_utterance_id=last_utterance_id
         )
         reply = await self.nc.request(subjects.ASR_CLAIM, claim.to_bytes(), timeout=5)
-        return AsrClaimReply.model_validate_json(reply.data)
+        answer = AsrClaimReply.model_validate_json(reply.data)
+        if answer.accepted:
+            self.worker_id = answer.worker_id
+        return answer
 
     async def send_audio(self, audio: bytes, *, pace_s: float = 0.005) -> None:
         """Frames as the gateway publishes them (faster than real time to keep tests short)."""
         for frame in frames(audio):
             self.seq += 1
             headers = {
-                H.SCHEMA: H.AUDIO_IN_SCHEMA,
                 H.SEQ: str(self.seq),
                 H.TS_MS: str((self.seq - 1) * 20),
                 H.SENT_NS: str(time.time_ns()),
             }
-            await self.nc.publish(subjects.audio_in(self.sid), frame, headers=headers)
+            await self.nc.publish(
+                subjects.audio_in(self.sid, self.worker_id), frame, headers=headers
+            )
             await asyncio.sleep(pace_s)
 
     async def end(self) -> None:
@@ -211,7 +216,9 @@ async def test_malformed_messages_are_dropped_and_the_worker_goes_on(nc: NATS) -
         await nc.request(subjects.ASR_CLAIM, b'{"type":"asr_claim","call_sid":"a.b"}', timeout=0.5)
     await nc.publish(subjects.control(held.sid), b"\x00\xff garbage")
     await nc.publish(subjects.control(held.sid), b'{"type":"call_ended","call_sid":"CAother"}')
-    await nc.publish(subjects.audio_in(held.sid), b"\xff" * 160, headers={H.SEQ: "nope"})
+    await nc.publish(
+        subjects.audio_in(held.sid, held.worker_id), b"\xff" * 160, headers={H.SEQ: "nope"}
+    )
     await nc.flush()
 
     beats = len(held.heartbeats)

@@ -93,6 +93,7 @@ class Call:
         self.failed = asyncio.Event()
         self.events: list[Event] = []
         self.seq = 0
+        self.worker_id = ""  # the worker that accepted the claim: audio is addressed to it
 
     async def start(self) -> AsrClaimReply:
         await self.nc.subscribe(subjects.transcript(self.sid), cb=self._on_transcript)
@@ -100,7 +101,10 @@ class Call:
         await self.nc.subscribe(subjects.events(self.sid), cb=self._on_event)
         claim = AsrClaim(call_sid=self.sid, gateway_id="gw-test")
         reply = await self.nc.request(subjects.ASR_CLAIM, claim.to_bytes(), timeout=5)
-        return AsrClaimReply.model_validate_json(reply.data)
+        answer = AsrClaimReply.model_validate_json(reply.data)
+        if answer.accepted:
+            self.worker_id = answer.worker_id
+        return answer
 
     async def _on_transcript(self, msg: Msg) -> None:
         m = parse_transcript(msg.data)
@@ -120,12 +124,13 @@ class Call:
         for frame in frames(audio):
             self.seq += 1
             headers = {
-                H.SCHEMA: H.AUDIO_IN_SCHEMA,
                 H.SEQ: str(self.seq),
                 H.TS_MS: str((self.seq - 1) * 20),
                 H.SENT_NS: str(time.time_ns()),
             }
-            await self.nc.publish(subjects.audio_in(self.sid), frame, headers=headers)
+            await self.nc.publish(
+                subjects.audio_in(self.sid, self.worker_id), frame, headers=headers
+            )
             await asyncio.sleep(0.02 / speed)
 
     async def end(self) -> None:

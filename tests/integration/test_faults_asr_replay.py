@@ -43,7 +43,8 @@ class ScriptedWorker:
         async def on_claim(msg: Any) -> None:
             self.claims.append(AsrClaim.model_validate_json(msg.data))
             if self._beats is None:  # the audio subscription comes with the claim
-                self._subs.append(await self.nc.subscribe(subjects.audio_in(self.sid), cb=on_audio))
+                audio = subjects.audio_in(self.sid, self.id)
+                self._subs.append(await self.nc.subscribe(audio, cb=on_audio))
                 self._beats = asyncio.create_task(self._beat())
             reply = AsrClaimReply(call_sid=self.sid, worker_id=self.id, accepted=True)
             await msg.respond(reply.to_bytes())

@@ -40,7 +40,7 @@ async def _publish_call(nc: nats.NATS, sid: str) -> None:
     await pub(
         subjects.events(sid), event(call_sid=sid, service="gateway", name="call.started").to_bytes()
     )
-    await pub(subjects.audio_in(sid), b"\xff" * 160, headers={H.SEQ: "1"})
+    await pub(subjects.audio_in(sid, "asr-1"), b"\xff" * 160, headers={H.SEQ: "1"})
     text = "my number is 415 555 0100"
     await pub(
         subjects.transcript(sid),

@@ -39,7 +39,7 @@ async def test_replay_reads_every_stored_kind_in_order(nats_url: str) -> None:
         js = nc.jetstream()
         for subject, msg in sent:
             await js.publish(subject, msg.to_bytes())
-        await nc.publish(subjects.audio_in(sid), b"\xff" * 160)  # audio is never stored
+        await nc.publish(subjects.audio_in(sid, "asr-1"), b"\xff" * 160)  # audio: never stored
         stored = await read_call(nc, sid)
         assert [m.subject for m in stored] == [s for s, _ in sent]
     finally:

@@ -312,7 +312,7 @@ async def test_fuzzed_gateway_keeps_the_good_call_whole(gw: Gw) -> None:
             await bus.publish(subjects.asr_heartbeat(call), hb.to_bytes())
             await asyncio.sleep(0.5)
 
-    await bus.subscribe(subjects.audio_in(call), cb=on_audio)
+    await bus.subscribe(subjects.audio_in(call, "asr-fuzz"), cb=on_audio)
     await bus.subscribe(subjects.ASR_CLAIM, cb=on_claim)
     await bus.flush()
     beater = asyncio.create_task(beat())

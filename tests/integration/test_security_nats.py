@@ -142,7 +142,7 @@ async def test_each_service_normal_traffic_flows(svcs: dict[str, Svc]) -> None:
 
     # The audio/text pipeline, each hop with the publisher's and subscriber's own rights.
     hops = [
-        (gw, asr, subjects.audio_in(call)),
+        (gw, asr, subjects.audio_in(call, "asr-1")),
         (asr, agent, subjects.transcript(call)),
         (asr, gw, subjects.transcript(call)),
         (agent, tts, subjects.reply(call)),

@@ -17,7 +17,7 @@ from services.asr.providers.local import (
     accept_transcript,
 )
 from services.asr.utterances import AudioClock, UtteranceTracker
-from services.asr.worker import frame_meta, put_dropping_oldest
+from services.asr.worker import FrameQueue, frame_meta
 from shared import headers as H
 
 WIN_MS = 32  # one Silero window at 8 kHz
@@ -184,9 +184,20 @@ def test_frame_meta_reads_headers_and_ignores_a_wild_clock() -> None:
         frame_meta({H.SEQ: "x"}, now)
 
 
-def test_full_audio_queue_drops_the_oldest_frame() -> None:
-    q: asyncio.Queue[tuple[bytes, int | None, float] | None] = asyncio.Queue(maxsize=2)
-    assert not put_dropping_oldest(q, (b"a", None, 0.0))
-    assert not put_dropping_oldest(q, (b"b", None, 0.0))
-    assert put_dropping_oldest(q, (b"c", None, 0.0))
-    assert [q.get_nowait(), q.get_nowait()] == [(b"b", None, 0.0), (b"c", None, 0.0)]
+async def test_full_audio_queue_drops_the_oldest_frame() -> None:
+    q = FrameQueue(maxsize=2)
+    assert not q.put((b"a", None, 0.0))
+    assert not q.put((b"b", None, 0.0))
+    assert q.put((b"c", None, 0.0))
+    assert [await q.get(), await q.get()] == [(b"b", None, 0.0), (b"c", None, 0.0)]
+
+
+async def test_a_waiting_recognizer_wakes_for_the_next_frame() -> None:
+    q = FrameQueue(maxsize=2)
+    got = asyncio.create_task(q.get())
+    await asyncio.sleep(0)
+    assert not got.done()
+    q.put((b"a", 20, 0.0))
+    assert await asyncio.wait_for(got, 1.0) == (b"a", 20, 0.0)
+    q.put(None)  # the end marker passes through
+    assert await q.get() is None

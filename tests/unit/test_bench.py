@@ -13,9 +13,11 @@ from voiceagent.bench import (
     BenchOptions,
     CallStats,
     Row,
+    SoakWave,
     Split,
     capacity_line,
     cpu_percent,
+    format_soak,
     format_table,
     missed_targets,
     pacing_gaps_ms,
@@ -178,10 +180,10 @@ def test_metrics_page_parsing_sums_labels() -> None:
 
 
 def test_raw_publisher_frames_are_valid_hpub() -> None:
-    raw = RawPublisher.frame("voice.CA1.audio.in", 3, b"\x01" * 160)
+    raw = RawPublisher.frame("voice.CA1.audio.in.asr-1", 3, b"\x01" * 160)
     head, _, rest = raw.partition(b"\r\n")
     verb, subject, hdr_len, total = head.split()
-    assert verb == b"HPUB" and subject == b"voice.CA1.audio.in"
+    assert verb == b"HPUB" and subject == b"voice.CA1.audio.in.asr-1"
     assert len(rest) == int(total) + 2 and rest.endswith(b"\r\n")
     hdrs = rest[: int(hdr_len)]
     assert hdrs.startswith(b"NATS/1.0\r\n") and b"Va-Seq: 3\r\n" in hdrs and b"Va-Ts: 40" in hdrs
@@ -208,3 +210,15 @@ async def test_audio_batcher_keeps_order_and_flushes_on_demand() -> None:
         small.add("c", bytes([i]), {})
     await small.flush()
     assert [d[0] for s, d in rec.sent if s == "c"] == [1, 2]  # the oldest went when full
+
+
+def test_soak_flags_a_service_whose_memory_keeps_growing_after_the_first_wave() -> None:
+    flat = [
+        SoakWave(1, 20, 0, {"gateway": 170.0, "asr": 300.0}),
+        SoakWave(2, 20, 0, {"gateway": 176.0, "asr": 301.0}),
+        SoakWave(3, 20, 0, {"gateway": 174.0, "asr": 302.0}),
+    ]
+    assert "memory flat over 60 calls" in format_soak(flat)
+    leaking = [*flat, SoakWave(4, 20, 0, {"gateway": 260.0, "asr": 303.0})]
+    text = format_soak(leaking)
+    assert "NOT flat" in text and "gateway +90 MiB" in text and "asr +" not in text

@@ -24,14 +24,14 @@ async def test_slow_consumer_drops_are_counted_and_reported_once(nats_url: str) 
 
     before = SLOW_CONSUMER_DROPS.labels("audio.in")._value.get()
     try:
-        await nc.subscribe(subjects.audio_in(sid), cb=stuck, pending_msgs_limit=10)
+        await nc.subscribe(subjects.audio_in(sid, "asr-1"), cb=stuck, pending_msgs_limit=10)
         for _ in range(50):
-            await nc.publish(subjects.audio_in(sid), b"\xff" * 160)
+            await nc.publish(subjects.audio_in(sid, "asr-1"), b"\xff" * 160)
         await nc.flush()
         await asyncio.sleep(0.3)
         dropped = SLOW_CONSUMER_DROPS.labels("audio.in")._value.get() - before
         assert 30 <= dropped <= 40  # all but the pending limit (and the one in the callback)
-        assert reported.count(subjects.audio_in(sid)) == 1  # reported once, not per frame
+        assert reported.count(subjects.audio_in(sid, "asr-1")) == 1  # reported once, not per frame
         release.set()
         await asyncio.sleep(0.1)
         assert 10 <= len(got) <= 11  # what was kept is still delivered

@@ -49,7 +49,7 @@ def test_audio_lines_show_size_and_position_not_bytes() -> None:
     line = format_message(subjects.audio_out(SID), hdrs, b"\xff" * 1280)
     assert "audio.out" in line and " tts " in line and "t2/0.4" in line
     assert "audio last" in line and "1280 B 160 ms" in line
-    line = format_message(subjects.audio_in(SID), {H.SEQ: "57"}, b"\xff" * 160)
+    line = format_message(subjects.audio_in(SID, "asr-1"), {H.SEQ: "57"}, b"\xff" * 160)
     assert "audio.in" in line and "#57" in line and "160 B 20 ms" in line
 
 

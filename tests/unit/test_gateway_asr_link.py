@@ -57,7 +57,8 @@ class Worker:
         self.claims.append(claim)
         accepted = len(self.claims) > self.refuse
         if accepted:
-            self._subs.append(await self.nc.subscribe(subjects.audio_in(self.call), cb=self._audio))
+            audio = subjects.audio_in(self.call, self.name)
+            self._subs.append(await self.nc.subscribe(audio, cb=self._audio))
             self._hb = asyncio.create_task(self._beat())
         reply = AsrClaimReply(call_sid=self.call, worker_id=self.name, accepted=accepted)
         await msg.respond(reply.to_bytes())

@@ -259,7 +259,7 @@ async def started_call(gw: Gw, bus: NATS) -> tuple[Caller, Tap, FakeAsr]:
 async def test_call_lifecycle_audio_dtmf_and_stop(gw: Gw, bus: NATS) -> None:
     call = new_sid()
     control = await tap(bus, subjects.control(call))
-    audio_in = await tap(bus, subjects.audio_in(call))
+    audio_in = await tap(bus, subjects.audio_in_any(call))
     events = await tap(bus, subjects.events(call))
     caller = Caller(gw, call)
     await caller.dial()
@@ -312,7 +312,7 @@ async def test_call_lifecycle_audio_dtmf_and_stop(gw: Gw, bus: NATS) -> None:
 
 async def test_bad_frames_are_dropped_and_the_call_goes_on(gw: Gw, bus: NATS) -> None:
     caller, control, asr = await started_call(gw, bus)
-    audio_in = await tap(bus, subjects.audio_in(caller.call))
+    audio_in = await tap(bus, subjects.audio_in_any(caller.call))
     assert caller.ws is not None
     await caller.ws.send("{not json")
     await caller.ws.send(json.dumps({"event": "banana", "streamSid": caller.stream_sid}))

@@ -38,7 +38,7 @@ def test_stage_filter_keeps_only_the_named_services_and_subject_kinds() -> None:
     assert format_if_shown(subjects.reply(SID), None, reply, opts) is not None
     assert format_if_shown(subjects.events(SID), None, ev, opts) is not None  # kind: events
     assert format_if_shown(subjects.transcript(SID), None, _transcript(), opts) is None
-    audio = format_if_shown(subjects.audio_in(SID), {H.SEQ: "3"}, b"\xff" * 160, opts)
+    audio = format_if_shown(subjects.audio_in(SID, "asr-1"), {H.SEQ: "3"}, b"\xff" * 160, opts)
     assert audio is None
     with pytest.raises(ValueError, match="unknown stage"):
         parse_stages("asr,llm")

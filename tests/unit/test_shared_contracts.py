@@ -11,7 +11,11 @@ from shared import subjects as s
 
 def test_subjects_are_functions_of_the_call_sid() -> None:
     sid = "CA123"
-    assert s.audio_in(sid) == "voice.CA123.audio.in"
+    assert s.audio_in(sid, "asr-host.example-7") == "voice.CA123.audio.in.asr-host_example-7"
+    assert s.worker_audio_in("asr-host.example-7") == "voice.*.audio.in.asr-host_example-7"
+    assert s.kind_of("voice.CA123.audio.in.asr-1") == "audio.in"
+    assert s.kind_of("voice.CA123.transcript") == "transcript"
+    assert s.kind_of("voice._sys.asr.claim") == "other"
     assert s.transcript(sid) == "voice.CA123.transcript"
     assert s.reply(sid) == "voice.CA123.reply"
     assert s.audio_out(sid) == "voice.CA123.audio.out"
@@ -24,7 +28,7 @@ def test_subjects_are_functions_of_the_call_sid() -> None:
 @pytest.mark.parametrize("bad", ["CA.1", "CA*", "CA>", "", "a b"])
 def test_subject_refuses_sids_that_would_address_other_calls(bad: str) -> None:
     with pytest.raises(ValueError):
-        s.audio_in(bad)
+        s.audio_in(bad, "asr-1")
 
 
 def test_control_round_trip_by_discriminator() -> None:
