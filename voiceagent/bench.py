@@ -192,6 +192,7 @@ class Row:
     claim_ms_p50: float | None = None  # gateway: ASR claim answered (from asr.claimed Events)
     asr_lost: int = 0  # gateway: ASR heartbeats missed, call claimed again (asr.lost Events)
     in_gateway_p50: float | None = None  # caller send -> gateway's Va-Sent stamp (socket + ours)
+    in_gateway_p99: float | None = None
 
 
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -705,6 +706,7 @@ def build_row(
                 row.asr_lost += 1
     row.claim_ms_p50 = percentile(claims, 50)
     row.in_gateway_p50 = percentile(observer.in_gateway_ms, 50)
+    row.in_gateway_p99 = percentile(observer.in_gateway_ms, 99)
     row.in_bus_p50 = percentile(observer.in_bus_ms, 50)
     row.in_bus_p99 = percentile(observer.in_bus_ms, 99)
     row.jitter_p99 = percentile(jitter, 99)
@@ -909,7 +911,11 @@ async def run_bench(opts: BenchOptions, *, out: Output = print) -> list[Row]:
                 missed = missed_targets(row, baseline_v2v_p95=baseline)
                 out(format_table([row]).splitlines()[1])
                 claim = "-" if row.claim_ms_p50 is None else f"{row.claim_ms_p50:.0f} ms"
-                gw = "-" if row.in_gateway_p50 is None else f"{row.in_gateway_p50:.1f} ms"
+                gw = (
+                    "-"
+                    if row.in_gateway_p50 is None
+                    else f"{row.in_gateway_p50:.1f} ms (p99 {row.in_gateway_p99 or 0:.1f})"
+                )
                 out(
                     f"    (frame-in -> gateway stamp p50 {gw}; ASR claim p50 {claim}; "
                     f"ASR workers lost mid-call: {row.asr_lost})"
