@@ -29,7 +29,8 @@ actions actor after_turn asked asr_ms attempt attempts audio_bytes audio_ms base
 cancelled chunks cleared code confidence count decoders delay_s dropped dropped_segments duration_s
 empty endpointing_ms error errors exporter failed fallback file gateway grace_s kind limit_frames
 max_calls mcp_tools model ms name nats op outcome path provider rate reason reclaim redis replay_ms
-replayed_frames retention_h retries retryable seconds segments seq service since_speech_end_ms size
+replayed_frames resumed_segments retention_h retries retryable seconds segments seq service
+since_speech_end_ms size
 source speech_ms stage status stream_url synth_ms threads timeout_s tool tools topics turn turns
 url utt utterance utterance_id vad variant voice_to_voice_ms why words worker worker_id
 """  # ``utterance`` is an id in events; were it text, redact_value's TEXT_KEYS still hide it

@@ -734,7 +734,7 @@ class BenchOptions:
 
     mode: Mode = "instant"
     steps: tuple[int, ...] = DEFAULT_STEPS
-    max_calls: int = 50
+    max_calls: int = 200
     asr: int = 2
     agent: int = 2
     tts: int = 2

@@ -52,9 +52,10 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     b.add_argument(
         "--max-calls",
         type=int,
-        default=50,
+        default=200,
         metavar="N",
-        help="instant mode: stop after this many concurrent calls (default 50)",
+        help="instant mode: stop after this many concurrent calls (default 200; a step that "
+        "breaks, with a failed call or a lost frame, stops the run sooner)",
     )
     b.add_argument(
         "--embedded-max-calls",

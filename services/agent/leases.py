@@ -8,14 +8,21 @@ lease only once the holder has stopped renewing it, i.e. died. So a turn lost wi
 replica is answered by another one within about ``LEASE_S``, and never twice. The holder
 also publishes a :class:`~shared.messages.TurnHeartbeat` at every renewal, so the gateway does
 not re-send a turn that is alive, even while Redis is down.
+
+The holder also records its progress, ``va:said:<call>:<utterance>`` (:class:`TurnProgress`:
+the turn id and the sentences already published). A replica taking over a dead holder's
+utterance continues that turn: same turn id, the next segment number, the sentences the caller
+already heard not spoken again, the user's words not added to the history twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from services.agent.store import Store, call_key
 from shared.logging import kv
@@ -31,6 +38,32 @@ DONE = "done"
 def lease_key(call_sid: str, utterance_id: int) -> str:
     """``va:lease:<call>:<utterance>``."""
     return f"{call_key('lease', call_sid)}:{utterance_id}"
+
+
+def progress_key(call_sid: str, utterance_id: int) -> str:
+    """``va:said:<call>:<utterance>``."""
+    return f"{call_key('said', call_sid)}:{utterance_id}"
+
+
+@dataclass
+class TurnProgress:
+    """How far the holder of an utterance got: its turn id and the sentences it published."""
+
+    turn: int
+    said: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps({"turn": self.turn, "said": self.said})
+
+    @classmethod
+    def from_json(cls, raw: str) -> TurnProgress | None:
+        """None for anything unreadable (then the utterance is answered afresh)."""
+        try:
+            data = json.loads(raw)
+            said = [str(t) for t in data.get("said", [])]
+            return cls(turn=int(data["turn"]), said=said)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
 
 
 class TurnLeases:
@@ -53,6 +86,22 @@ class TurnLeases:
         if not took:
             log.info("utterance already answered elsewhere", **kv(call=call_sid, utt=utterance_id))
         return took
+
+    async def progress(self, call_sid: str, utterance_id: int | None) -> TurnProgress | None:
+        """What an earlier holder of the utterance published before it died (None: nothing)."""
+        if utterance_id is None:
+            return None
+        raw = await self._store.get(progress_key(call_sid, utterance_id))
+        return TurnProgress.from_json(raw) if raw else None
+
+    async def record(self, call_sid: str, utterance_id: int | None, progress: TurnProgress) -> None:
+        """Remember how far this holder got (best effort: Redis may be down)."""
+        if utterance_id is None:
+            return
+        with contextlib.suppress(Exception):
+            await self._store.put(
+                progress_key(call_sid, utterance_id), progress.to_json(), ttl_s=DONE_TTL_S
+            )
 
     async def hold(
         self,

@@ -35,11 +35,12 @@ published so TTS and the gateway drop it too), across replicas through the ``va:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +52,7 @@ from pydantic import ValidationError
 from services.agent.digits import DigitCollector, dtmf_user_text
 from services.agent.fixed_prompts import prompt_turn
 from services.agent.history import History, item_message, spoken_message, user_message
-from services.agent.leases import TurnLeases
+from services.agent.leases import TurnLeases, TurnProgress
 from services.agent.providers.base import (
     AgentOutput,
     AgentProvider,
@@ -151,6 +152,10 @@ class _Done:
     """End-of-stream marker on a turn's output queue."""
 
 
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
 _DONE = _Done()
 
 
@@ -169,19 +174,27 @@ class ReplyOut:
         turn: int,
         cacheable: Callable[[str], bool],
         on_first: Callable[[str], Any],
+        resume: TurnProgress | None = None,
+        record: Callable[[TurnProgress], Awaitable[None]] | None = None,
     ) -> None:
         self._publish = publish
         self._job = job
         self.turn = turn
         self._cacheable = cacheable
         self._on_first = on_first
-        self.seq = 0
+        self._record = record
+        said = list(resume.said) if resume is not None else []
+        # Taking over a dead replica's turn: its sentences were published (and heard); the
+        # same ones coming again from the provider are not spoken twice.
+        self._skip = [_norm(t) for t in said]
+        self._said = said
+        self.seq = len(said)
         self.held: str | None = None
         self.entries: list[dict[str, Any]] = []
-        self._spoken: list[str] = []
+        self._spoken: list[str] = list(said)
         self._spoken_seq0 = 0
-        self.last_spoken_seq: int | None = None
-        self._first_sent = False
+        self.last_spoken_seq: int | None = len(said) - 1 if said else None
+        self._first_sent = bool(said)
         self.finished = False
 
     @property
@@ -236,6 +249,14 @@ class ReplyOut:
             self._spoken = []
 
     async def _segment(self, text: str, *, last: bool, cacheable: bool | None = None) -> None:
+        if self._skip:
+            if _norm(text) == self._skip[0]:
+                self._skip.pop(0)
+                if not last:
+                    return  # the caller heard it from the replica that died
+                text = ""  # the turn still needs its last segment
+            else:
+                self._skip = []  # the new reply went another way: say it from here
         seg = ReplySegment(
             call_sid=self._job.call_sid,
             turn=self.turn,
@@ -252,6 +273,9 @@ class ReplyOut:
                 self._spoken_seq0 = self.seq
             self._spoken.append(text)
             self.last_spoken_seq = self.seq
+            self._said.append(text)
+            if self._record is not None:
+                await self._record(TurnProgress(turn=self.turn, said=list(self._said)))
         self.seq += 1
         if text and not self._first_sent:
             self._first_sent = True
@@ -444,8 +468,16 @@ class AgentWorker:
         job, sid = me.job, me.job.call_sid
         if prev is not None and prev.task is not None:
             await asyncio.wait({prev.task}, timeout=SUPERSEDE_WAIT_S)
-        turn = await self._history.next_turn(sid)
+        resume = None
+        if job.say is None:  # a dead holder's turn of this utterance continues here
+            with contextlib.suppress(Exception):
+                resume = await self._leases.progress(sid, job.utterance_id)
+        turn = resume.turn if resume is not None else await self._history.next_turn(sid)
         me.turn = turn
+
+        async def record(progress: TurnProgress) -> None:
+            await self._leases.record(sid, job.utterance_id, progress)
+
         me.span = start_span(
             "agent.turn",
             parent=job.traceparent,
@@ -461,6 +493,8 @@ class AgentWorker:
             turn=turn,
             cacheable=self._provider.cacheable,
             on_first=lambda text: self._first_sentence(job, turn),
+            resume=resume,
+            record=record if job.utterance_id is not None else None,
         )
         outcome = "done"
         actions: list[HangupAction | TransferAction] = []
@@ -472,10 +506,23 @@ class AgentWorker:
                 await self._send(Interrupt(call_sid=sid, turn=other))
             log.info("turn started", **kv(call=sid, turn=turn, kind=job.kind))
             await self._event(
-                sid, "agent.turn_started", turn, kind=job.kind, utterance_id=job.utterance_id
+                sid,
+                "agent.turn_started",
+                turn,
+                kind=job.kind,
+                utterance_id=job.utterance_id,
+                resumed_segments=len(resume.said) if resume is not None else None,
             )
             history = await self._history.load(sid)
-            if job.kind in ("utterance", "dtmf", "digits") and job.say is None:
+            if (
+                resume is not None
+                and history
+                and history[-1] == {"role": "user", "content": job.text}
+            ):
+                history = history[:-1]  # the dead holder stored the words: they are the input
+            if resume is None and job.utterance_id is not None and job.say is None:
+                await record(TurnProgress(turn=turn))  # a successor must not add the words again
+            if resume is None and job.kind in ("utterance", "dtmf", "digits") and job.say is None:
                 content = (
                     job.text if job.kind == "utterance" else dtmf_user_text(job.kind, job.text)
                 )

@@ -371,3 +371,44 @@ async def test_a_failed_recognizer_gets_an_apology_a_failed_voice_does_not(rig: 
     await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="apology")
     await asyncio.sleep(0.2)
     assert [(s.text, s.last) for s in segments(tap)] == [(STAGE_APOLOGY, True)]
+
+
+async def test_a_turn_taken_over_from_a_dead_replica_goes_on_without_repeating(rig: Rig) -> None:
+    # The replica that held utterance 1 published its first sentence, then died: its progress
+    # record and the user's words are in Redis, its lease has lapsed, the gateway re-sends.
+    from services.agent.history import user_message
+    from services.agent.leases import TurnLeases, TurnProgress
+
+    tap = await rig.tap()
+    dead = TurnLeases(store=rig.history.store, owner="agent-dead")
+    await dead.record(tap.sid, 1, TurnProgress(turn=7, said=["Hi there."]))
+    await rig.history.append(tap.sid, [user_message("hello", turn=7)])
+    await say(tap, "hello", utterance_id=1)
+    await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="last segment")
+    assert [(s.turn, s.seq, s.text, s.last) for s in segments(tap)] == [
+        (7, 1, "How can I help you today?", True),
+    ]
+    await tap.wait_for(lambda: turn_done(tap, 7), what="turn done")
+    assert await rig.history.load(tap.sid) == [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "Hi there. How can I help you today?"},
+    ]
+    started = tap.of(Event, name="agent.turn_started")[0]
+    assert started.data["resumed_segments"] == 1
+    # The model is asked once about the caller's words, not with them in its history too.
+    assert rig.provider.inputs[-1].text == "hello"
+    assert {"role": "user", "content": "hello"} not in rig.provider.inputs[-1].history
+
+
+async def test_a_taken_over_reply_that_goes_another_way_is_spoken_from_there(rig: Rig) -> None:
+    from services.agent.leases import TurnLeases, TurnProgress
+
+    tap = await rig.tap()
+    dead = TurnLeases(store=rig.history.store, owner="agent-dead")
+    await dead.record(tap.sid, 2, TurnProgress(turn=4, said=["Well, let me see."]))
+    await say(tap, "hello", utterance_id=2)
+    await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="last segment")
+    assert [(s.turn, s.seq, s.text) for s in segments(tap)] == [
+        (4, 1, "Hi there."),
+        (4, 2, "How can I help you today?"),
+    ]

@@ -17,7 +17,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from shared import subjects
-from shared.messages import SpeechStarted, TurnHeartbeat, parse_event, parse_transcript
+from shared.messages import (
+    SpeechStarted,
+    TurnHeartbeat,
+    parse_event,
+    parse_reply,
+    parse_transcript,
+)
 from voiceagent.fakes import openai as fake_llm
 from voiceagent.simulator import CallResult, SimulatedCall, new_sid, say, word_recall
 from voiceagent.stack import gateway_healthy
@@ -167,6 +173,51 @@ async def test_agent_killed_mid_turn_another_replica_answers_once(faults: Faults
         assert retries, "the gateway never re-sent the turn" + ctx
     finally:
         faults.llm.clear_faults()
+        await nc.close()
+
+
+async def test_agent_killed_after_its_first_sentence_the_rest_is_said_once(faults: Faults) -> None:
+    sid = new_sid("CA")
+    nc, bus = await bus_log(faults.nats_url, sid)
+    try:
+        first_final = bus.when(is_final(sid))
+        _, task = await faults.call([say(S1)], sid=sid, quiet_s=3.0)
+        await asyncio.wait_for(first_final, 40)
+        uid = bus.finals(sid)[0][1].utterance_id
+        faults.llm._state.chunk_delay_s = 0.3  # the reply streams slowly: time to kill mid-way
+
+        def partial(s: str, d: bytes) -> bool:
+            if s != subjects.reply(sid):
+                return False
+            seg = parse_reply(d)
+            return seg.utterance_id == uid and bool(seg.text) and not seg.last
+
+        await asyncio.wait_for(bus.when(partial), 30)
+        hb = next(
+            TurnHeartbeat.model_validate_json(d)
+            for _, s, d, _ in bus.messages
+            if s == subjects.turn_heartbeat(sid)
+        )
+        faults.signal(faults.name_of(hb.worker_id), signal.SIGKILL)
+        killed_at = time.monotonic()
+        faults.llm._state.chunk_delay_s = 0.002
+        result = await asyncio.wait_for(task, 60)
+        ctx = _ctx(faults, result)
+
+        assert _answered(result, 0), ctx
+        segs = [g for g in bus.segments(sid) if g.utterance_id == uid]
+        _report("agent kill after a sentence", bus, sid, killed_at, segments=len(segs))
+        # One turn, every segment number once, no sentence said twice, and the turn closed.
+        assert len({g.turn for g in segs}) == 1, [(g.turn, g.seq, g.text) for g in segs]
+        assert sorted(g.seq for g in segs) == list(range(len(segs))), ctx
+        spoken = [g.text for g in segs if g.text]
+        assert len(spoken) == len(set(spoken)) >= 2, f"said twice: {spoken}" + ctx
+        assert segs and max(segs, key=lambda g: g.seq).last
+        resumed = [e for _, e in bus.events(sid) if e.name == "agent.turn_started"]
+        assert any((e.data.get("resumed_segments") or 0) >= 1 for e in resumed), ctx
+    finally:
+        faults.llm.clear_faults()
+        faults.llm._state.chunk_delay_s = 0.002
         await nc.close()
 
 
