@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+
+def worker_id(service_name: str) -> str:
+    """``<service>-<host>-<pid>``: unique per process, readable in ``tail`` and events."""
+    return f"{service_name}-{socket.gethostname()}-{os.getpid()}"
 
 
 def stop_event() -> asyncio.Event:

@@ -37,8 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -90,7 +88,7 @@ from shared.messages import (
     parse_transcript,
 )
 from shared.metrics import BAD_MESSAGES, PROVIDER_ERRORS, STAGE_LATENCY
-from shared.service import Health, run_service, serve_metrics, stop_event
+from shared.service import Health, run_service, serve_metrics, stop_event, worker_id
 from shared.settings import Settings
 from shared.telemetry import NO_SPAN, Span, start_span, traceparent_of, with_trace
 
@@ -302,7 +300,7 @@ class AgentWorker:
         self._active: dict[str, _Active] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._work_subs: list[CoreSubscriber] = []
-        owner = f"{settings.service_name or SERVICE}-{socket.gethostname()}-{os.getpid()}"
+        owner = worker_id(settings.service_name or SERVICE)
         self._leases = TurnLeases(store=history.store, owner=owner)
         self._backchannels = parse_backchannels(settings.backchannel_words)
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Coroutine
@@ -61,6 +59,7 @@ from shared.metrics import (
     STAGE_LATENCY,
 )
 from shared.service import Health, run_service, serve_metrics, stop_event
+from shared.service import worker_id as shared_worker_id
 from shared.settings import Settings
 from shared.telemetry import start_span, with_trace
 
@@ -101,10 +100,6 @@ class _Call:
     stage_failed: bool = False  # StageFailed already published (the agent apologized)
     traceparent: str | None = None  # the call's trace context (from the gateway's frames)
 
-
-def default_worker_id(settings: Settings) -> str:
-    """``<service>-<host>-<pid>``: unique per process, readable in ``tail``."""
-    return f"{settings.service_name or SERVICE}-{socket.gethostname()}-{os.getpid()}"
 
 
 def frame_meta(headers: dict[str, str] | None, now: float) -> tuple[int | None, int | None, float]:
@@ -183,7 +178,7 @@ class AsrWorker:
         self._settings = settings
         self._provider = provider
         self._broker = broker
-        self.worker_id = worker_id or default_worker_id(settings)
+        self.worker_id = worker_id or shared_worker_id(settings.service_name or SERVICE)
         self.max_calls = settings.asr_max_calls or provider.default_max_calls
         self._calls: dict[str, _Call] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()

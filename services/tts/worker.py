@@ -47,7 +47,7 @@ from shared.messages import (
 )
 from shared.metrics import BAD_MESSAGES, FRAMES, PROVIDER_ERRORS, STAGE_LATENCY
 from shared.retry import stream_with_retries
-from shared.service import Health, run_service, serve_metrics, stop_event
+from shared.service import Health, run_service, serve_metrics, stop_event, worker_id
 from shared.settings import Settings
 from shared.telemetry import start_span, traceparent_of
 
@@ -202,6 +202,7 @@ class TtsWorker:
         cache: PromptCache | None = None,
     ) -> None:
         self._settings = settings
+        self.worker_id = worker_id(settings.service_name or SERVICE)
         self._provider = provider
         self._cache = cache  # prompt audio cache (services/tts/prompt_cache.py); None: off
         self._fallback = fallback if fallback is not provider else None
@@ -341,6 +342,7 @@ class TtsWorker:
             chunks=out.chunks,
             provider=used,
             fallback=fallback,
+            worker=self.worker_id,
         )
 
     def _primary(self, text: str, *, cacheable: bool = False) -> Any:

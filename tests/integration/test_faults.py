@@ -18,8 +18,10 @@ import redis.asyncio as aioredis
 
 from shared import subjects
 from shared.messages import (
+    Played,
     SpeechStarted,
     TurnHeartbeat,
+    parse_control,
     parse_event,
     parse_reply,
     parse_transcript,
@@ -129,6 +131,46 @@ async def test_asr_worker_killed_another_claims_within_2s_and_hears_the_next_sen
         assert min(m.utterance_id for m in after) > last_id_before, ids
     finally:
         await nc.close()
+
+
+async def test_calls_spread_over_every_replica_and_play_in_order(faults: Faults) -> None:
+    """Two replicas per stage, no configuration: calls spread across ASR workers, turns and
+    segments go to any agent and TTS replica, each call hears its segments in order."""
+    n = 10  # all on one of two replicas by chance: 2 / 2**10 per stage
+    sids = [new_sid("CA") for _ in range(n)]
+    logs = [await bus_log(faults.nats_url, sid) for sid in sids]
+    try:
+        calls = [await faults.call([say(S1)], sid=sid) for sid in sids]
+        results = await asyncio.wait_for(asyncio.gather(*(t for _, t in calls)), 120)
+        for sid, result in zip(sids, results, strict=True):
+            assert _answered(result, 0), f"{sid}: " + _ctx(faults, result)
+
+        asr, agents, tts = set(), set(), set()
+        for sid, (_, bus) in zip(sids, logs, strict=True):
+            events = [e for _, e in bus.events(sid)]
+            asr |= {
+                e.data["worker"]
+                for e in events
+                if e.service == "gateway" and e.name == "asr.claimed"
+            }
+            tts |= {e.data["worker"] for e in events if e.name == "tts.segment_done"}
+            agents |= {
+                TurnHeartbeat.model_validate_json(d).worker_id
+                for _, s, d, _ in bus.messages
+                if s == subjects.turn_heartbeat(sid)
+            }
+            played = [
+                (m.turn, m.seq)
+                for _, s, d, _ in bus.messages
+                if s == subjects.control(sid) and isinstance(m := parse_control(d), Played)
+            ]
+            assert played and played == sorted(played), f"{sid} played out of order: {played}"
+        assert len(asr) == 2, f"ASR workers holding the {n} calls: {asr}"
+        assert len(agents) == 2, f"agent replicas answering: {agents}"
+        assert len(tts) == 2, f"TTS replicas synthesizing: {tts}"
+    finally:
+        for nc, _ in logs:
+            await nc.close()
 
 
 async def test_agent_killed_mid_turn_another_replica_answers_once(faults: Faults) -> None:
