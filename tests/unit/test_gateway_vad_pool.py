@@ -1,0 +1,60 @@
+"""The gateway's VAD model pool: reuse while busy, memory back after a busy hour, no model for
+silence (the pool is exercised with stand-in models: what is checked is the lending)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from services.gateway.bargein import BargeInDetector, VadPool
+
+
+class StandIn:
+    """A model that counts its work (always says: speech)."""
+
+    def __init__(self) -> None:
+        self.windows = 0
+
+    def process(self, data: memoryview) -> float:
+        self.windows += 1
+        return 0.9
+
+    def reset(self) -> None:
+        pass
+
+
+def pool_of(n: int, **kw: float) -> tuple[VadPool, list[StandIn]]:
+    pool = VadPool(threads=1, **kw)  # type: ignore[arg-type]
+    models = [StandIn() for _ in range(n)]
+    pool._new = models.pop  # type: ignore[method-assign]
+    return pool, models
+
+
+async def test_idle_models_beyond_the_warm_few_are_dropped_after_idle_s() -> None:
+    pool, _ = pool_of(8, keep_min=2, idle_s=0.05)
+    lent = [await pool.acquire() for _ in range(6)]
+    for vad in lent:
+        assert vad is not None
+        pool.release(vad)
+    assert pool.idle == 6
+    await asyncio.sleep(0.2)
+    assert pool.idle == 2  # the two most recently used stay warm
+    assert await pool.acquire() is lent[-1]
+    pool.close()
+
+
+async def test_silence_and_line_noise_borrow_no_model() -> None:
+    pool, models = pool_of(1)
+    det = BargeInDetector(pool=pool, threshold=0.5, min_speech_ms=100, level_margin_db=20.0)
+    silence = bytes([0xFF]) * 160  # mu-law digital silence
+    for _ in range(50):
+        assert not await det.feed(silence)
+    assert det.active and pool.idle == 0 and models  # listening, yet no model was needed
+    rng = np.random.default_rng(1)
+    loud = bytes(rng.integers(0, 0x7F, 160, dtype=np.uint8))  # loud noise: scored
+    fired = [await det.feed(loud) for _ in range(20)]
+    assert any(fired) and not models  # the model was lent once there was sound to score
+    det.stop()
+    assert pool.idle == 1
+    pool.close()
