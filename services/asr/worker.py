@@ -101,7 +101,6 @@ class _Call:
     traceparent: str | None = None  # the call's trace context (from the gateway's frames)
 
 
-
 def frame_meta(headers: dict[str, str] | None, now: float) -> tuple[int | None, int | None, float]:
     """(seq, Twilio timestamp ms, sent wall clock) of an ``audio.in`` frame.
 
