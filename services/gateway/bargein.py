@@ -76,6 +76,8 @@ class VadPool:
         self._keep_min = keep_min
         self._idle_s = idle_s
         self._trim_timer: asyncio.TimerHandle | None = None
+        self._refilling = False
+        self._spare: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vad")
         self.available = True
 
@@ -107,6 +109,8 @@ class VadPool:
         if self._idle:
             vad, _ = self._idle.pop()  # the most recently used: the old ones age out
             vad.reset()
+            if not self._idle:
+                self._refill()  # the next caller to talk over the agent finds one ready
             return vad
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, self._new)
@@ -114,6 +118,22 @@ class VadPool:
             self.available = False
             log.error("VAD unavailable: barge-in relies on ASR", **kv(error=str(e)))
             return None
+
+    def _refill(self) -> None:
+        if self._refilling:
+            return
+        self._refilling = True
+
+        async def load() -> None:
+            try:
+                vad = await asyncio.get_running_loop().run_in_executor(self._executor, self._new)
+                self._idle.append((vad, time.monotonic()))
+            except Exception as e:  # acquire() finds out and reports it
+                log.debug("spare VAD model not loaded", **kv(error=type(e).__name__))
+            finally:
+                self._refilling = False
+
+        self._spare = asyncio.get_running_loop().create_task(load())
 
     def release(self, vad: Vad) -> None:
         """Give an instance back (kept for reuse up to ``keep_idle``)."""
