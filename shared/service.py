@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -12,6 +13,8 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections (default 700)
 
 
 def worker_id(service_name: str) -> str:
@@ -150,4 +153,7 @@ def run_service(service: str, run: Callable[[Any], Any], *, settings: Any | None
         allow_text=s.log_transcripts,
     )
     setup_tracing(name)
+    # Every bus message allocates a few objects; with Python's default (700) the young
+    # generation was collected ~200 times a second at 1,000 calls, 15% of the ASR intake.
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     sys.exit(asyncio.run(run(s)))
