@@ -76,8 +76,9 @@ class VadPool:
         self._keep_min = keep_min
         self._idle_s = idle_s
         self._trim_timer: asyncio.TimerHandle | None = None
-        self._refilling = False
-        self._spare: asyncio.Task[None] | None = None
+        self._threads = threads
+        self._loading = 0  # models being loaded now (at most ``threads``)
+        self._loads: set[asyncio.Task[None]] = set()
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vad")
         self.available = True
 
@@ -102,38 +103,41 @@ class VadPool:
             return
         self._idle.append((vad, time.monotonic()))
 
-    async def acquire(self) -> Vad | None:
-        """A reset model instance (None when the VAD library is unavailable)."""
+    def take(self) -> Vad | None:
+        """A reset model if one is ready, else None (and one is loading, in the background).
+
+        Never waits: a model takes ~100 ms of CPU to load, and a burst of callers talking over
+        the agent at once must not stall their audio behind each other's loads.
+        """
         if not self.available:
             return None
-        if self._idle:
-            vad, _ = self._idle.pop()  # the most recently used: the old ones age out
-            vad.reset()
-            if not self._idle:
-                self._refill()  # the next caller to talk over the agent finds one ready
-            return vad
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self._new)
-        except Exception as e:
-            self.available = False
-            log.error("VAD unavailable: barge-in relies on ASR", **kv(error=str(e)))
+        if not self._idle:
+            self._load()
             return None
+        vad, _ = self._idle.pop()  # the most recently used: the old ones age out
+        vad.reset()
+        if not self._idle:
+            self._load()  # the next caller to talk over the agent finds one ready
+        return vad
 
-    def _refill(self) -> None:
-        if self._refilling:
+    def _load(self) -> None:
+        if self._loading >= self._threads:
             return
-        self._refilling = True
+        self._loading += 1
 
         async def load() -> None:
             try:
                 vad = await asyncio.get_running_loop().run_in_executor(self._executor, self._new)
                 self._idle.append((vad, time.monotonic()))
-            except Exception as e:  # acquire() finds out and reports it
-                log.debug("spare VAD model not loaded", **kv(error=type(e).__name__))
+            except Exception as e:
+                self.available = False
+                log.error("VAD unavailable: barge-in relies on ASR", **kv(error=str(e)))
             finally:
-                self._refilling = False
+                self._loading -= 1
 
-        self._spare = asyncio.get_running_loop().create_task(load())
+        task = asyncio.get_running_loop().create_task(load())
+        self._loads.add(task)
+        task.add_done_callback(self._loads.discard)
 
     def release(self, vad: Vad) -> None:
         """Give an instance back (kept for reuse up to ``keep_idle``)."""
@@ -171,6 +175,8 @@ class VadPool:
         if self._trim_timer is not None:
             self._trim_timer.cancel()
             self._trim_timer = None
+        for task in self._loads:
+            task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._idle.clear()
 
@@ -196,7 +202,6 @@ class BargeInDetector:
         self._speech_ms = 0.0
         self._fired = False  # this run of speech already fired
         self.total_speech_ms = 0.0  # every speech window heard while active
-        self._acquiring = False
         self._listening = False  # fed since the last stop(): agent audio is playing
 
     @property
@@ -214,15 +219,15 @@ class BargeInDetector:
         """Listening for barge-in (agent audio is playing and the VAD library works)."""
         return self._listening and self._pool.available
 
-    async def _model(self) -> Vad | None:
-        """The call's model, borrowed on the first window that needs scoring."""
-        if self._vad is None and not self._acquiring:
-            self._acquiring = True
-            try:
-                self._vad = await self._pool.acquire()
-            finally:
-                self._acquiring = False
-        return self._vad
+    def _score(self, window: npt.NDArray[np.float32], dbfs: float) -> float:
+        """The window's speech probability: the model's, borrowed on the first window that needs
+        scoring; while none is ready, the window's level against the caller's own decides."""
+        if self._vad is None:
+            self._vad = self._pool.take()
+        if self._vad is not None:
+            return self._pool.score(self._vad, window)
+        near_caller = dbfs >= self.level.level_dbfs - self.level.margin_db / 2
+        return 1.0 if near_caller else 0.0
 
     async def feed(self, mulaw: bytes) -> bool:
         """Add one inbound frame; True when a run of speech reaches ``min_speech_ms``."""
@@ -241,10 +246,7 @@ class BargeInDetector:
             if dbfs < FLOOR_DBFS or not self.level.may_pass(dbfs):
                 prob = 0.0
             else:
-                vad = await self._model()
-                if vad is None:  # another frame is borrowing it, or the library failed
-                    continue
-                prob = self._pool.score(vad, window)
+                prob = self._score(window, dbfs)
             prob = self.level.gate(prob, dbfs, threshold=self._threshold)
             if prob >= self._threshold:
                 self._speech_ms += WINDOW_MS
