@@ -219,15 +219,15 @@ class BargeInDetector:
         """Listening for barge-in (agent audio is playing and the VAD library works)."""
         return self._listening and self._pool.available
 
-    def _score(self, window: npt.NDArray[np.float32], dbfs: float) -> float:
+    def _score(self, window: npt.NDArray[np.float32]) -> float:
         """The window's speech probability: the model's, borrowed on the first window that needs
-        scoring; while none is ready, the window's level against the caller's own decides."""
+        scoring. While none is ready (a burst of loads), a neutral score: a run of speech
+        neither grows nor ends, so noise cannot barge in unjudged (the ASR's onset still can)."""
         if self._vad is None:
             self._vad = self._pool.take()
-        if self._vad is not None:
-            return self._pool.score(self._vad, window)
-        near_caller = dbfs >= self.level.level_dbfs - self.level.margin_db / 2
-        return 1.0 if near_caller else 0.0
+        if self._vad is None:
+            return self._threshold - HYSTERESIS / 2
+        return self._pool.score(self._vad, window)
 
     async def feed(self, mulaw: bytes) -> bool:
         """Add one inbound frame; True when a run of speech reaches ``min_speech_ms``."""
@@ -246,7 +246,7 @@ class BargeInDetector:
             if dbfs < FLOOR_DBFS or not self.level.may_pass(dbfs):
                 prob = 0.0
             else:
-                prob = self._score(window, dbfs)
+                prob = self._score(window)
             prob = self.level.gate(prob, dbfs, threshold=self._threshold)
             if prob >= self._threshold:
                 self._speech_ms += WINDOW_MS
