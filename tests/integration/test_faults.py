@@ -136,7 +136,7 @@ async def test_asr_worker_killed_another_claims_within_2s_and_hears_the_next_sen
 async def test_calls_spread_over_every_replica_and_play_in_order(faults: Faults) -> None:
     """Two replicas per stage, no configuration: calls spread across ASR workers, turns and
     segments go to any agent and TTS replica, each call hears its segments in order."""
-    n = 10  # all on one of two replicas by chance: 2 / 2**10 per stage
+    n = 12  # all on one of two replicas by chance: 2 / 2**12 per stage
     sids = [new_sid("CA") for _ in range(n)]
     logs = [await bus_log(faults.nats_url, sid) for sid in sids]
     try:
