@@ -138,8 +138,18 @@ class History:
         self.max_messages = max_messages
 
     async def next_turn(self, call_sid: str) -> int:
-        """Allocate the call's next turn id (1, 2, ...; never reused within a call)."""
-        return await self.store.incr(call_key("turn", call_sid), ttl_s=self.ttl_s)
+        """Allocate the call's next turn id (1, 2, ...; never reused within a call, also when
+        Redis restarted empty: ids stay above every turn this replica has seen played)."""
+        seen = int(self.store.memory.get(call_key("seen", call_sid)) or 0)
+        return await self.store.incr(
+            call_key("turn", call_sid), ttl_s=self.ttl_s, at_least=seen + 1
+        )
+
+    def saw_turn(self, call_sid: str, turn: int) -> None:
+        """A turn of the call went out (any replica's): later turns must get higher ids."""
+        key = call_key("seen", call_sid)
+        if turn > int(self.store.memory.get(key) or 0):
+            self.store.memory.put(key, turn, self.ttl_s)
 
     async def entries(self, call_sid: str) -> list[dict[str, Any]]:
         """Stored entries with truncations applied, private fields kept (for tests and tools)."""
@@ -235,5 +245,5 @@ class History:
     def forget_local(self, call_sid: str) -> None:
         """Drop this process's mirror of the call (every replica, on ``CallEnded``)."""
         self.store.forget_local(
-            *(call_key(k, call_sid) for k in ("hist", "heard", "turn", "gen", "appt"))
+            *(call_key(k, call_sid) for k in ("hist", "heard", "turn", "gen", "appt", "seen"))
         )

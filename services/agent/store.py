@@ -214,11 +214,13 @@ class Store:
 
     # ------------------------------------------------------------------ counters and flags
 
-    async def incr(self, key: str, *, ttl_s: float) -> int:
-        """Increment a counter; the result is always above any value this process returned.
+    async def incr(self, key: str, *, ttl_s: float, at_least: int = 1) -> int:
+        """Increment a counter; the result is always above any value this process returned,
+        and at least ``at_least``.
 
-        After an outage Redis may hold a value below the ids handed out from memory meanwhile;
-        the counter is then moved past them, so ids never go backwards.
+        After an outage Redis may hold a value below the ids handed out meanwhile (from memory,
+        or by other replicas before a restart lost its data); the counter is then moved past
+        them, so ids never go backwards.
         """
         local = int(self.memory.get(key) or 0)
 
@@ -231,8 +233,8 @@ class Store:
 
         got = await self._call(op)
         value = local + 1 if isinstance(got, _Missing) else got
-        if value <= local:
-            value = local + 1
+        if value <= local or value < at_least:
+            value = max(local + 1, at_least)
 
             async def resync(r: aioredis.Redis) -> None:
                 await r.set(key, value, ex=int(ttl_s))

@@ -400,6 +400,10 @@ class AgentWorker:
             _check_subject(ctl, msg)
         except (ValidationError, ValueError):
             return  # counted once, by the queue-group handler
+        if isinstance(ctl, Played | Interrupt):
+            # Every replica follows the call's turn ids: Redis restarting empty must not make
+            # one hand out an id the gateway already played (its audio would be dropped).
+            self._history.saw_turn(ctl.call_sid, ctl.turn)
         if isinstance(ctl, Interrupt):
             active = self._active.get(ctl.call_sid)
             if active and active.turn == ctl.turn and active.cancel():

@@ -72,6 +72,25 @@ async def test_turn_ids_increase_per_call(history: History) -> None:
     assert await history.next_turn(b) == 1
 
 
+async def test_turn_ids_stay_above_played_turns_when_redis_comes_back_empty(
+    history: History, redis_url: str
+) -> None:
+    # Replica A handed out turns 1-2; this replica only saw them played. Redis then restarts
+    # with no data: its counter starts over, yet the next id must be 3 (the gateway drops audio
+    # of a turn id it has already played), and Redis is moved past it for the other replicas.
+    call = sid()
+    history.saw_turn(call, 1)
+    history.saw_turn(call, 2)
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        await r.delete(f"va:turn:{call}")
+        assert await history.next_turn(call) == 3
+        assert int(await r.get(f"va:turn:{call}")) == 3
+    finally:
+        await r.aclose()
+    assert await history.next_turn(call) == 4
+
+
 async def test_barge_in_truncates_the_reply_to_what_was_heard(history: History) -> None:
     call = sid()
     await history.append(call, [user_message("Tell me about parking", turn=1)])
