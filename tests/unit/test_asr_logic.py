@@ -4,6 +4,7 @@ audio clocks and frame headers."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 
@@ -123,7 +124,11 @@ def test_confident_words_are_kept() -> None:
         [Seg(" ")],
         [Seg(" [BLANK_AUDIO]")],
         [Seg(" (music)")],
-        [Seg(" Thank you.", avg_logprob=-0.7)],  # stock phrase, unsure: invented on noise
+        # Stock phrases as whisper invents them on background talk (measured, docs/robustness.md)
+        [Seg(" Thank you.", avg_logprob=math.log(0.58), no_speech_prob=0.73)],
+        [Seg(" Thank you very much.", avg_logprob=math.log(0.56), no_speech_prob=0.55)],
+        [Seg(" Thank you.", avg_logprob=math.log(0.38), no_speech_prob=0.63)],
+        [Seg(" Okay.", avg_logprob=math.log(0.55), no_speech_prob=0.56)],
         [Seg(" you", no_speech_prob=0.4)],
         [Seg(" Hello there.", no_speech_prob=0.8)],
         [Seg(" Hello there.", avg_logprob=-1.4)],
@@ -134,8 +139,20 @@ def test_what_whisper_invents_on_noise_is_dropped(segments: list[Seg]) -> None:
     assert accept_transcript(segments) is None
 
 
-def test_a_clearly_spoken_thank_you_is_kept() -> None:
-    assert accept_transcript([Seg(" Thank you.", avg_logprob=-0.15)]) is not None
+@pytest.mark.parametrize(
+    ("text", "confidence", "no_speech"),
+    [  # callers' short answers as whisper decoded them (measured, docs/robustness.md)
+        (" Thank you.", 0.89, 0.39),
+        (" Thanks.", 0.70, 0.42),
+        (" Okay.", 0.49, 0.39),
+        (" Okay.", 0.51, 0.48),
+        (" Bye!", 0.66, 0.29),
+        (" Thank you.", 0.95, 0.05),
+    ],
+)
+def test_a_caller_s_stock_answer_is_kept(text: str, confidence: float, no_speech: float) -> None:
+    seg = Seg(text, avg_logprob=math.log(confidence), no_speech_prob=no_speech)
+    assert accept_transcript([seg]) is not None
 
 
 def test_utterance_ids_increase_whatever_the_stop_final_order() -> None:
