@@ -67,7 +67,7 @@ def _line(caller_dbfs: float, talk_dbfs: float) -> np.ndarray:
     return np.clip(line + talk, -1, 1).astype(np.float32)
 
 
-@pytest.mark.parametrize(("caller", "talk"), [(-20.0, -45.0), (-40.0, -65.0)])
+@pytest.mark.parametrize(("caller", "talk"), [(-20.0, -45.0), (-40.0, -65.0), (-20.0, -35.0)])
 async def test_the_turn_ends_and_is_transcribed_despite_talk_behind_the_caller(
     asr: LocalAsr, caller: float, talk: float
 ) -> None:

@@ -445,7 +445,9 @@ class LocalAsr(AsrProvider):
         )
         buf = SampleBuffer()
         # Background talk well under the caller's own level is silence (shared/level.py).
-        level = SpeechLevel(margin_db=s.vad_level_margin_db, hold_windows=HOLD_WINDOWS)
+        level = SpeechLevel(
+            margin_db=s.vad_level_margin_db, hold_windows=HOLD_WINDOWS, background=True
+        )
         turns = None
         if smart:  # see services/asr/endpointing.py
             from services.asr.endpointing import SmartTurns
