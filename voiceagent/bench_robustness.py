@@ -585,10 +585,10 @@ def _caller_class() -> type:
                 u = self.condition.utterances[0]
                 self.early_done = self._speak(to_mulaw(u.audio))
             await super()._await_reply(turn, first_timeout_s)
-            again = not _answered(turn) or bool(self.condition.dtmf_during)
-            if turn is not self.result.greeting and turn.first_audio_at and again:
-                # A re-prompt ("Are you still there?") or the answer to a key crossed the
-                # caller's words: wait on for the answer to them, and measure the latency to it.
+            if turn is not self.result.greeting and turn.first_audio_at and not _answered(turn):
+                # A re-prompt ("Are you still there?") crossed the caller's words: wait on for
+                # the answer to them, and measure the latency to it. (A key pressed while
+                # talking joins the words' turn: one answer, docs/robustness.md.)
                 reprompt_at = turn.first_audio_at
                 turn.first_audio_at = None
                 await super()._await_reply(turn, first_timeout_s)

@@ -17,6 +17,7 @@ entry completes only when the caller presses ``finish_on_key`` (or speaks).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -87,6 +88,60 @@ def dtmf_user_text(kind: str, text: str) -> str:
     if kind == "digits":
         return f"[caller entered {text} on the keypad]" if text else "[caller entered no digits]"
     return f"[caller pressed {text}]"
+
+
+def caller_input_text(kind: str, text: str, keys: str = "") -> str:
+    """The user message for a turn's input: words, a key or an entry, or words with the keys
+    pressed while they were said."""
+    if kind in ("dtmf", "digits"):
+        return dtmf_user_text(kind, text)
+    return f"{dtmf_user_text('dtmf', keys)} {text}" if keys else text
+
+
+class KeysWhileTalking:
+    """Keys pressed while the caller is talking join that utterance's turn: one answer, not two.
+
+    The replica that receives ``speech_started`` marks the call talking (``va:talk:<call>`` =
+    utterance id); a key pressed meanwhile is held in ``va:heldk:<call>`` instead of starting a
+    turn. The replica that answers the utterance's final takes the held keys into its turn
+    (:meth:`take`, atomic), then clears the mark. The replica holding a key waits for the mark to
+    go (an empty or backchannel final, or :data:`TALK_TTL_S` without one) and then takes the keys
+    itself: whatever nobody took is answered as a key press of its own.
+    """
+
+    TALK_TTL_S = 15.0  # an utterance whose final never comes stops holding keys after this
+    POLL_S = 0.1
+
+    def __init__(self, *, store: Store) -> None:
+        self._store = store
+
+    async def talking(self, call_sid: str, utterance_id: int) -> None:
+        await self._store.put(call_key("talk", call_sid), str(utterance_id), ttl_s=self.TALK_TTL_S)
+
+    async def done_talking(self, call_sid: str, utterance_id: int) -> None:
+        await self._store.delete_if_equal(call_key("talk", call_sid), str(utterance_id))
+
+    async def hold(self, call_sid: str, digit: str) -> bool:
+        """Hold ``digit`` if the caller is talking (True), else leave it to the caller (False)."""
+        if await self._store.get(call_key("talk", call_sid)) is None:
+            return False
+        await self._store.rpush(
+            call_key("heldk", call_sid), [digit], ttl_s=_TTL_S, max_len=MAX_DIGITS
+        )
+        return True
+
+    async def take(self, call_sid: str) -> str:
+        """The keys held for the call, now no longer held."""
+        return "".join(await self._store.take_list(call_key("heldk", call_sid)))
+
+    async def wait_then_take(self, call_sid: str) -> str:
+        """After the caller stopped talking: the held keys nobody took (empty if taken)."""
+        deadline = time.monotonic() + self.TALK_TTL_S
+        while time.monotonic() < deadline:
+            if await self._store.get(call_key("talk", call_sid)) is None:
+                break
+            await asyncio.sleep(self.POLL_S)
+        return await self.take(call_sid)
 
 
 class DigitCollector:

@@ -179,6 +179,22 @@ class Store:
             return list(cast(list[str], self.memory.get(key) or []))
         return got
 
+    async def take_list(self, key: str) -> list[str]:
+        """The whole list, deleted in the same step (``LRANGE`` + ``DEL`` in one transaction:
+        of two replicas taking at once, one gets the items)."""
+        local = list(cast(list[str], self.memory.get(key) or []))
+        self.memory.delete(key)
+
+        async def op(r: aioredis.Redis) -> list[str]:
+            async with r.pipeline(transaction=True) as p:
+                p.lrange(key, 0, -1)
+                p.delete(key)
+                items, _ = await p.execute()
+            return cast(list[str], items)
+
+        got = await self._call(op)
+        return local if isinstance(got, _Missing) else got
+
     # ------------------------------------------------------------------ hashes
 
     async def hset(

@@ -47,7 +47,7 @@ from faststream.nats.annotations import NatsMessage
 from faststream.nats.subscriber.usecases.core_subscriber import CoreSubscriber
 from pydantic import ValidationError
 
-from services.agent.digits import DigitCollector, dtmf_user_text
+from services.agent.digits import DigitCollector, KeysWhileTalking, caller_input_text
 from services.agent.fixed_prompts import prompt_turn
 from services.agent.history import History, item_message, spoken_message, user_message
 from services.agent.leases import TurnLeases, TurnProgress
@@ -78,6 +78,7 @@ from shared.messages import (
     Played,
     Prompt,
     ReplySegment,
+    SpeechStarted,
     StageFailed,
     Transcript,
     Transfer,
@@ -119,6 +120,7 @@ class TurnJob:
     utterance_id: int | None = None
     speech_ended_at: float | None = None
     say: str | None = None  # fixed words instead of the provider (apologies)
+    keys: str = ""  # keys pressed while the caller said ``text``
     received: float = field(default_factory=time.perf_counter)
     traceparent: str | None = None  # trace context of the message that started the turn
 
@@ -297,6 +299,7 @@ class AgentWorker:
         self._history = history
         self._broker = broker
         self._digits = digits if digits is not None else DigitCollector(store=history.store)
+        self._held_keys = KeysWhileTalking(store=history.store)
         self._active: dict[str, _Active] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._work_subs: list[CoreSubscriber] = []
@@ -332,7 +335,20 @@ class AgentWorker:
         except (ValidationError, ValueError) as e:
             _bad("transcript", e)
             return
-        if not isinstance(tr, Transcript) or not tr.is_final or not tr.text.strip():
+        if isinstance(tr, SpeechStarted):
+            # Keys pressed from now until the final join its turn (KeysWhileTalking).
+            await self._held_keys.talking(tr.call_sid, tr.utterance_id)
+            return
+        if not isinstance(tr, Transcript) or not tr.is_final:
+            return
+        try:
+            await self._answer(tr, msg)
+        finally:
+            await self._held_keys.done_talking(tr.call_sid, tr.utterance_id)
+
+    async def _answer(self, tr: Transcript, msg: NatsMessage) -> None:
+        """A final transcript: start its turn, unless it is empty or a backchannel."""
+        if not tr.text.strip():
             return
         if is_backchannel(tr.text, self._backchannels) and await self._history.speaking(
             tr.call_sid
@@ -349,6 +365,7 @@ class AgentWorker:
                 call_sid=tr.call_sid,
                 kind="utterance",
                 text=tr.text.strip(),
+                keys=await self._held_keys.take(tr.call_sid),
                 utterance_id=tr.utterance_id,
                 speech_ended_at=tr.speech_ended_at,
                 traceparent=traceparent_of(msg.headers),
@@ -422,6 +439,11 @@ class AgentWorker:
             log.exception("keypad entry failed", **kv(call=sid))
             progress = None
         if progress is None:
+            if await self._held_keys.hold(sid, digit):  # said while talking: wait for the words
+                keys = await self._held_keys.wait_then_take(sid)
+                if not keys:
+                    return  # the utterance's turn took it
+                digit = keys[-1]
             self.start_turn(TurnJob(call_sid=sid, kind="dtmf", text=digit))
         elif progress.done:
             self.start_turn(TurnJob(call_sid=sid, kind="digits", text=progress.entry))
@@ -525,16 +547,20 @@ class AgentWorker:
             if resume is None and job.utterance_id is not None and job.say is None:
                 await record(TurnProgress(turn=turn))  # a successor must not add the words again
             if resume is None and job.kind in ("utterance", "dtmf", "digits") and job.say is None:
-                content = (
-                    job.text if job.kind == "utterance" else dtmf_user_text(job.kind, job.text)
-                )
+                content = caller_input_text(job.kind, job.text, job.keys)
                 await self._history.append(sid, [user_message(content, turn=turn)])
             try:
                 async with asyncio.timeout(MAX_TURN_S):
                     if job.say is not None:
                         await reply.fail(job.say)
                     else:
-                        inp = TurnInput(call_sid=sid, kind=job.kind, text=job.text, history=history)
+                        inp = TurnInput(
+                            call_sid=sid,
+                            kind=job.kind,
+                            text=job.text,
+                            keys=job.keys,
+                            history=history,
+                        )
                         actions = await self._generate(inp, reply)
             except Exception as e:  # asyncio.timeout's TimeoutError included
                 outcome = "fallback"

@@ -39,6 +39,7 @@ from shared.messages import (
     Interrupt,
     Played,
     ReplySegment,
+    SpeechStarted,
     StageFailed,
     Transcript,
     Transfer,
@@ -358,6 +359,38 @@ async def test_key_press_is_a_turn_with_the_digit_as_input(rig: Rig) -> None:
     assert segments(tap)[0].text == "You pressed seven."
     assert rig.provider.inputs[-1].kind == "dtmf"
     assert (await rig.history.load(tap.sid))[0]["content"] == "[caller pressed 7]"
+
+
+async def test_a_key_pressed_while_talking_joins_the_words_in_one_answer(rig: Rig) -> None:
+    tap = await rig.tap()
+    await tap.send(
+        subjects.transcript(tap.sid), SpeechStarted(call_sid=tap.sid, utterance_id=1, audio_ms=0)
+    )
+    await asyncio.sleep(0.1)
+    await tap.send(subjects.control(tap.sid), Dtmf(call_sid=tap.sid, digit="7"))
+    await asyncio.sleep(0.4)  # the caller is still talking: no answer to the key alone
+    assert not segments(tap)
+    await say(tap, "hello", utterance_id=1)
+    await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="answer")
+    await asyncio.sleep(0.5)  # the key is not answered again on its own
+    assert {s.turn for s in segments(tap)} == {1}
+    assert [(i.kind, i.text, i.keys) for i in rig.provider.inputs] == [("utterance", "hello", "7")]
+    assert (await rig.history.load(tap.sid))[0]["content"] == "[caller pressed 7] hello"
+
+
+async def test_a_key_pressed_over_noise_is_answered_when_the_noise_ends(rig: Rig) -> None:
+    tap = await rig.tap()
+    await tap.send(
+        subjects.transcript(tap.sid), SpeechStarted(call_sid=tap.sid, utterance_id=1, audio_ms=0)
+    )
+    await asyncio.sleep(0.1)
+    await tap.send(subjects.control(tap.sid), Dtmf(call_sid=tap.sid, digit="7"))
+    await asyncio.sleep(0.3)
+    assert not segments(tap)
+    await say(tap, "", utterance_id=1)  # the onset was a cough: no words
+    await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="answer to the key")
+    assert segments(tap)[0].text == "You pressed seven."
+    assert rig.provider.inputs[-1].kind == "dtmf"
 
 
 async def test_a_failed_recognizer_gets_an_apology_a_failed_voice_does_not(rig: Rig) -> None:

@@ -26,8 +26,10 @@ class Call:
         self.history: list[dict[str, Any]] = []
         self.actions: list[object] = []
 
-    async def turn(self, kind: TurnKind, text: str = "") -> str:
-        inp = TurnInput(call_sid=self.sid, kind=kind, text=text, history=list(self.history))
+    async def turn(self, kind: TurnKind, text: str = "", *, keys: str = "") -> str:
+        inp = TurnInput(
+            call_sid=self.sid, kind=kind, text=text, keys=keys, history=list(self.history)
+        )
         said: list[str] = []
         self.actions = []
         async for out in self.agent.respond(inp):
@@ -196,6 +198,16 @@ async def test_dtmf_menu(call: Call) -> None:
     assert "What day and time" in await call.turn("dtmf", "1")
     assert "Press 1 to book" in await call.turn("dtmf", "*")
     assert "Press 1 to book" in await call.turn("dtmf", "9")
+
+
+async def test_words_and_a_key_pressed_while_saying_them_get_one_answer(call: Call) -> None:
+    await call.turn("call_started")
+    # The words win when they are understood...
+    assert "Monday to Friday" in await call.turn(
+        "utterance", "What are your opening hours?", keys="1"
+    )
+    # ...and the key decides when they are not.
+    assert "What day and time" in await call.turn("utterance", "um, the thing", keys="1")
 
 
 async def test_dtmf_confirms_a_booking(redis_store: Store) -> None:

@@ -40,6 +40,11 @@ def test_keys_reach_the_model_as_user_messages() -> None:
         TurnInput(call_sid="CA1", kind="digits", text="123456"), system_prompt="p"
     )
     assert entry[-1] == {"role": "user", "content": "[caller entered 123456 on the keypad]"}
+    both = turn_messages(
+        TurnInput(call_sid="CA1", kind="utterance", text="I'd like to book", keys="1"),
+        system_prompt="p",
+    )
+    assert both[-1] == {"role": "user", "content": "[caller pressed 1] I'd like to book"}
 
 
 async def test_prompts_and_greeting_are_fixed_and_cacheable() -> None:

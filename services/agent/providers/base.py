@@ -22,6 +22,7 @@ class TurnInput:
     call_sid: str
     kind: TurnKind
     text: str = ""
+    keys: str = ""  # keys pressed while the caller said ``text`` (an utterance)
     history: list[dict[str, Any]] = field(default_factory=list)
 
 

@@ -267,7 +267,11 @@ class DemoAgent(AgentProvider):
             return await self._on_entry(turn, said, turn.text.strip())
         if turn.kind == "dtmf":
             return await self._on_key(turn, said, turn.text.strip())
-        return await self._on_utterance(turn, said, turn.text.strip())
+        reply = await self._on_utterance(turn, said, turn.text.strip())
+        if turn.keys and reply.text == self._not_understood():
+            # Words we cannot place, a key pressed while saying them: the key decides.
+            return await self._on_key(turn, said, turn.keys[-1])
+        return reply
 
     async def _on_key(self, turn: TurnInput, said: str, digit: str) -> Reply:
         confirm = _CONFIRM_RE.search(said)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 import openai
 from openai import AsyncOpenAI, omit
 
-from services.agent.digits import dtmf_user_text
+from services.agent.digits import caller_input_text
 from services.agent.fixed_prompts import fixed_reply, is_fixed, sentences_of
 from services.agent.providers.base import (
     AgentOutput,
@@ -145,10 +145,9 @@ def turn_messages(turn: TurnInput, *, system_prompt: str) -> list[dict[str, Any]
     """The chat-completions conversation for ``turn``: persona, history, the new input."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}]
     messages.extend(turn.history)
-    if turn.kind == "utterance" and turn.text:
-        messages.append({"role": "user", "content": turn.text})
-    elif turn.kind in ("dtmf", "digits"):
-        messages.append({"role": "user", "content": dtmf_user_text(turn.kind, turn.text)})
+    if turn.kind in ("dtmf", "digits") or (turn.kind == "utterance" and turn.text):
+        content = caller_input_text(turn.kind, turn.text, turn.keys)
+        messages.append({"role": "user", "content": content})
     elif turn.kind in _EVENT_NOTES:
         messages.append({"role": "system", "content": _EVENT_NOTES[turn.kind]})
     return messages
