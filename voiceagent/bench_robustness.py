@@ -63,11 +63,20 @@ def _piper() -> Any:
     )
 
 
-def piper(text: str, *, length_scale: float = 1.0, noise_scale: float = 0.667) -> Samples:
-    """``text`` by the bundled Piper voice (joe), 8 kHz float."""
+def piper(
+    text: str,
+    *,
+    length_scale: float = 1.0,
+    noise_scale: float = 0.667,
+    noise_w_scale: float = 0.8,
+) -> Samples:
+    """``text`` by the bundled Piper voice (joe), 8 kHz float (both noise scales 0: the same
+    audio every time)."""
     from piper import SynthesisConfig
 
-    cfg = SynthesisConfig(length_scale=length_scale, noise_scale=noise_scale, noise_w_scale=0.8)
+    cfg = SynthesisConfig(
+        length_scale=length_scale, noise_scale=noise_scale, noise_w_scale=noise_w_scale
+    )
     chunks = list(_piper().synthesize(text, syn_config=cfg))
     if not chunks:
         return np.zeros(0, dtype=np.float32)

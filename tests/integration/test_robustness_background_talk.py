@@ -61,7 +61,7 @@ def _talk(n: int) -> np.ndarray:
 
 
 def _line(caller_dbfs: float, talk_dbfs: float) -> np.ndarray:
-    speech = set_level(piper(SENTENCE), caller_dbfs)
+    speech = set_level(piper(SENTENCE, noise_scale=0.0, noise_w_scale=0.0), caller_dbfs)
     line = np.concatenate([silence(500), speech, silence(TAIL_S * 1000)])
     talk = _talk(len(line)) * 10 ** (talk_dbfs / 20)
     return np.clip(line + talk, -1, 1).astype(np.float32)
@@ -90,7 +90,7 @@ async def _fires(det: BargeInDetector, audio: np.ndarray) -> bool:
 
 async def test_quiet_background_talk_does_not_barge_in_but_the_caller_does() -> None:
     pool = VadPool(threads=1, keep_idle=1)
-    caller = set_level(piper("Hello, can you hear me?"), -20.0)
+    caller = set_level(piper("Hello, can you hear me?", noise_scale=0.0, noise_w_scale=0.0), -20.0)
     far_talk = _talk(SAMPLE_RATE * 3) * 10 ** (-60 / 20)
     near_talk = _talk(SAMPLE_RATE * 3) * 10 ** (-45 / 20)
     try:

@@ -43,7 +43,7 @@ VOICES = {
     "espeak-us": lambda t: espeak(t),
     "espeak-gb-high": lambda t: espeak(t, voice="en-gb", pitch=85, wpm=150),
     "espeak-us-low-fast": lambda t: espeak(t, voice="en-us", pitch=15, wpm=210),
-    "piper": lambda t: piper(t, length_scale=1.05),
+    "piper": lambda t: piper(t, length_scale=1.05, noise_scale=0.0, noise_w_scale=0.0),
 }
 
 
