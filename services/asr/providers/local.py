@@ -82,12 +82,13 @@ HALLUCINATION_MIN_CONFIDENCE = 0.6
 HALLUCINATION_NO_SPEECH_MAX = 0.3
 # Stock phrases that are also what callers really say on the phone. Measured (docs/robustness.md:
 # 420 short answers from 7 voices, 120 bursts of noise and background talk through this
-# recognizer): on noise whisper invents "Thank you (very much)." at confidence <= 0.58, never
+# recognizer): on noise whisper invents "Thank you (very much)." at confidence <= 0.58 (then
+# no-speech >= 0.55, or confidence <= 0.52), never
 # "okay" or "bye"; callers' "Thanks."/"Thank you." decode at confidence >= 0.7, their "Okay." at
 # 0.49-0.64 with no-speech <= 0.48.
 ANSWER_PHRASES = frozenset({"okay", "bye", "thanks", "thank you", "thank you very much"})
 ANSWER_NO_SPEECH_MAX = 0.5
-ANSWER_SURE_CONFIDENCE = 0.65  # an answer phrase this confident was said
+ANSWER_SURE_CONFIDENCE = 0.6  # an answer phrase this confident was said (the old strict bar)
 LOW_BAR_ANSWERS = frozenset({"okay", "bye"})  # never invented on noise: a lower bar
 ANSWER_MIN_CONFIDENCE = 0.45
 _ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|♪+")
