@@ -91,6 +91,7 @@ ANSWER_NO_SPEECH_MAX = 0.5
 ANSWER_SURE_CONFIDENCE = 0.6  # an answer phrase this confident was said (the old strict bar)
 LOW_BAR_ANSWERS = frozenset({"okay", "bye"})  # never invented on noise: a lower bar
 ANSWER_MIN_CONFIDENCE = 0.45
+LOW_BAR_NO_SPEECH_MAX = 0.55  # callers' up to 0.48; a false "okay" could confirm a booking
 _ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|♪+")
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -307,9 +308,9 @@ def _plausible(phrase: str, confidence: float, kept: Sequence[WhisperSegment]) -
     """Whether a stock phrase whisper also invents on noise was really said."""
     no_speech = max(s.no_speech_prob for s in kept)
     if phrase in ANSWER_PHRASES:
-        low_bar = phrase in LOW_BAR_ANSWERS
-        min_conf = ANSWER_MIN_CONFIDENCE if low_bar else ANSWER_SURE_CONFIDENCE
-        return confidence >= min_conf and no_speech <= ANSWER_NO_SPEECH_MAX
+        if phrase in LOW_BAR_ANSWERS:
+            return confidence >= ANSWER_MIN_CONFIDENCE and no_speech <= LOW_BAR_NO_SPEECH_MAX
+        return confidence >= ANSWER_SURE_CONFIDENCE and no_speech <= ANSWER_NO_SPEECH_MAX
     return confidence >= HALLUCINATION_MIN_CONFIDENCE and no_speech <= HALLUCINATION_NO_SPEECH_MAX
 
 
