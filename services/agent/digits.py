@@ -116,10 +116,16 @@ class KeysWhileTalking:
         self._store = store
 
     async def talking(self, call_sid: str, utterance_id: int) -> None:
+        """The caller started utterance ``utterance_id``: hold keys from now."""
         await self._store.put(call_key("talk", call_sid), str(utterance_id), ttl_s=self.TALK_TTL_S)
 
     async def done_talking(self, call_sid: str, utterance_id: int) -> None:
+        """Utterance ``utterance_id`` is final (its turn took the keys, if it has one)."""
         await self._store.delete_if_equal(call_key("talk", call_sid), str(utterance_id))
+
+    async def forget(self, call_sid: str) -> None:
+        """The call ended: keys still held are answered by nobody."""
+        await self._store.delete(call_key("talk", call_sid), call_key("heldk", call_sid))
 
     async def hold(self, call_sid: str, digit: str) -> bool:
         """Hold ``digit`` if the caller is talking (True), else leave it to the caller (False)."""

@@ -405,6 +405,7 @@ class AgentWorker:
         elif isinstance(ctl, CallEnded):
             self._background(self._history.end_call(sid))
             self._background(self._digits.cancel(sid))
+            self._background(self._held_keys.forget(sid))
         elif isinstance(ctl, StageFailed) and ctl.service != "tts":
             # A TTS failure cannot be apologized for out loud; anything else can.
             log.warning("stage failed", **kv(call=sid, stage=ctl.service))

@@ -17,6 +17,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from prometheus_client import REGISTRY
 
+from services.agent.digits import KeysWhileTalking
 from services.agent.history import History
 from services.agent.providers.base import (
     AgentOutput,
@@ -32,6 +33,7 @@ from shared import subjects
 from shared.bus import make_broker
 from shared.errors import ProviderError
 from shared.messages import (
+    CallEnded,
     CallStarted,
     Dtmf,
     Event,
@@ -391,6 +393,23 @@ async def test_a_key_pressed_over_noise_is_answered_when_the_noise_ends(rig: Rig
     await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="answer to the key")
     assert segments(tap)[0].text == "You pressed seven."
     assert rig.provider.inputs[-1].kind == "dtmf"
+
+
+async def test_a_key_held_when_the_call_ends_is_not_answered(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(KeysWhileTalking, "TALK_TTL_S", 1.0)  # the talking mark lapses soon
+    tap = await rig.tap()
+    await tap.send(
+        subjects.transcript(tap.sid), SpeechStarted(call_sid=tap.sid, utterance_id=1, audio_ms=0)
+    )
+    await asyncio.sleep(0.1)
+    await tap.send(subjects.control(tap.sid), Dtmf(call_sid=tap.sid, digit="7"))
+    await asyncio.sleep(0.2)
+    await tap.send(subjects.control(tap.sid), CallEnded(call_sid=tap.sid, reason="stop"))
+    await asyncio.sleep(1.5)  # past the mark's lapse: a key still held would be answered now
+    assert not segments(tap)
+    assert not rig.provider.inputs
 
 
 async def test_a_failed_recognizer_gets_an_apology_a_failed_voice_does_not(rig: Rig) -> None:
