@@ -1,5 +1,6 @@
-"""deploy/nats/nats-server.conf: each service's normal traffic flows; outside its subjects it
-is refused (permissions violation), and no one reads another's replies or forges audit records."""
+"""deploy/nats/nats-server.conf (its users in deploy/nats/auth.conf): each service's normal
+traffic flows; outside its subjects it is refused (permissions violation), and no one reads
+another's replies or forges audit records."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def secured_nats() -> Iterator[str]:
     assert store in text
     conf = Path(store) / "nats-server.conf"
     conf.write_text(text)
+    shutil.copy(CONF.parent / "auth.conf", Path(store) / "auth.conf")  # its include
     try:
         with private_nats_server(args=("-c", str(conf)), env=env) as url:
             yield url

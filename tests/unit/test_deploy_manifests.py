@@ -96,6 +96,36 @@ def test_helm_values_turn_jetstream_on() -> None:
     assert yaml.safe_load((ROOT / "deploy" / "helm" / "redis-values.yaml").read_text())
 
 
+NATS_AUTH = ROOT / "deploy" / "nats" / "auth.conf"
+
+
+def test_helm_nats_has_the_shipped_users_and_their_passwords() -> None:
+    nats = yaml.safe_load((ROOT / "deploy" / "helm" / "nats-values.yaml").read_text())
+    auth = NATS_AUTH.read_text()
+    # The chart includes a verbatim copy of the file the integration test proves.
+    assert nats["config"]["merge"]["00$include"] == "auth.conf"
+    assert nats["configMap"]["merge"]["data"]["auth.conf"] == auth
+    env = nats["container"]["env"]
+    for user in (*SERVICES, "operator"):
+        var = f"{user.upper()}_NATS_PASSWORD"
+        assert f"${var}" in auth
+        assert env[var]["valueFrom"]["secretKeyRef"] == {"name": "voiceagent-nats", "key": user}
+
+
+def test_every_service_connects_as_its_own_nats_user() -> None:
+    auth = NATS_AUTH.read_text()
+    for name, dep in _deployments().items():
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["NATS_USER"]["value"] == name
+        assert env["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "voiceagent-nats",
+            "key": name,
+        }
+        assert env["NATS_INBOX_PREFIX"]["value"] == f"_INBOX_{name}"
+        assert f"user: {name}\n" in auth and f'"_INBOX_{name}.>"' in auth
+
+
 def test_compose_runs_the_stack_with_jetstream() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
