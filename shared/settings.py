@@ -118,6 +118,19 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr = SecretStr("")
     openai_base_url: str = ""
     openai_model: str = "gpt-4o-mini"
+    openai_max_tokens: int = Field(
+        default=300,
+        ge=1,
+        description="max_tokens of every OpenAI completion (a phone reply is two or three "
+        "sentences; bounds the cost of a turn)",
+    )
+    agent_history_max_tokens: int = Field(
+        default=4000,
+        ge=0,
+        description="estimated tokens of conversation history sent to the model per round; "
+        "oldest turns dropped first (the system prompt and the caller's latest words always "
+        "go); 0: no limit",
+    )
     agent_greeting: str = Field(
         default="",
         description="OpenAI agent: fixed first words of every call (no model round trip, TTS "

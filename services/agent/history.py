@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 from services.agent.store import Store, call_key
@@ -120,6 +121,49 @@ def sanitize(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         out.append(m)
     return out
+
+
+MESSAGE_OVERHEAD_TOKENS = 4  # role and separators: what chat APIs bill per message
+CHARS_PER_TOKEN = 3.0  # English runs ~4 characters a token: dividing by 3 overestimates
+
+
+def estimate_tokens(message: dict[str, Any]) -> int:
+    """A cheap, deterministic upper-ish estimate of what ``message`` costs in the prompt.
+
+    No tokenizer is installed (and each model family has its own): the characters of the
+    content and tool calls divided by :data:`CHARS_PER_TOKEN`, plus
+    :data:`MESSAGE_OVERHEAD_TOKENS`. English text runs about four characters a token, so this
+    errs on the side of sending less.
+    """
+    chars = 0
+    content = message.get("content")
+    if isinstance(content, str):
+        chars += len(content)
+    elif content is not None:
+        chars += len(json.dumps(content, separators=(",", ":")))
+    calls = message.get("tool_calls")
+    if calls:
+        chars += len(json.dumps(calls, separators=(",", ":")))
+    return MESSAGE_OVERHEAD_TOKENS + math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def within_budget(messages: list[dict[str, Any]], max_tokens: int) -> list[dict[str, Any]]:
+    """The newest messages whose estimated total (:func:`estimate_tokens`) fits ``max_tokens``.
+
+    Oldest messages go first; a tool result whose call was dropped goes with it (and a call
+    whose result was dropped keeps only its words: :func:`sanitize`). ``max_tokens <= 0``: no
+    limit.
+    """
+    if max_tokens <= 0:
+        return messages
+    total = 0
+    start = len(messages)
+    for i in range(len(messages) - 1, -1, -1):
+        total += estimate_tokens(messages[i])
+        if total > max_tokens:
+            break
+        start = i
+    return sanitize(messages[start:])
 
 
 def public(entry: dict[str, Any]) -> dict[str, Any]:

@@ -273,3 +273,31 @@ async def test_outage_degrades_then_redis_is_used_again(redis_url: str) -> None:
     finally:
         await store.aclose()
         await proxy.stop()
+
+
+def test_history_budget_drops_oldest_first_and_never_leaves_a_tool_result_alone() -> None:
+    from services.agent.history import estimate_tokens, within_budget
+
+    call = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "x", "arguments": "{}"}}
+        ],
+    }
+    result = {"role": "tool", "tool_call_id": "c1", "content": "r" * 30}
+    messages = [
+        {"role": "user", "content": "a" * 300},
+        call,
+        result,
+        {"role": "assistant", "content": "b" * 30},
+        {"role": "user", "content": "c" * 30},
+    ]
+    assert within_budget(messages, 0) == messages  # 0: no limit
+    tail = messages[2:]
+    budget = sum(estimate_tokens(m) for m in tail)
+    # The budget reaches back to the tool result but not its call: the result goes too.
+    assert within_budget(messages, budget) == messages[3:]
+    kept = within_budget(messages, budget + estimate_tokens(call))
+    assert kept == messages[1:]
+    assert within_budget(messages, 1) == []

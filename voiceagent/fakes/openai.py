@@ -10,6 +10,9 @@ script (:func:`decide`) that reads the conversation and the tools offered:
 - the latest message is a tool result: it answers in two or three sentences quoting the result;
 - otherwise it answers with a few sentences of content, streamed a few words per delta.
 
+``max_tokens`` (or ``max_completion_tokens``) is honoured: longer content is cut to that many
+words and finishes with ``length``. Every request body is kept in :attr:`FakeOpenAI.requests`.
+
 Faults, per instance (:meth:`FakeOpenAI.inject`) or by CLI flag (``--fault rate_limit:2``):
 ``auth`` (401), ``rate_limit`` (429 with ``Retry-After``), ``server_error`` (500), ``hang``
 (accepts the request, never answers), ``cut`` (drops the connection mid-stream).
@@ -95,10 +98,24 @@ class Decision:
 
     content: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
+    cut_short: bool = False  # the content hit the request's max_tokens
 
     @property
     def finish_reason(self) -> str:
+        if self.cut_short:
+            return "length"
         return "tool_calls" if self.tool_calls else "stop"
+
+
+def limit_tokens(decision: Decision, max_tokens: object) -> Decision:
+    """``decision`` within the request's ``max_tokens`` (the fake counts a word as a token):
+    longer content is cut and finishes with ``length``, as a real server does."""
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        return decision
+    words = re.findall(r"\S+\s*", decision.content)
+    if decision.tool_calls or len(words) <= max_tokens:
+        return decision
+    return Decision(content="".join(words[:max_tokens]).rstrip(), cut_short=True)
 
 
 def _text_of(message: dict[str, Any]) -> str:
@@ -413,6 +430,9 @@ class FakeOpenAI:
             if body.get("tool_choice") == "none":
                 tools = []
             decision = decide(messages, tools, call_ids=state.ids)
+            decision = limit_tokens(
+                decision, body.get("max_completion_tokens", body.get("max_tokens"))
+            )
             model = str(body.get("model") or state.model)
             if body.get("stream"):
                 usage = bool((body.get("stream_options") or {}).get("include_usage"))

@@ -32,6 +32,7 @@ from openai import AsyncOpenAI, omit
 
 from services.agent.digits import caller_input_text
 from services.agent.fixed_prompts import fixed_reply, is_fixed, sentences_of
+from services.agent.history import within_budget
 from services.agent.providers.base import (
     AgentOutput,
     AgentProvider,
@@ -141,10 +142,16 @@ class _Calls:
     calls: list[_ToolCall] = field(default_factory=list)
 
 
-def turn_messages(turn: TurnInput, *, system_prompt: str) -> list[dict[str, Any]]:
-    """The chat-completions conversation for ``turn``: persona, history, the new input."""
+def turn_messages(
+    turn: TurnInput, *, system_prompt: str, history_max_tokens: int = 0
+) -> list[dict[str, Any]]:
+    """The chat-completions conversation for ``turn``: persona, history, the new input.
+
+    History beyond ``history_max_tokens`` (estimated, :func:`within_budget`; 0: no limit)
+    loses its oldest messages; the persona and the new input always go.
+    """
     messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}]
-    messages.extend(turn.history)
+    messages.extend(within_budget(turn.history, history_max_tokens))
     if turn.kind in ("dtmf", "digits") or (turn.kind == "utterance" and turn.text):
         content = caller_input_text(turn.kind, turn.text, turn.keys)
         messages.append({"role": "user", "content": content})
@@ -193,6 +200,7 @@ class OpenAIAgent(AgentProvider):
                 ],
                 # Same tools as real turns: they are part of the cached prompt prefix.
                 tools=cast("list[ChatCompletionToolUnionParam]", tools) if tools else omit,
+                max_tokens=min(self._settings.openai_max_tokens, 16),
                 timeout=self._settings.provider_timeout_s,
             )
         except Exception as e:
@@ -259,7 +267,11 @@ class OpenAIAgent(AgentProvider):
             if fixed[1] is not None:
                 yield fixed[1]
             return
-        messages = turn_messages(turn, system_prompt=self._system_prompt)
+        messages = turn_messages(
+            turn,
+            system_prompt=self._system_prompt,
+            history_max_tokens=self._settings.agent_history_max_tokens,
+        )
         tools = self.tool_schemas()
         spoken = False
         final = not tools
@@ -333,6 +345,9 @@ class OpenAIAgent(AgentProvider):
                 stream=True,
                 tools=cast("list[ChatCompletionToolUnionParam]", tools) if tools else omit,
                 tool_choice="none" if tools and final else omit,
+                # Every completion is bounded: a runaway reply (or a flood of turns) costs
+                # at most this many output tokens a round.
+                max_tokens=self._settings.openai_max_tokens,
             )
         except Exception as e:
             raise wrap_error(e) from e
