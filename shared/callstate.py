@@ -14,6 +14,9 @@ from shared.settings import Settings
 KEY_PREFIX = "va:"
 HISTORY = "hist"  # list of JSON chat entries (private ``_``-prefixed fields)
 HEARD = "heard"  # hash turn -> JSON {"seq", "text"}: where barge-in cut that turn's reply
+VERIFIED = "verified"  # JSON {"member_id", "verification"}: the member verified on this call
+VERIFY_ATTEMPTS = "verify"  # counter: verification attempts made on this call
+PHI_LOOKUPS = "phi"  # counter: PHI tool calls made on this call
 
 
 def call_key(kind: str, call_sid: str) -> str:

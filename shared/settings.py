@@ -137,6 +137,17 @@ class Settings(BaseSettings):
         "caches them); empty: the model greets",
     )
     mcp_server_url: str = ""
+    mcp_verify_tool: str = Field(
+        default="verify_member",
+        description="the MCP tool that verifies the caller (member id + date of birth); every "
+        "other MCP tool reads PHI and is offered only after it succeeded in the same call",
+    )
+    verify_attempts_per_call: int = Field(
+        default=3, ge=1, description="verification attempts allowed per call"
+    )
+    phi_lookups_per_call: int = Field(
+        default=10, ge=1, description="PHI tool calls (MCP lookups) allowed per call"
+    )
     elevenlabs_api_key: SecretStr = SecretStr("")
     elevenlabs_base_url: str = ""
     elevenlabs_voice_id: str = "21m00Tcm4TlvDq8ikWAM"

@@ -23,11 +23,13 @@ import math
 from typing import Any
 
 from services.agent.store import Store, call_key
+from shared.callstate import PHI_LOOKUPS, VERIFIED, VERIFY_ATTEMPTS
 from shared.logging import kv
 
 log = logging.getLogger(__name__)
 
 HISTORY_TTL_S = 24 * 3600.0
+_VERIFICATION_KEYS = (VERIFIED, VERIFY_ATTEMPTS, PHI_LOOKUPS)  # services.agent.verification
 MAX_MESSAGES = 200  # older entries are dropped; a phone call rarely gets near this
 GENERATING_TTL_S = 120.0  # a replica that dies mid-turn leaves no stale flag for long
 SPEAKING_TTL_S = 60.0  # a lost Played must not mute backchannel-like answers for long
@@ -283,11 +285,17 @@ class History:
         await self.store.delete_if_equal(call_key("gen", call_sid), str(turn))
 
     async def end_call(self, call_sid: str) -> None:
-        """The call is over: drop its counters; history and bookings expire with their TTL."""
-        await self.store.delete(call_key("turn", call_sid), call_key("gen", call_sid))
+        """The call is over: drop its counters and the caller's verification (a call SID
+        seen again must verify again); history and bookings expire with their TTL."""
+        await self.store.delete(
+            *(call_key(k, call_sid) for k in ("turn", "gen", *_VERIFICATION_KEYS))
+        )
 
     def forget_local(self, call_sid: str) -> None:
         """Drop this process's mirror of the call (every replica, on ``CallEnded``)."""
         self.store.forget_local(
-            *(call_key(k, call_sid) for k in ("hist", "heard", "turn", "gen", "appt", "seen"))
+            *(
+                call_key(k, call_sid)
+                for k in ("hist", "heard", "turn", "gen", "appt", "seen", *_VERIFICATION_KEYS)
+            )
         )

@@ -17,7 +17,7 @@ import logging
 import re
 import time
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from shared.logging import kv
 from shared.metrics import PROVIDER_ERRORS, STAGE_LATENCY
@@ -26,7 +26,7 @@ from shared.settings import Settings
 
 if TYPE_CHECKING:
     from mcp import Client
-    from mcp.types import CallToolResult, Tool
+    from mcp.types import CallToolResult, RequestParamsMeta, Tool
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,20 @@ class McpTools:
     def __contains__(self, name: object) -> bool:
         return name in self._names
 
-    async def call(self, name: str, arguments: dict[str, Any]) -> str:
-        """Run tool ``name``; the result text, or an error text for the model (never raises)."""
+    async def call(
+        self, name: str, arguments: dict[str, Any], *, meta: dict[str, Any] | None = None
+    ) -> str:
+        """Run tool ``name``; the result text, or an error text for the model (never raises).
+
+        ``meta`` goes in the request's ``_meta`` (the call context: :mod:`shared.mcp_context`).
+        """
+        result = await self.invoke(name, arguments, meta=meta)
+        return result if isinstance(result, str) else result_text(result)
+
+    async def invoke(
+        self, name: str, arguments: dict[str, Any], *, meta: dict[str, Any] | None = None
+    ) -> CallToolResult | str:
+        """Run tool ``name``: the server's result, or an error text for the model (never raises)."""
         mcp_name = self._names.get(name)
         if mcp_name is None:
             return f"Tool error: there is no tool named {name}."
@@ -166,7 +178,10 @@ class McpTools:
         try:
             async with asyncio.timeout(self.call_timeout_s):
                 result = await client.call_tool(
-                    mcp_name, arguments, read_timeout_seconds=self.call_timeout_s
+                    mcp_name,
+                    arguments,
+                    read_timeout_seconds=self.call_timeout_s,
+                    meta=cast("RequestParamsMeta", meta) if meta else None,
                 )
         except TimeoutError:
             self._count("timeout")
@@ -186,7 +201,7 @@ class McpTools:
         STAGE_LATENCY.labels(SERVICE, "mcp_tool").observe(time.perf_counter() - started)
         if result.is_error:
             self._count("tool_error")
-        return result_text(result)
+        return result
 
     # -- the session owner
 

@@ -41,7 +41,7 @@ pytestmark = pytest.mark.integration
 TOKEN = "cloud-" + "7" * 26
 KEY = "sk-cloud-e2e"
 # Whisper writes numbers under 1000 as plain digits ("12345" would come out as "12,345").
-INSURANCE = "Can you check the insurance for member 842?"
+INSURANCE = "Can you check the insurance for member 842, born January 15, 1990?"
 BYE = "Thank you, goodbye."
 
 

@@ -84,7 +84,8 @@ async def test_the_model_calls_the_mcp_tool_and_speaks_its_result(
         turn = TurnInput(
             call_sid=_sid(),
             kind="utterance",
-            text="Can you check my insurance? My member ID is MBR-12345.",
+            text="Can you check my insurance? My member ID is MBR-12345, "
+            "date of birth April 12, 1980.",
         )
         outputs = await _collect(agent, turn)
     finally:
@@ -92,17 +93,24 @@ async def test_the_model_calls_the_mcp_tool_and_speaks_its_result(
         await mcp.aclose()
 
     assert insurance_status("MBR-12345") in _spoken(outputs)
-    assert mcp_server.calls == [("check_insurance", {"member_id": "MBR-12345"})]
-    call_msg, result_msg = _items(outputs)
+    assert mcp_server.calls == [
+        ("verify_member", {"member_id": "MBR-12345", "date_of_birth": "1980-04-12"}),
+        ("check_insurance", {"member_id": "MBR-12345"}),
+    ]
+    _, verified_msg, call_msg, result_msg = _items(outputs)
+    assert verified_msg["content"].startswith("Verified")
     assert call_msg["tool_calls"][0]["function"]["name"] == "check_insurance"
     assert json.loads(call_msg["tool_calls"][0]["function"]["arguments"]) == {
         "member_id": "MBR-12345"
     }
     assert result_msg["tool_call_id"] == call_msg["tool_calls"][0]["id"]
-    # The model was offered built-ins and MCP tools, and saw the tool result next round.
+    # Built-ins and the verification first; the PHI tools once it succeeded.
     offered = {t["function"]["name"] for t in fake.requests[0]["tools"]}
-    assert {"hang_up", "book_appointment", "check_insurance", "get_lab_results_status"} <= offered
-    assert fake.requests[1]["messages"][-1] == result_msg
+    assert {"hang_up", "book_appointment", "verify_member"} <= offered
+    assert not offered & {"check_insurance", "get_lab_results_status"}
+    offered = {t["function"]["name"] for t in fake.requests[1]["tools"]}
+    assert {"hang_up", "check_insurance", "get_lab_results_status"} <= offered
+    assert fake.requests[2]["messages"][-1] == result_msg
 
 
 async def test_parallel_tool_calls_are_assembled_by_index_and_all_answered(
@@ -113,7 +121,10 @@ async def test_parallel_tool_calls_are_assembled_by_index_and_all_answered(
     mcp = McpTools(url=mcp_server.url, reserved=tools.names)
     await mcp.start()
     agent = OpenAIAgent(settings=settings, tools=tools, mcp=mcp)
-    text = "Please check my insurance, member ID MBR-7, and my lab results for order L-55."
+    text = (
+        "Please check my insurance, member ID MBR-7, born September 30, 1975, "
+        "and my lab results for order L-77."
+    )
     try:
         outputs = await _collect(agent, TurnInput(call_sid=_sid(), kind="utterance", text=text))
     finally:
@@ -121,8 +132,8 @@ async def test_parallel_tool_calls_are_assembled_by_index_and_all_answered(
         await mcp.aclose()
 
     spoken = _spoken(outputs)
-    assert insurance_status("MBR-7") in spoken and lab_status("L-55") in spoken
-    call_msg, *results = _items(outputs)
+    assert insurance_status("MBR-7") in spoken and lab_status("L-77") in spoken
+    _, _, call_msg, *results = _items(outputs)  # verification, then the two lookups at once
     ids = [c["id"] for c in call_msg["tool_calls"]]
     assert len(set(ids)) == 2 and [r["tool_call_id"] for r in results] == ids
 

@@ -12,6 +12,7 @@ import pytest
 from mcp import Client
 from openai import AsyncOpenAI
 
+from shared import mcp_context
 from tests.natsserver import free_port
 from voiceagent.fakes.mcp_server import insurance_status
 from voiceagent.fakes.openai import DEFAULT_ANSWER
@@ -70,6 +71,14 @@ async def test_both_fakes_run_as_processes(
     assert reply.choices[0].message.content == DEFAULT_ANSWER
     await client.close()
 
+    ctx = {mcp_context.CALL_SID: "CA" + "5" * 32}
     async with Client(f"http://127.0.0.1:{mcp}/mcp") as session:
-        result = await session.call_tool("check_insurance", {"member_id": "Z9"})
-    assert result.content[0].text == insurance_status("Z9")  # type: ignore[union-attr]
+        refused = await session.call_tool("check_insurance", {"member_id": "842"}, meta=ctx)
+        verified = await session.call_tool(
+            "verify_member", {"member_id": "842", "date_of_birth": "1990-01-15"}, meta=ctx
+        )
+        proof = (verified.structured_content or {})["verification"]
+        ctx |= {mcp_context.MEMBER_ID: "842", mcp_context.VERIFICATION: proof}
+        result = await session.call_tool("check_insurance", {"member_id": "842"}, meta=ctx)
+    assert refused.is_error  # not verified on this call yet
+    assert result.content[0].text == insurance_status("842")  # type: ignore[union-attr]

@@ -1,15 +1,42 @@
-"""MCP tools over streamable HTTP against the fake MCP server: discovery, calls, failures."""
+"""MCP tools over streamable HTTP against the fake MCP server: discovery, calls, failures.
+
+The fake answers lookups only for a member verified on the call (``_meta``, see
+``shared/mcp_context.py``); :func:`_lookup` verifies first, as the agent does.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from services.agent.mcp_tools import McpTools
-from voiceagent.fakes.mcp_server import FakeMcpServer, insurance_status, lab_status
+from services.agent.mcp_tools import McpTools, result_text
+from shared import mcp_context
+from voiceagent.fakes.mcp_server import MEMBERS, FakeMcpServer, insurance_status, lab_status
+
+A = "MBR-12345"
+
+
+async def _lookup(
+    tools: McpTools, name: str = "check_insurance", args: dict[str, Any] | None = None
+) -> str:
+    """Verify member A on a fresh call, then run ``name`` for that call."""
+    sid = "CA" + uuid.uuid4().hex
+    born = MEMBERS[A].date_of_birth.isoformat()
+    got = await tools.invoke(
+        "verify_member", {"member_id": A, "date_of_birth": born}, meta={mcp_context.CALL_SID: sid}
+    )
+    if isinstance(got, str):
+        return got
+    proof = (got.structured_content or {}).get("verification")
+    if not isinstance(proof, str):
+        return result_text(got)
+    meta = {mcp_context.CALL_SID: sid, mcp_context.MEMBER_ID: A, mcp_context.VERIFICATION: proof}
+    return await tools.call(name, {"member_id": A} if args is None else args, meta=meta)
 
 
 @pytest.fixture
@@ -28,29 +55,30 @@ async def tools(server: FakeMcpServer) -> AsyncIterator[McpTools]:
 
 async def test_every_tool_is_offered_as_an_openai_function(tools: McpTools) -> None:
     by_name = {s["function"]["name"]: s for s in tools.schemas}
-    assert set(by_name) == {"check_insurance", "get_lab_results_status"}
+    assert set(by_name) == {"verify_member", "check_insurance", "get_lab_results_status"}
     params = by_name["check_insurance"]["function"]["parameters"]
     assert params["type"] == "object" and params["required"] == ["member_id"]
     assert by_name["get_lab_results_status"]["function"]["description"]
 
 
 async def test_calls_return_the_servers_answer(tools: McpTools) -> None:
-    assert await tools.call("check_insurance", {"member_id": "A-77"}) == insurance_status("A-77")
-    assert await tools.call("get_lab_results_status", {"order_id": "L900"}) == lab_status("L900")
+    assert await _lookup(tools) == insurance_status(A)
+    lab = await _lookup(tools, "get_lab_results_status", {"order_id": "L-55"})
+    assert lab == lab_status("L-55")
 
 
 async def test_tool_failures_come_back_as_text_for_the_model(
     tools: McpTools, server: FakeMcpServer
 ) -> None:
-    refused = await tools.call("check_insurance", {"member_id": "no digits"})
+    refused = await _lookup(tools, "check_insurance", {"member_id": "no digits"})
     assert refused.startswith("Tool error:") and "No record" in refused
-    bad_args = await tools.call("check_insurance", {})
+    bad_args = await _lookup(tools, "check_insurance", {})
     assert bad_args.startswith("Tool error:")
     assert (await tools.call("delete_everything", {})).startswith("Tool error:")
 
     server.tool_delay_s = 2.0
     started = time.monotonic()
-    slow = await tools.call("check_insurance", {"member_id": "A-77"})
+    slow = await tools.call("verify_member", {"member_id": A, "date_of_birth": "1980-04-12"})
     assert slow.startswith("Tool error:") and "in time" in slow
     assert time.monotonic() - started < 1.0
 
@@ -59,8 +87,8 @@ async def test_builtin_names_win_over_mcp_tools(server: FakeMcpServer) -> None:
     t = McpTools(url=server.url, reserved={"check_insurance"})
     await t.start()
     try:
-        assert t.names == {"get_lab_results_status"}
-        assert (await t.call("check_insurance", {"member_id": "A1"})).startswith("Tool error:")
+        assert t.names == {"verify_member", "get_lab_results_status"}
+        assert (await t.call("check_insurance", {"member_id": A})).startswith("Tool error:")
     finally:
         await t.aclose()
 
@@ -74,14 +102,14 @@ async def test_a_server_that_comes_up_later_is_picked_up() -> None:
     try:
         assert not await t.start()
         assert t.schemas == []
-        assert (await t.call("check_insurance", {"member_id": "A1"})).startswith("Tool error:")
+        assert (await _lookup(t)).startswith("Tool error:")
         async with FakeMcpServer(port=port):
             for _ in range(40):  # first reconnect is 1 s after the failed attempt
                 if t.connected:
                     break
                 await asyncio.sleep(0.1)
-            assert t.names == {"check_insurance", "get_lab_results_status"}
-            assert await t.call("check_insurance", {"member_id": "A1"}) == insurance_status("A1")
+            assert t.names == {"verify_member", "check_insurance", "get_lab_results_status"}
+            assert await _lookup(t) == insurance_status(A)
     finally:
         await t.aclose()
 
@@ -92,11 +120,11 @@ async def test_a_lost_server_is_an_error_text_then_reconnected(server: FakeMcpSe
     await t.start()
     try:
         await server.stop()
-        lost = await t.call("check_insurance", {"member_id": "A1"})
+        lost = await _lookup(t)
         assert lost.startswith("Tool error:")
         async with FakeMcpServer(port=port):
             for _ in range(40):
-                if await t.call("check_insurance", {"member_id": "A1"}) == insurance_status("A1"):
+                if await _lookup(t) == insurance_status(A):
                     break
                 await asyncio.sleep(0.1)
             else:

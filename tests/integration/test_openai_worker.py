@@ -100,7 +100,9 @@ async def _turn(rig: Rig, text: str) -> tuple[str, list[ReplySegment], list[Any]
 
 
 async def test_mcp_answer_is_published_sentence_by_sentence_and_remembered(rig: Rig) -> None:
-    sid, segments, _ = await _turn(rig, "Could you check my insurance? Member ID MBR-12345.")
+    sid, segments, _ = await _turn(
+        rig, "Could you check my insurance? Member ID MBR-12345, born April 12, 1980."
+    )
     spoken = " ".join(s.text for s in segments if s.text)
     assert insurance_status("MBR-12345") in spoken
     assert [s.seq for s in segments] == list(range(len(segments)))
@@ -109,9 +111,10 @@ async def test_mcp_answer_is_published_sentence_by_sentence_and_remembered(rig: 
 
     stored = await rig.history.load(sid)
     roles = [m["role"] for m in stored]
-    assert roles == ["user", "assistant", "tool", "assistant"]
-    assert stored[1]["tool_calls"][0]["function"]["name"] == "check_insurance"
-    assert insurance_status("MBR-12345") in stored[2]["content"]
+    assert roles == ["user", "assistant", "tool", "assistant", "tool", "assistant"]
+    assert stored[1]["tool_calls"][0]["function"]["name"] == "verify_member"
+    assert stored[3]["tool_calls"][0]["function"]["name"] == "check_insurance"
+    assert insurance_status("MBR-12345") in stored[4]["content"]
 
 
 async def test_goodbye_publishes_hangup_after_the_farewell_turn(rig: Rig) -> None:

@@ -122,3 +122,66 @@ def test_after_hang_up_it_says_goodbye() -> None:
         {"role": "tool", "tool_call_id": "c", "content": "The call will end."},
     ]
     assert decide(messages, [], call_ids=itertools.count()).content == GOODBYE
+
+
+VERIFY_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "verify_member",
+        "description": "Verify the caller",
+        "parameters": {
+            "type": "object",
+            "properties": {"member_id": {"type": "string"}, "date_of_birth": {"type": "string"}},
+            "required": ["member_id", "date_of_birth"],
+        },
+    },
+}
+
+
+def test_records_asked_before_verification_the_model_asks_to_verify() -> None:
+    from voiceagent.fakes.openai import ASK_VERIFY
+
+    decision = decide(
+        _user("Is my insurance active? Member MBR-1."), [VERIFY_TOOL], call_ids=itertools.count()
+    )
+    assert decision.content == ASK_VERIFY and not decision.tool_calls
+
+
+@pytest.mark.parametrize(
+    "born", ["April 12, 1980", "12th of April 1980", "1980-04-12", "04/12/1980", "April 12th 1980"]
+)
+def test_it_verifies_first_then_does_what_the_caller_asked(born: str) -> None:
+    text = f"Check my insurance, member ID MBR-12345, date of birth {born}."
+    ids = itertools.count()
+    first = decide(_user(text), [VERIFY_TOOL], call_ids=ids)
+    (call,) = first.tool_calls
+    assert call.name == "verify_member"
+    assert json.loads(call.arguments) == {"member_id": "MBR-12345", "date_of_birth": "1980-04-12"}
+    conversation = [
+        *_user(text),
+        {"role": "assistant", "content": None, "tool_calls": [_wire(call)]},
+        {"role": "tool", "tool_call_id": call.id, "content": "Verified: member MBR-12345."},
+    ]
+    # Verified: the lookups are offered now, and the model calls the one the caller wanted.
+    then = decide(conversation, [INSURANCE_TOOL], call_ids=ids)
+    assert [c.name for c in then.tool_calls] == ["check_insurance"]
+    failed = [*conversation[:-1], {**conversation[-1], "content": "Tool error: no match."}]
+    refused = decide(failed, [VERIFY_TOOL], call_ids=ids)
+    assert "Sorry. no match." in refused.content and not refused.tool_calls
+
+
+def test_max_tokens_cuts_the_content_and_finishes_with_length() -> None:
+    from voiceagent.fakes.openai import Decision, limit_tokens
+
+    cut = limit_tokens(Decision(content="one two three four five"), 3)
+    assert cut.content == "one two three" and cut.finish_reason == "length"
+    whole = limit_tokens(Decision(content="one two"), 3)
+    assert whole.content == "one two" and whole.finish_reason == "stop"
+
+
+def _wire(call: Any) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }

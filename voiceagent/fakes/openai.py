@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import itertools
 import json
 import logging
@@ -58,6 +59,12 @@ DEFAULT_ANSWER = (
 )
 GOODBYE = "Thank you for calling Riverside Family Clinic. Have a good day. Goodbye."
 TRANSFERRING = "Of course. Please hold while I transfer you to the front desk."
+ASK_VERIFY = (
+    "I can look that up once I have verified who you are. "
+    "What is your member ID, and your date of birth?"
+)
+VERIFIED = "Thank you, you're verified. How can I help with your insurance or lab results?"
+VERIFY_TOOL = "verify_member"
 
 # Which offered tool a caller's words ask for, first match wins. A tool is only ever called
 # when the request offers it, so the same script serves any tool set.
@@ -71,6 +78,7 @@ TOOL_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
             re.I,
         ),
     ),
+    (VERIFY_TOOL, re.compile(r"\b(date of birth|birth ?date|born|dob|verify)\b", re.I)),
     ("check_insurance", re.compile(r"\b(insurance|insured|covered|coverage)\b", re.I)),
     ("get_lab_results_status", re.compile(r"\b(lab|labs|test results|results)\b", re.I)),
     ("book_appointment", re.compile(r"\b(book|appointment|schedule|reschedule)\b", re.I)),
@@ -79,6 +87,9 @@ TOOL_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
 
 
 _ENDING_TOOLS = ("hang_up", "transfer")
+# Tools a records server offers only to a verified caller: asked for before, the model asks
+# the caller to verify.
+_RECORD_TOOLS = ("check_insurance", "get_lab_results_status")
 
 # ---------------------------------------------------------------- the "model"
 
@@ -146,6 +157,40 @@ _NAME_RE = re.compile(r"\bmy name is ([A-Za-z]+(?: [A-Za-z]+)?)", re.I)
 _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
 
 
+_MONTHS = {
+    m: i + 1
+    for i, m in enumerate(
+        "january february march april may june july august september october november "
+        "december".split()
+    )
+}
+_BIRTH_RES = (
+    (re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b"), "ymd"),
+    (re.compile(r"\b(\d{1,2})/(\d{1,2})/(\d{4})\b"), "mdy"),
+    (re.compile(r"\b([a-z]+)\.?\s+(\d{1,2})(?:st|nd|rd|th)?,?\s+(\d{4})\b", re.I), "Mdy"),
+    (re.compile(r"\b(\d{1,2})(?:st|nd|rd|th)?\s+(?:of\s+)?([a-z]+),?\s+(\d{4})\b", re.I), "dMy"),
+)
+
+
+def _find_birth_date(text: str) -> dt.date | None:
+    """A date in the caller's words ("born April 12, 1980", "1980-04-12", "04/12/1980")."""
+    for pattern, order in _BIRTH_RES:
+        for m in pattern.finditer(text):
+            a, b, c = m.groups()
+            try:
+                if order == "ymd":
+                    return dt.date(int(a), int(b), int(c))
+                if order == "mdy":
+                    return dt.date(int(c), int(a), int(b))
+                if order == "Mdy" and a.lower() in _MONTHS:
+                    return dt.date(int(c), _MONTHS[a.lower()], int(b))
+                if order == "dMy" and b.lower() in _MONTHS:
+                    return dt.date(int(c), _MONTHS[b.lower()], int(a))
+            except ValueError:
+                continue
+    return None
+
+
 def _find_id(noun: str, text: str) -> str | None:
     """The ID after ``noun`` ("member ID is MBR-1", "order L-5"), else the first ID-like word."""
     if noun:
@@ -185,6 +230,9 @@ def _guess(name: str, schema: dict[str, Any], text: str, tool: str) -> Any:
         when = _TIME_RE.search(text) or _PART_OF_DAY_RE.search(text)
         parts = [day.group(1).lower() if day else "", f"at {when.group(1)}" if when else ""]
         return " ".join(p for p in parts if p) or "tomorrow morning"
+    if "birth" in key or key == "dob":
+        born = _find_birth_date(text)
+        return born.isoformat() if born is not None else None
     if "day" in key or "date" in key:
         day = _DAY_RE.search(text)
         return day.group(1).lower() if day else "tomorrow"
@@ -223,7 +271,10 @@ def _spoken_value(value: Any) -> str:
 
 
 def _speakable(result: str) -> str:
-    """A tool result as a sentence or two (JSON objects read out as their values)."""
+    """A tool result as a sentence or two (JSON objects read out as their values, a tool
+    error as an apology)."""
+    if result.startswith("Tool error:"):
+        return "Sorry. " + _speakable(result.removeprefix("Tool error:").strip())
     try:
         data = json.loads(result)
     except ValueError:
@@ -244,6 +295,45 @@ def _last_tool_names(messages: Sequence[dict[str, Any]]) -> list[str]:
     return []
 
 
+def _called_since_user(messages: Sequence[dict[str, Any]]) -> set[str]:
+    """Names of the tools called since the latest user message."""
+    called: set[str] = set()
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            break
+        for tc in message.get("tool_calls") or ():
+            called.add(str((tc.get("function") or {}).get("name", "")))
+    return called
+
+
+def _wanted(text: str, offered: dict[str, dict[str, Any]], *, skip: set[str]) -> list[str]:
+    """The offered tools the caller's words ask for (an ending tool goes alone)."""
+    wanted = [
+        name
+        for name, pattern in TOOL_RULES
+        if name in offered and name not in skip and pattern.search(text)
+    ]
+    if wanted and wanted[0] in _ENDING_TOOLS:
+        return wanted[:1]
+    wanted = [name for name in wanted if name not in _ENDING_TOOLS]
+    if VERIFY_TOOL in wanted:
+        return [VERIFY_TOOL]  # verify first; the lookups follow once it answered
+    return wanted
+
+
+def _calls(
+    names: list[str], offered: dict[str, dict[str, Any]], text: str, call_ids: Iterator[int]
+) -> tuple[ToolCall, ...]:
+    return tuple(
+        ToolCall(
+            id=f"call_fake{next(call_ids):06d}",
+            name=name,
+            arguments=json.dumps(build_arguments(offered[name], text)),
+        )
+        for name in names
+    )  # several requests in one sentence: parallel tool calls, as real models make them
+
+
 def decide(
     messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]], *, call_ids: Iterator[int]
 ) -> Decision:
@@ -254,6 +344,14 @@ def decide(
             return Decision(content=GOODBYE)
         if "transfer" in names:
             return Decision(content=TRANSFERRING)
+        if VERIFY_TOOL in names and not _text_of(messages[-1]).startswith("Tool error:"):
+            # Verified: now do what the caller asked for, with the tools offered from now on.
+            users = [m for m in messages if m.get("role") == "user"]
+            text = _text_of(users[-1]) if users else ""
+            offered = _offered(tools)
+            skip = _called_since_user(messages) | {VERIFY_TOOL}
+            chained = _calls(_wanted(text, offered, skip=skip), offered, text, call_ids)
+            return Decision(tool_calls=chained) if chained else Decision(content=VERIFIED)
         results = []
         for message in reversed(messages):
             if message.get("role") != "tool":
@@ -268,20 +366,15 @@ def decide(
         return Decision(content=GREETING)
     text = _text_of(users[-1])
     offered = _offered(tools)
-    wanted = [name for name, pattern in TOOL_RULES if name in offered and pattern.search(text)]
-    if wanted and wanted[0] in _ENDING_TOOLS:
-        wanted = wanted[:1]  # ending the call goes alone
-    else:
-        wanted = [name for name in wanted if name not in _ENDING_TOOLS]
-    calls = tuple(
-        ToolCall(
-            id=f"call_fake{next(call_ids):06d}",
-            name=name,
-            arguments=json.dumps(build_arguments(offered[name], text)),
-        )
-        for name in wanted
-    )  # several requests in one sentence: parallel tool calls, as real models make them
-    return Decision(tool_calls=calls) if calls else Decision(content=DEFAULT_ANSWER)
+    calls = _calls(_wanted(text, offered, skip=set()), offered, text, call_ids)
+    if calls:
+        return Decision(tool_calls=calls)
+    asks_records = any(
+        name in _RECORD_TOOLS and pattern.search(text) for name, pattern in TOOL_RULES
+    )
+    if asks_records and VERIFY_TOOL in offered:
+        return Decision(content=ASK_VERIFY)  # the records tools come after verification
+    return Decision(content=DEFAULT_ANSWER)
 
 
 # ---------------------------------------------------------------- wire format

@@ -42,6 +42,7 @@ from services.agent.providers.base import (
     TurnInput,
 )
 from services.agent.tools import CallTools
+from services.agent.verification import PhiTools, VerifiedMember
 from shared.errors import ProviderAuthError, ProviderError, ProviderTimeout
 from shared.logging import kv
 from shared.metrics import PROVIDER_ERRORS, STAGE_LATENCY
@@ -171,7 +172,12 @@ class OpenAIAgent(AgentProvider):
             raise ProviderAuthError("OPENAI_API_KEY is not set", provider=PROVIDER)
         self._settings = settings
         self._tools = tools
-        self._mcp = mcp
+        # MCP tools read PHI: offered and run only for a caller verified in the call.
+        self._phi = (
+            PhiTools.from_settings(settings, mcp=mcp, store=tools.store)
+            if mcp is not None
+            else None
+        )
         self._model = settings.openai_model
         self._system_prompt = load_prompt(settings.agent_prompt_file)
         self._greeting = settings.agent_greeting.strip()
@@ -231,12 +237,17 @@ class OpenAIAgent(AgentProvider):
 
     # -- tools
 
-    def tool_schemas(self) -> list[dict[str, Any]]:
-        """Every tool offered to the model: built-ins first, then the MCP server's."""
+    def tool_schemas(self, verified: VerifiedMember | None = None) -> list[dict[str, Any]]:
+        """The tools offered to the model: built-ins first, then the MCP server's verification
+        tool, or, once the caller is ``verified`` in this call, its PHI tools."""
         schemas = list(self._tools.schemas())
-        if self._mcp is not None:
-            schemas.extend(self._mcp.schemas)
+        if self._phi is not None:
+            schemas.extend(self._phi.schemas(verified))
         return schemas
+
+    async def _offered(self, call_sid: str) -> list[dict[str, Any]]:
+        verified = await self._phi.verified(call_sid) if self._phi is not None else None
+        return self.tool_schemas(verified)
 
     async def _run_tool(
         self, call: _ToolCall, turn: TurnInput
@@ -251,8 +262,8 @@ class OpenAIAgent(AgentProvider):
         if self._tools.has(call.name):
             outcome = await self._tools.run(call.name, args, call_sid=turn.call_sid)
             return outcome.text, outcome.action
-        if self._mcp is not None and call.name in self._mcp:
-            return await self._mcp.call(call.name, args), None
+        if self._phi is not None and call.name in self._phi:
+            return await self._phi.call(call.name, args, call_sid=turn.call_sid), None
         return f"Tool error: there is no tool named {call.name}.", None
 
     # -- the turn
@@ -272,7 +283,7 @@ class OpenAIAgent(AgentProvider):
             system_prompt=self._system_prompt,
             history_max_tokens=self._settings.agent_history_max_tokens,
         )
-        tools = self.tool_schemas()
+        tools = await self._offered(turn.call_sid)
         spoken = False
         final = not tools
         for round_no in range(MAX_TOOL_ROUNDS + 1):
@@ -319,6 +330,8 @@ class OpenAIAgent(AgentProvider):
                     actions.append(action)
             for action in actions:
                 yield action
+            if self._phi is not None and any(c.name == self._phi.verify_tool for c in calls):
+                tools = await self._offered(turn.call_sid)  # verified: the PHI tools, from now
             if actions:
                 if spoken:
                     return  # the model already said its goodbye / hold line
