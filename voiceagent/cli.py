@@ -31,7 +31,7 @@ SERVICE_COMMANDS = ("gateway", "asr", "agent", "tts")
 DEMO_SCRIPT = ("What are your opening hours?", "Thank you, goodbye.")
 # --providers cloud: a question the fake model answers with the MCP server's tool.
 CLOUD_DEMO_SCRIPT = (
-    "Can you check the insurance for member 842, born January 15, 1990?",
+    "Can you check the insurance for member 842, date of birth January 15, 1990?",
     "Thank you, goodbye.",
 )
 MIN_WORD_RECALL = 0.5  # demo: share of the caller's words the recognizer must get

@@ -5,7 +5,9 @@ must be entered and left by the same task); turns call tools through it concurre
 server is down at startup the agent runs with its built-in tools and this task keeps trying
 to connect in the background; once connected, the server's tools are offered from the next
 turn on. A tool that fails, times out or cannot be reached returns an error *text* for the model
-to read out, never an exception into the turn.
+to read out, never an exception into the turn. A call may carry request ``_meta`` (the call
+context of :mod:`shared.mcp_context`); which tools a call may use is decided above this module
+(:mod:`services.agent.verification`).
 """
 
 from __future__ import annotations

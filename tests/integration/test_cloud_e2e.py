@@ -41,7 +41,7 @@ pytestmark = pytest.mark.integration
 TOKEN = "cloud-" + "7" * 26
 KEY = "sk-cloud-e2e"
 # Whisper writes numbers under 1000 as plain digits ("12345" would come out as "12,345").
-INSURANCE = "Can you check the insurance for member 842, born January 15, 1990?"
+INSURANCE = "Can you check the insurance for member 842, date of birth January 15, 1990?"
 BYE = "Thank you, goodbye."
 
 
@@ -217,7 +217,7 @@ async def test_deepgram_hears_openai_calls_an_mcp_tool_elevenlabs_speaks(cloud: 
     # tool results it was given).
     answer_turn = bus.turns()[-1]
     answer = bus.reply_text(answer_turn)
-    assert insurance_status("842") in answer, f"agent said {answer!r}" + ctx
+    assert insurance_status("842") in answer, f"agent said {answer!r} to {recognized!r}" + ctx
     # ElevenLabs audio reached the caller as Twilio media, in time.
     reply = result.turns[0]
     assert heard(reply), "no reply heard" + ctx

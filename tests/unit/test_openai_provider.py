@@ -65,6 +65,9 @@ def test_bundled_persona_is_written_for_the_phone() -> None:
     prompt = load_prompt(None)
     assert prompt == DEFAULT_PROMPT_FILE.read_text().strip()
     assert "no markdown" in prompt and "Riverside Family Clinic" in prompt
+    # Records only about the member verified on this call, never "whoever the caller names".
+    assert "member or order the caller names" not in prompt
+    assert "only about the member verified on this call" in " ".join(prompt.split())
 
 
 def test_a_custom_prompt_file_replaces_the_persona(tmp_path: Path) -> None:

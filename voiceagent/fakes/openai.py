@@ -167,8 +167,12 @@ _MONTHS = {
 _BIRTH_RES = (
     (re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b"), "ymd"),
     (re.compile(r"\b(\d{1,2})/(\d{1,2})/(\d{4})\b"), "mdy"),
-    (re.compile(r"\b([a-z]+)\.?\s+(\d{1,2})(?:st|nd|rd|th)?,?\s+(\d{4})\b", re.I), "Mdy"),
-    (re.compile(r"\b(\d{1,2})(?:st|nd|rd|th)?\s+(?:of\s+)?([a-z]+),?\s+(\d{4})\b", re.I), "dMy"),
+    # Recognizers punctuate spoken dates freely ("January 15? 1990."): any of ,.? may follow.
+    (re.compile(r"\b([a-z]+)\.?\s+(\d{1,2})(?:st|nd|rd|th)?[,.?]?\s+(\d{4})\b", re.I), "Mdy"),
+    (
+        re.compile(r"\b(\d{1,2})(?:st|nd|rd|th)?\s+(?:of\s+)?([a-z]+)[,.?]?\s+(\d{4})\b", re.I),
+        "dMy",
+    ),
 )
 
 

@@ -8,10 +8,14 @@ fallback.
 
 A turn is a loop of streamed rounds: content deltas are yielded as they arrive (the worker
 cuts sentences); tool-call deltas are accumulated by index; when the model asks for tools they
-run (built-ins here, MCP tools through :class:`McpTools`), the assistant message and each tool
+run (built-ins here, MCP tools through :class:`PhiTools`: its PHI tools only for a caller
+verified in this call), the assistant message and each tool
 result are yielded as :class:`HistoryItem` (the worker stores them) and appended to the
 conversation, and the next round starts. At most :data:`MAX_TOOL_ROUNDS` rounds call tools; the
 last one forbids tools so the model has to answer.
+
+Cost bounds: every completion carries ``max_tokens`` (``OPENAI_MAX_TOKENS``) and the history
+sent is cut to ``AGENT_HISTORY_MAX_TOKENS`` estimated tokens (:func:`within_budget`).
 """
 
 from __future__ import annotations
