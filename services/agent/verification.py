@@ -77,6 +77,14 @@ class VerifiedMember:
             return None
 
 
+def verified_note(member: VerifiedMember) -> str:
+    """What the model is told at each turn of a verified call (never the proof)."""
+    return (
+        f"The caller was verified on this call as member {member.member_id}. Discuss only "
+        f"this member's records."
+    )
+
+
 class CallerVerification:
     """The per-call record of the verified member and the attempt and lookup counters."""
 

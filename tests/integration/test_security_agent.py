@@ -226,6 +226,7 @@ async def test_after_verifying_a_member_another_members_lookup_is_refused(
     assert (lookup.name, lookup.call_sid, lookup.member_id) == ("check_insurance", sid, A)
     assert await _verified_in_redis(redis_url, sid) == A  # any replica sees it
 
+    second = len(rig.fake.requests)
     said = await _say(tap, f"Now check the insurance for member {B}, please.", 2)
     await tap.stop()
     assert insurance_status(B) not in said and insurance_status(A) not in said
@@ -233,6 +234,11 @@ async def test_after_verifying_a_member_another_members_lookup_is_refused(
     refused = rig.mcp_server.requests[-1]
     assert refused.arguments == {"member_id": B} and refused.member_id == A
     assert not refused.answered
+    # The next turn's model knows who is verified; the server's proof never reaches it.
+    notes = rig.fake.requests[second]["messages"][1]
+    assert notes["role"] == "system" and A in notes["content"]
+    proof = rig.mcp_server.proof(sid, A)
+    assert not any(proof in json.dumps(body) for body in rig.fake.requests)
 
 
 async def test_a_wrong_date_of_birth_does_not_verify(rig: Rig, redis_url: str) -> None:

@@ -46,7 +46,7 @@ from services.agent.providers.base import (
     TurnInput,
 )
 from services.agent.tools import CallTools
-from services.agent.verification import PhiTools, VerifiedMember
+from services.agent.verification import PhiTools, VerifiedMember, verified_note
 from shared.errors import ProviderAuthError, ProviderError, ProviderTimeout
 from shared.logging import kv
 from shared.metrics import PROVIDER_ERRORS, STAGE_LATENCY
@@ -249,9 +249,8 @@ class OpenAIAgent(AgentProvider):
             schemas.extend(self._phi.schemas(verified))
         return schemas
 
-    async def _offered(self, call_sid: str) -> list[dict[str, Any]]:
-        verified = await self._phi.verified(call_sid) if self._phi is not None else None
-        return self.tool_schemas(verified)
+    async def _verified(self, call_sid: str) -> VerifiedMember | None:
+        return await self._phi.verified(call_sid) if self._phi is not None else None
 
     async def _run_tool(
         self, call: _ToolCall, turn: TurnInput
@@ -287,7 +286,11 @@ class OpenAIAgent(AgentProvider):
             system_prompt=self._system_prompt,
             history_max_tokens=self._settings.agent_history_max_tokens,
         )
-        tools = await self._offered(turn.call_sid)
+        verified = await self._verified(turn.call_sid)
+        tools = self.tool_schemas(verified)
+        if verified is not None:
+            # The history sent may have lost the verification (budget): say who it was.
+            messages.insert(1, {"role": "system", "content": verified_note(verified)})
         spoken = False
         final = not tools
         for round_no in range(MAX_TOOL_ROUNDS + 1):
@@ -335,7 +338,8 @@ class OpenAIAgent(AgentProvider):
             for action in actions:
                 yield action
             if self._phi is not None and any(c.name == self._phi.verify_tool for c in calls):
-                tools = await self._offered(turn.call_sid)  # verified: the PHI tools, from now
+                # Verified: the PHI tools from the next round on.
+                tools = self.tool_schemas(await self._verified(turn.call_sid))
             if actions:
                 if spoken:
                     return  # the model already said its goodbye / hold line
