@@ -23,8 +23,11 @@ from nats.errors import TimeoutError as NatsTimeout
 from pydantic import SecretStr
 
 from shared import audit, bus, subjects
+from shared.messages import StageFailed, Transfer
 from shared.settings import Settings
 from tests.natsserver import private_nats_server
+from voiceagent.bench_turntaking import TurnBench
+from voiceagent.fakes.twilio_rest import FakeTwilioRest
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "deploy" / "nats" / "nats-server.conf"
@@ -153,6 +156,9 @@ async def test_each_service_normal_traffic_flows(svcs: dict[str, Svc]) -> None:
         (gw, agent, subjects.control(call)),
         (gw, tts, subjects.control(call)),
         (gw, asr, subjects.control(call)),
+        (agent, gw, subjects.control(call)),
+        (agent, tts, subjects.control(call)),
+        (asr, agent, subjects.asr_control(call)),
         (asr, gw, subjects.asr_heartbeat(call)),
     ]
     for pub, recv, subject in hops:
@@ -226,3 +232,63 @@ async def test_services_are_refused_outside_their_subjects(svcs: dict[str, Svc])
         await tts.nc.request(subjects.ASR_CLAIM, b"claim", timeout=0.3)
     assert not claims.msgs
     assert any("voice._sys.asr.claim" in e.lower() for e in tts.violations()), tts.errors
+
+
+# ------------------------------------------------------------------ who may redirect a call
+
+DESK = "+15551230000"
+
+
+async def _requests_after(fake: FakeTwilioRest, n: int, within: float = 1.0) -> int:
+    """How many REST requests the fake has seen once ``n`` arrived (or ``within`` s passed)."""
+    for _ in range(int(within / 0.02)):
+        if len(fake.requests) >= n:
+            break
+        await asyncio.sleep(0.02)
+    return len(fake.requests)
+
+
+async def test_only_the_agent_transfers_and_only_to_the_configured_targets(
+    svcs: dict[str, Svc],
+) -> None:
+    """The gateway's call logic connected as the gateway user, Twilio's REST API faked: ASR
+    publishing a Transfer is refused by NATS; the agent's Transfer to a number outside
+    TRANSFER_TARGETS is refused by the gateway (the call goes on); to the target, it is made."""
+    gw, asr, agent = svcs["gateway"], svcs["asr"], svcs["agent"]
+    account, token = "AC" + "7" * 32, "rest-token-" + "x" * 21
+    with FakeTwilioRest(account_sid=account, auth_token=token) as fake:
+        settings = Settings(
+            _env_file=None,
+            twilio_account_sid=account,
+            twilio_auth_token=SecretStr(token),
+            twilio_api_base_url=fake.base_url,
+            transfer_targets=f"front_desk={DESK}",
+        )
+        bench = TurnBench(nc=gw.nc, settings=settings, vad_pool=None)
+        await bench.start()
+        call = bench.call_sid
+        try:
+            forged = Transfer(call_sid=call, to=DESK)
+            await asr.nc.publish(subjects.control(call), forged.to_bytes())
+            await asr.nc.flush()
+            assert await _requests_after(fake, 1) == 0
+            assert any(f'"{subjects.control(call).lower()}"' in e for e in asr.violations())
+
+            evil = Transfer(call_sid=call, to="+19005550100")
+            await agent.nc.publish(subjects.control(call), evil.to_bytes())
+            await agent.nc.flush()
+            for _ in range(100):
+                if any(isinstance(m, StageFailed) for m in bench.tap.other):
+                    break
+                await asyncio.sleep(0.02)
+            assert [m.reason for m in bench.tap.other if isinstance(m, StageFailed)] == ["transfer"]
+            assert fake.requests == [] and not bench.leg.closed.is_set()
+
+            good = Transfer(call_sid=call, to=DESK)
+            await agent.nc.publish(subjects.control(call), good.to_bytes())
+            await asyncio.wait_for(bench.leg.closed.wait(), 5)
+            assert await _requests_after(fake, 1) == 1
+            assert f"<Dial>{DESK}</Dial>" in fake.requests[0].form["Twiml"]
+        finally:
+            await bench.stop()
+    assert not agent.violations() and not gw.violations(), (agent.errors, gw.errors)

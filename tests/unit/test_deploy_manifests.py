@@ -126,15 +126,53 @@ def test_every_service_connects_as_its_own_nats_user() -> None:
         assert f"user: {name}\n" in auth and f'"_INBOX_{name}.>"' in auth
 
 
+def _compose() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return doc
+
+
 def test_compose_runs_the_stack_with_jetstream() -> None:
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    services = compose["services"]
+    services = _compose()["services"]
     assert {"nats", "redis", *SERVICES} <= set(services)
-    assert "-js" in services["nats"]["command"]
+    assert "jetstream {" in (ROOT / "deploy" / "nats" / "nats-server.conf").read_text()
     for name in SERVICES:
         assert services[name]["command"] == ["voiceagent", name]
-        assert "nats://nats:4222" in str(services[name]["environment"])
+        assert services[name]["environment"]["NATS_URL"] == "nats://nats:4222"
     assert services["ngrok"]["profiles"] == ["ngrok"]
+
+
+def test_compose_nats_runs_the_shipped_config_with_one_user_per_service() -> None:
+    services = _compose()["services"]
+    nats = services["nats"]
+    # The file tests/integration/test_security_nats.py proves, mounted where -c points.
+    assert nats["command"][:2] == ["-c", "/etc/nats/nats-server.conf"]
+    assert "./deploy/nats:/etc/nats:ro" in nats["volumes"]
+    assert "include ./auth.conf" in (ROOT / "deploy" / "nats" / "nats-server.conf").read_text()
+    # The server reads every password from nats.env and refuses to start without it.
+    assert nats["env_file"] == [{"path": "nats.env", "required": True}]
+    assert "nats.env" in (ROOT / ".gitignore").read_text().split()
+    auth = NATS_AUTH.read_text()
+    for name in SERVICES:
+        env = services[name]["environment"]
+        var = f"{name.upper()}_NATS_PASSWORD"
+        assert env["NATS_USER"] == name and f"user: {name}\n" in auth
+        assert f"password: ${var}\n" in auth
+        # Its own password only, interpolated (compose stops when it is missing), never the file.
+        assert env["NATS_PASSWORD"].startswith("${" + var + ":?")
+        assert env["NATS_INBOX_PREFIX"] == f"_INBOX_{name}"
+        env_files = services[name].get("env_file", [])
+        assert all("nats.env" not in str(f) for f in env_files)
+
+
+def test_compose_publishes_ports_on_loopback_only_and_no_inspector() -> None:
+    services = _compose()["services"]
+    published = [(name, p) for name, svc in services.items() for p in svc.get("ports", [])]
+    assert published  # the gateway, NATS monitoring, the tunnel's status page
+    for name, port in published:
+        assert str(port).startswith("127.0.0.1:"), (name, port)
+    # ngrok's inspector records webhook bodies and signatures: off unless asked for.
+    command = services["ngrok"]["command"]
+    assert "--inspect=${NGROK_INSPECT:-false}" in command
 
 
 def test_dockerfile_runs_as_non_root() -> None:
