@@ -10,7 +10,8 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from argparse import Namespace
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,12 +23,14 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from pydantic import SecretStr
 
-from shared import audit, bus, subjects
-from shared.messages import StageFailed, Transfer
+from shared import audit, bus, callevents, subjects
+from shared.messages import Event, StageFailed, Transcript, Transfer
 from shared.settings import Settings
 from tests.natsserver import private_nats_server
+from voiceagent import ops_cli
 from voiceagent.bench_turntaking import TurnBench
 from voiceagent.fakes.twilio_rest import FakeTwilioRest
+from voiceagent.tail import run_tail
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "deploy" / "nats" / "nats-server.conf"
@@ -292,3 +295,88 @@ async def test_only_the_agent_transfers_and_only_to_the_configured_targets(
         finally:
             await bench.stop()
     assert not agent.violations() and not gw.violations(), (agent.errors, gw.errors)
+
+
+# ------------------------------------------------------------------ operators and call text
+
+
+async def _wait(check: Callable[[], Awaitable[bool]], what: str, within: float = 5.0) -> None:
+    for _ in range(int(within / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_operators_read_call_text_only_after_an_audit_record(
+    svcs: dict[str, Svc], secured_nats: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``replay --show-text`` and ``tail --show-text``, connected as ``operator``: each writes
+    its audit record (the only ones operator may write) before any text; no raw audio."""
+    gw, asr, op = svcs["gateway"], svcs["asr"], svcs["operator"]
+    call = "CA" + uuid.uuid4().hex
+    # The gateway sets up both streams (operator may not create streams).
+    assert await callevents.ensure_stream(gw.nc, Settings(_env_file=None, events_retention_h=1))
+    await audit.ensure_stream(gw.nc, max_age_days=1)
+    words = "my member id is 4 8 1 5"
+    said = Transcript(call_sid=call, utterance_id=1, text=words, is_final=True)
+    await asr.nc.publish(subjects.transcript(call), said.to_bytes())
+    await asr.nc.flush()
+
+    async def stored() -> bool:
+        return bool(await callevents.read_call(op.nc, call))
+
+    await _wait(stored, "the transcript in VOICE_EVENTS")
+
+    for var, value in (("NATS_USER", "operator"), ("NATS_INBOX_PREFIX", "_INBOX_operator")):
+        monkeypatch.setenv(var, value)
+    monkeypatch.setenv("NATS_PASSWORD", PASSWORDS["operator"])
+
+    shown: list[str] = []
+    args = Namespace(call_sid=call, show_text=True, nats_url=secured_nats, stage=None, color=False)
+    assert await ops_cli.run_replay(args, out=shown.append) == 0, shown
+    assert any(words in line for line in shown), shown
+
+    lines: list[str] = []
+    stop = asyncio.Event()
+    tail = asyncio.create_task(
+        run_tail(nats_url=secured_nats, call_sid=call, show_text=True, out=lines.append, stop=stop)
+    )
+
+    async def tail_audited() -> bool:
+        return any(r.action == "call.tail" for r in await audit.query(op.nc, call_sid=call))
+
+    try:
+        await _wait(tail_audited, "the tail's audit record")
+        assert not lines  # nothing shown before the record was stored
+
+        # Raw caller audio never reaches operator; events published after it on the same
+        # connection do (so the audio would have been there first).
+        ev = Event(call_sid=call, service="gateway", name="probe")
+
+        async def tail_shows_text() -> bool:
+            await gw.nc.publish(subjects.audio_in(call, "asr-1"), b"\xff" * 160)
+            await gw.nc.publish(subjects.events(call), ev.to_bytes())
+            await asr.nc.publish(subjects.transcript(call), said.to_bytes())
+            return any(words in line for line in lines) and any("probe" in x for x in lines)
+
+        await _wait(tail_shows_text, "the tail's lines")
+        assert not any("audio" in line.split()[1] for line in lines), lines
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(tail, 5) is True
+
+    records = await audit.query(op.nc, call_sid=call)
+    assert [(r.action, r.service) for r in records] == [
+        ("call.replay", "cli"),
+        ("call.tail", "cli"),
+    ]
+
+    # A raw client with operator's password: no audio subscription, no other audit records.
+    await op.nc.subscribe(subjects.audio_in_any(call))
+    await op.nc.publish(subjects.audit("transcript.export"), b"{}")
+    await op.nc.flush()
+    await asyncio.sleep(0.3)
+    refused = " ".join(op.violations())
+    assert "subscription" in refused and "audio.in" in refused, op.errors
+    assert "audit.transcript.export" in refused, op.errors
