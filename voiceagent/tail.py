@@ -139,6 +139,7 @@ _PARSERS: dict[str, Callable[[bytes], Any]] = {
     "transcript": parse_transcript,
     "reply": parse_reply,
     "control": parse_control,
+    "control.asr": parse_control,
     "events": parse_event,
     "_sys.asr.claim": AsrClaim.model_validate_json,
     "_sys.asr.heartbeat": AsrHeartbeat.model_validate_json,
