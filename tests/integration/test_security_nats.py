@@ -145,7 +145,12 @@ async def test_each_service_normal_traffic_flows(svcs: dict[str, Svc]) -> None:
 
     await asr.nc.subscribe(subjects.ASR_CLAIM, queue=subjects.QUEUE_ASR, cb=answer)
     await asr.nc.flush()
-    reply = await gw.nc.request(subjects.ASR_CLAIM, b"claim", timeout=2)
+    for _ in range(25):  # interest can take a moment to reach the gateway's connection
+        try:
+            reply = await gw.nc.request(subjects.ASR_CLAIM, b"claim", timeout=2)
+            break
+        except NoRespondersError:
+            await asyncio.sleep(0.2)
     assert reply.data == b"accepted"
 
     # The audio/text pipeline, each hop with the publisher's and subscriber's own rights.
