@@ -293,6 +293,59 @@ def test_helm_values_ship_tls_encryption_at_rest_and_the_redis_users() -> None:
         assert sorted(mine) == sorted(rules), name
 
 
+def _kustomized_deployments() -> dict[str, dict[str, Any]]:
+    """The Deployments after kustomization.yaml's JSON patches (only ``add``, as it uses)."""
+    import copy
+
+    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    deps = copy.deepcopy(_deployments())
+    for entry in kust.get("patches", []):
+        target = entry["target"]
+        assert target["kind"] == "Deployment"
+        selected = [
+            d
+            for d in deps.values()
+            if d["metadata"]["name"] == target.get("name", d["metadata"]["name"])
+            and all(
+                d["metadata"]["labels"].get(k) == v
+                for k, v in (
+                    pair.split("=") for pair in filter(None, [target.get("labelSelector")])
+                )
+            )
+        ]
+        assert selected, target
+        for dep in selected:
+            for op in yaml.safe_load(entry["patch"]):
+                assert op["op"] == "add" and op["path"].endswith("/-"), op
+                node: Any = dep
+                for part in op["path"].strip("/").split("/")[:-1]:
+                    node = node[int(part)] if isinstance(node, list) else node[part]
+                node.append(op["value"])
+    return deps
+
+
+def test_services_reach_nats_and_redis_over_tls_as_their_own_users() -> None:
+    config = next(d for _, d in MANIFESTS if d["kind"] == "ConfigMap")["data"]
+    assert config["NATS_URL"].startswith("tls://")
+    assert config["REDIS_URL"] == ""  # each Redis user's URL comes from its own Secret key
+    for name, dep in _kustomized_deployments().items():
+        kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
+        pod = dep["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        ca_dir = str(Path(config["NATS_TLS_CA_FILE"]).parent)
+        assert mounts[ca_dir]["readOnly"] is True, name
+        volume = next(v for v in pod["volumes"] if v["name"] == mounts[ca_dir]["name"])
+        assert volume["secret"]["secretName"] == "voiceagent-tls"
+        env = {e["name"]: e for e in container["env"]}
+        if name == "asr":
+            assert "REDIS_URL" not in env  # no Redis user for ASR
+        else:
+            ref = env["REDIS_URL"]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "voiceagent-redis", "key": name}
+            assert name in _acl_users()
+
+
 def test_dockerfile_runs_as_non_root() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "\nUSER " in text and "USER root" not in text
