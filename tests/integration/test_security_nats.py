@@ -40,6 +40,13 @@ PASSWORDS = {s: f"pw-{s}-{uuid.uuid4().hex[:8]}" for s in SERVICES}
 
 @pytest.fixture(scope="module")
 def secured_nats() -> Iterator[str]:
+    with shipped_nats_server() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def shipped_nats_server() -> Iterator[str]:
+    """nats-server with deploy/nats/nats-server.conf and its users' passwords."""
     store = tempfile.mkdtemp(prefix="nats-sec-")
     env = dict(os.environ, **{f"{s.upper()}_NATS_PASSWORD": p for s, p in PASSWORDS.items()})
     # The shipped file, verbatim but for where JetStream keeps its files.
@@ -385,3 +392,23 @@ async def test_operators_read_call_text_only_after_an_audit_record(
     refused = " ".join(op.violations())
     assert "subscription" in refused and "audio.in" in refused, op.errors
     assert "audit.transcript.export" in refused, op.errors
+
+
+async def test_tail_shows_no_text_when_its_audit_record_cannot_be_stored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fresh server without the audit stream (operator may not create it): ``tail
+    --show-text`` refuses before it subscribes, so it shows nothing of the call."""
+    for var, value in (("NATS_USER", "operator"), ("NATS_INBOX_PREFIX", "_INBOX_operator")):
+        monkeypatch.setenv(var, value)
+    monkeypatch.setenv("NATS_PASSWORD", PASSWORDS["operator"])
+    call = "CA" + uuid.uuid4().hex
+    lines: list[str] = []
+    with shipped_nats_server() as url:
+        shown = await asyncio.wait_for(
+            run_tail(nats_url=url, call_sid=call, show_text=True, out=lines.append), 15
+        )
+    assert shown is False
+    # Before the refusal only the client's notes on the refused stream creation, no call lines.
+    assert lines[-1] == "cannot write the audit record (TimeoutError): text not shown", lines
+    assert all(line.startswith("(nats: ") for line in lines[:-1]), lines
