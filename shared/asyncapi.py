@@ -82,8 +82,14 @@ CHANNELS: dict[str, Channel] = {
     "control": Channel(
         _wild(subjects.control),
         m.ControlMsg,
-        "Anyone -> everyone on the call: start, end, interrupt, played, hangup, transfer, dtmf, "
-        "stage failed.",
+        "Gateway and agent -> everyone on the call: start, end, interrupt, played, hangup, "
+        "transfer, dtmf, prompt, stage failed.",
+    ),
+    "control.asr": Channel(
+        _wild(subjects.asr_control),
+        m.StageFailed,
+        "ASR -> agent (queue group agent): the recognizer failed (the agent apologizes).",
+        subjects.QUEUE_AGENT,
     ),
     "events": Channel(
         _wild(subjects.events),

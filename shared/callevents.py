@@ -72,7 +72,9 @@ async def ensure_stream(nc: NATS, settings: Settings) -> bool:
             log.info("events stream created", **kv(retention_h=settings.events_retention_h))
             return True
         have = info.config
-        if have.max_age != config.max_age or have.max_bytes != config.max_bytes:
+        changed = have.max_age != config.max_age or have.max_bytes != config.max_bytes
+        # A stream made before a subject was added (voice.*.control.asr) must take it too.
+        if changed or sorted(have.subjects or []) != sorted(config.subjects or []):
             await jsm.update_stream(config)
             log.info("events stream updated", **kv(retention_h=settings.events_retention_h))
         return True

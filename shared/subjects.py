@@ -76,8 +76,17 @@ def audio_out(call_sid: str) -> str:
 
 
 def control(call_sid: str) -> str:
-    """Anyone -> everyone on the call: start, end, interrupt, hangup, transfer, dtmf, played."""
+    """Gateway and agent -> everyone on the call: start, end, interrupt, hangup, transfer,
+    dtmf, played, prompt. NATS lets no other service publish here (deploy/nats/auth.conf)."""
     return f"{call_root(call_sid)}.control"
+
+
+def asr_control(call_sid: str) -> str:
+    """ASR -> agent (queue group) and the call's tailers: ``StageFailed`` of the recognizer.
+
+    Its own subject so the ASR user needs no right on :func:`control`, where ``Transfer`` and
+    ``Hangup`` travel (docs/security.md)."""
+    return f"{call_root(call_sid)}.control.asr"
 
 
 def events(call_sid: str) -> str:
@@ -104,6 +113,7 @@ ALL_RETRY_SEGMENT = f"{PREFIX}.*.retry.segment"
 ALL_TRANSCRIPT = f"{PREFIX}.*.transcript"
 ALL_REPLY = f"{PREFIX}.*.reply"
 ALL_CONTROL = f"{PREFIX}.*.control"
+ALL_ASR_CONTROL = f"{PREFIX}.*.control.asr"
 ALL_EVENTS = f"{PREFIX}.*.events"
 ALL_CALLS = f"{PREFIX}.>"
 
@@ -137,7 +147,7 @@ def audit(action: str) -> str:
 
 # Call event store (JetStream, see shared/callevents.py): everything but audio, for replay.
 EVENTS_STREAM = "VOICE_EVENTS"
-EVENTS_STREAM_SUBJECTS = (ALL_EVENTS, ALL_CONTROL, ALL_TRANSCRIPT, ALL_REPLY)
+EVENTS_STREAM_SUBJECTS = (ALL_EVENTS, ALL_CONTROL, ALL_ASR_CONTROL, ALL_TRANSCRIPT, ALL_REPLY)
 
 
 # Queue groups: one member of each group handles each message.

@@ -400,7 +400,7 @@ async def _tail(args: argparse.Namespace) -> int:
     if not reachable(u.hostname or "127.0.0.1", u.port or 4222, timeout=2):
         _out(f"NATS is not reachable at {u.netloc or url}: is the stack up? (voiceagent up)")
         return 1
-    await run_tail(
+    shown = await run_tail(
         nats_url=url,
         call_sid=None if args.all else args.call_sid,
         show_text=args.show_text,
@@ -409,7 +409,7 @@ async def _tail(args: argparse.Namespace) -> int:
         color=opts.color,
         out=_out,
     )
-    return 0
+    return 0 if shown else 1
 
 
 # ---------------------------------------------------------------- demo

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import time
 from collections.abc import Callable
 from typing import Any
@@ -92,6 +91,7 @@ async def run_replay(args: argparse.Namespace, *, out: Out) -> int:
 
     from shared import subjects
     from voiceagent.replay import replay
+    from voiceagent.tail import audit_text_access
 
     try:
         subjects.call_root(args.call_sid)
@@ -103,7 +103,9 @@ async def run_replay(args: argparse.Namespace, *, out: Out) -> int:
     if nc is None:
         return 1
     try:
-        if opts.show_text and not await _audit(nc, args.call_sid, out):
+        if opts.show_text and not await audit_text_access(
+            nc, action="call.replay", call_sid=args.call_sid, out=out
+        ):
             return 1
         try:
             n = await replay(nc, args.call_sid, opts, out=out)
@@ -116,30 +118,6 @@ async def run_replay(args: argparse.Namespace, *, out: Out) -> int:
         return 0
     finally:
         await nc.drain()
-
-
-async def _audit(nc: Any, call_sid: str, out: Out) -> bool:
-    """Record an unredacted replay in the audit trail; False (refuse) if it cannot be stored."""
-    try:
-        from shared.audit import AuditLog
-        from shared.settings import Settings
-    except ImportError:  # pragma: no cover - audit trail not part of this build
-        return True
-    try:
-        log = AuditLog(nc=nc, service="cli", max_age_days=Settings().audit_max_age_days)
-        await log.record(actor=_actor(), action="call.replay", call_sid=call_sid)
-    except Exception as e:
-        out(f"cannot write the audit record ({type(e).__name__}): text not shown")
-        return False
-    return True
-
-
-def _actor() -> str:
-    try:
-        name = getpass.getuser()
-    except Exception:
-        name = "unknown"
-    return "".join(c for c in name if c.isalnum() or c in "_.@-")[:64] or "unknown"
 
 
 async def run_calls(args: argparse.Namespace, *, out: Out) -> int:

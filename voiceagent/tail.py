@@ -5,6 +5,10 @@ Text (transcripts, replies, heard text) passes :func:`shared.redact.redact` unle
 ``--stage asr,agent`` keeps the lines of those services or subject kinds; colours (one per
 service) only on a terminal unless ``--color``. ``voiceagent replay`` renders stored messages with
 the same functions.
+
+Showing text is an access to PHI: ``--show-text`` first writes an audit record (``call.tail``,
+``call.replay``: :func:`audit_text_access`); no record stored, no text. Tail connects with the
+services' NATS settings (``NATS_USER``=operator, ...), so NATS permissions apply to it too.
 """
 
 from __future__ import annotations
@@ -135,6 +139,7 @@ _PARSERS: dict[str, Callable[[bytes], Any]] = {
     "transcript": parse_transcript,
     "reply": parse_reply,
     "control": parse_control,
+    "control.asr": parse_control,
     "events": parse_event,
     "_sys.asr.claim": AsrClaim.model_validate_json,
     "_sys.asr.heartbeat": AsrHeartbeat.model_validate_json,
@@ -324,6 +329,33 @@ def use_color(flag: bool | None, stream: Any = None) -> bool:
     return bool(isatty and isatty())
 
 
+def actor() -> str:
+    """Who reads (the OS user name, as one audit-safe token)."""
+    import getpass
+
+    try:
+        name = getpass.getuser()
+    except Exception:
+        name = "unknown"
+    return "".join(c for c in name if c.isalnum() or c in "_.@-")[:64] or "unknown"
+
+
+async def audit_text_access(
+    nc: Any, *, action: str, call_sid: str | None, out: Callable[[str], None]
+) -> bool:
+    """Write the audit record of showing call text; False (show nothing) if not stored."""
+    from shared.audit import AuditLog
+    from shared.settings import Settings
+
+    try:
+        log = AuditLog(nc=nc, service="cli", max_age_days=Settings().audit_max_age_days)
+        await log.record(actor=actor(), action=action, call_sid=call_sid)
+    except Exception as e:
+        out(f"cannot write the audit record ({type(e).__name__}): text not shown")
+        return False
+    return True
+
+
 async def run_tail(
     *,
     nats_url: str,
@@ -335,9 +367,13 @@ async def run_tail(
     out: Callable[[str], None] = print,
     stop: asyncio.Event | None = None,
     connect: Callable[..., Awaitable[Any]] | None = None,
-) -> None:
-    """Subscribe and print until ``stop`` is set (or forever)."""
+) -> bool:
+    """Subscribe and print until ``stop`` is set (or forever); False: refused (with
+    ``show_text``, the audit record could not be stored)."""
     import nats
+
+    from shared import bus
+    from shared.settings import Settings
 
     async def on_error(e: Exception) -> None:
         out(f"(nats: {type(e).__name__}; reconnecting)")
@@ -345,9 +381,15 @@ async def run_tail(
     opts = TailOptions(
         show_text=show_text, audio=audio, stages=stages, color=color, with_call=call_sid is None
     )
-    nc = await (connect or nats.connect)(
-        nats_url, name="voiceagent-tail", max_reconnect_attempts=-1, error_cb=on_error
-    )
+    # Credentials, inbox prefix and TLS from the same settings as the services'.
+    conn = bus.connect_options(Settings(nats_url=nats_url), name="voiceagent-tail")
+    conn.update(max_reconnect_attempts=-1, error_cb=on_error)
+    nc = await (connect or nats.connect)(nats_url, **conn)
+    if show_text and not await audit_text_access(
+        nc, action="call.tail", call_sid=call_sid, out=out
+    ):
+        await nc.close()
+        return False
 
     async def on_msg(msg: Any) -> None:
         line = format_if_shown(msg.subject, msg.headers, msg.data, opts, received_at=time.time())
@@ -363,3 +405,4 @@ async def run_tail(
         await (stop or asyncio.Event()).wait()
     finally:
         await nc.drain()
+    return True

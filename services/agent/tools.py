@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -24,12 +23,12 @@ from services.agent.providers.base import HangupAction, TransferAction
 from services.agent.store import Store, call_key
 from shared.logging import kv
 from shared.settings import Settings
+from shared.transfer_targets import parse_targets
 
 log = logging.getLogger(__name__)
 
 APPOINTMENTS_TTL_S = 7 * 86400.0  # a demo store: a real deployment books in its own system
 _CONFIRMATION_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: easier to spell out
-_TARGET = re.compile(r"^(?:\+[1-9]\d{6,14}|sips?:[^\s,]+)$")
 _MAX_FIELD = 120
 
 
@@ -61,25 +60,6 @@ class Booking:
             "when": self.when,
             "booked_at": self.booked_at,
         }
-
-
-def parse_targets(spec: str) -> dict[str, str]:
-    """``TRANSFER_TARGETS`` ("front_desk=+15551234567, +15557654321") as name -> number.
-
-    A bare number is its own name. Invalid entries are logged (without the value) and skipped.
-    """
-    targets: dict[str, str] = {}
-    for raw in spec.split(","):
-        item = raw.strip()
-        if not item:
-            continue
-        name, _, number = item.rpartition("=")
-        name, number = name.strip() or number.strip(), number.strip()
-        if not _TARGET.fullmatch(number):
-            log.warning("TRANSFER_TARGETS entry ignored: not +E.164 or sip:", **kv(name=name))
-            continue
-        targets[name.lower()] = number
-    return targets
 
 
 def spell(confirmation: str) -> str:

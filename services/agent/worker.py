@@ -317,12 +317,17 @@ class AgentWorker:
             subjects.ALL_CONTROL, queue=subjects.QUEUE_AGENT, decoder=_raw_body
         )
         control(self.on_control)
+        # The recognizer's failures come on ASR's own subject (it may not publish on control).
+        asr_failed = self._broker.subscriber(
+            subjects.ALL_ASR_CONTROL, queue=subjects.QUEUE_AGENT, decoder=_raw_body
+        )
+        asr_failed(self.on_asr_control)
         # The gateway re-sends a final transcript whose turn was lost (docs/failover.md).
         retries = self._broker.subscriber(
             subjects.ALL_RETRY_TURN, queue=subjects.QUEUE_AGENT, decoder=_raw_body
         )
         retries(self.on_transcript)
-        self._work_subs = [transcripts, control, retries]
+        self._work_subs = [transcripts, control, asr_failed, retries]
         self._broker.subscriber(subjects.ALL_CONTROL, decoder=_raw_body)(self.on_control_all)
 
     # ------------------------------------------------------------------ handlers
@@ -410,6 +415,18 @@ class AgentWorker:
             # A TTS failure cannot be apologized for out loud; anything else can.
             log.warning("stage failed", **kv(call=sid, stage=ctl.service))
             self.start_turn(TurnJob(call_sid=sid, kind="utterance", say=STAGE_APOLOGY))
+
+    async def on_asr_control(self, body: bytes, msg: NatsMessage) -> None:
+        """ASR's subject: only its ``StageFailed`` counts (anything else there is forged)."""
+        try:
+            ctl = parse_control(body)
+            _check_subject(ctl, msg)
+            if not isinstance(ctl, StageFailed) or ctl.service != "asr":
+                raise ValueError("not an ASR failure")
+        except (ValidationError, ValueError) as e:
+            _bad("control", e)
+            return
+        await self.on_control(body, msg)
 
     async def on_control_all(self, body: bytes, msg: NatsMessage) -> None:
         """Every replica: stop an interrupted turn, forget an ended call."""
@@ -820,7 +837,7 @@ async def run(settings: Settings) -> int:
 # The bus contract of this service (docs/asyncapi/agent.yaml; ``voiceagent asyncapi``).
 asyncapi_app = contract_app(
     "agent",
-    receives=("transcript", "control", "retry.turn"),
+    receives=("transcript", "control", "control.asr", "retry.turn"),
     sends=("reply", "control", "events", "turn.heartbeat"),
 )
 

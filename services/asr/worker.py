@@ -391,7 +391,7 @@ class AsrWorker:
         log.error("recognizer keeps failing; releasing the call", **kv(call=call.sid))
         if not call.stage_failed:  # the fallback path may have published it already
             failed = StageFailed(call_sid=call.sid, service=SERVICE, reason="recognizer failed")
-            await self._publish(subjects.control(call.sid), failed.to_bytes())
+            await self._publish(subjects.asr_control(call.sid), failed.to_bytes())
         await self._event(call.sid, "asr.failed", provider=self._provider.name)
         self._spawn(self.release(call.sid, reason="failed", flush=False))
 
@@ -410,7 +410,7 @@ class AsrWorker:
             call.stage_failed = True
             reason = f"{self._provider.name}: {type(error).__name__}"
             failed = StageFailed(call_sid=call.sid, service=SERVICE, reason=reason)
-            await self._publish(subjects.control(call.sid), failed.to_bytes())
+            await self._publish(subjects.asr_control(call.sid), failed.to_bytes())
         local = await self._local_recognizer()
         if local is None or call.closing:
             return False
@@ -686,7 +686,7 @@ async def run(settings: Settings) -> int:
 asyncapi_app = contract_app(
     "asr",
     receives=("audio.in", "control", "asr.claim"),
-    sends=("transcript", "control", "events", "asr.heartbeat"),
+    sends=("transcript", "control.asr", "events", "asr.heartbeat"),
 )
 
 

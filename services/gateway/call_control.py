@@ -9,6 +9,10 @@ updated with ``<Dial>`` TwiML, and Twilio stops the media stream itself.
 The twilio client is synchronous: every request runs in a worker thread (``asyncio.to_thread``)
 with a deadline, never on the event loop. ``TWILIO_API_BASE_URL`` points the client at another
 host (tests use :mod:`voiceagent.fakes.twilio_rest`).
+
+A transfer goes only to a number of ``TRANSFER_TARGETS`` (:mod:`shared.transfer_targets`),
+checked here, where the REST request is made: whoever can publish ``Transfer`` on the bus
+cannot redirect a call anywhere else.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 
 from shared.logging import kv
+from shared.metrics import BAD_MESSAGES
 from shared.settings import Settings
+from shared.transfer_targets import parse_targets
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +50,15 @@ class CallControl:
     """Ends and transfers calls through Twilio's REST API (one per gateway process)."""
 
     def __init__(
-        self, *, account_sid: str, auth_token: str, base_url: str = "", timeout_s: float = 5.0
+        self,
+        *,
+        account_sid: str,
+        auth_token: str,
+        base_url: str = "",
+        timeout_s: float = 5.0,
+        targets: frozenset[str] = frozenset(),
     ) -> None:
+        self._targets = targets
         self._sid = account_sid
         self._token = auth_token
         self._base_url = base_url.rstrip("/")
@@ -54,12 +67,14 @@ class CallControl:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CallControl:
-        """Built from ``TWILIO_ACCOUNT_SID``, ``TWILIO_AUTH_TOKEN``, ``TWILIO_API_BASE_URL``."""
+        """Built from ``TWILIO_ACCOUNT_SID``, ``TWILIO_AUTH_TOKEN``, ``TWILIO_API_BASE_URL``
+        and ``TRANSFER_TARGETS`` (the only numbers :meth:`transfer` dials)."""
         return cls(
             account_sid=settings.twilio_account_sid,
             auth_token=settings.twilio_auth_token.get_secret_value(),
             base_url=settings.twilio_api_base_url,
             timeout_s=REST_TIMEOUT_S,
+            targets=frozenset(parse_targets(settings.transfer_targets).values()),
         )
 
     @property
@@ -112,5 +127,10 @@ class CallControl:
         return await self._request("hangup", call_sid, status="completed")
 
     async def transfer(self, call_sid: str, to: str, *, caller_id: str | None = None) -> bool:
-        """Redirect the call to ``<Dial>to</Dial>``; False without credentials or on failure."""
+        """Redirect the call to ``<Dial>to</Dial>``; False without credentials, on failure, or
+        when ``to`` is not one of ``TRANSFER_TARGETS`` (refused without a request)."""
+        if to not in self._targets:
+            BAD_MESSAGES.labels("gateway", "transfer_target").inc()
+            log.warning("transfer refused: not in TRANSFER_TARGETS", **kv(call=call_sid))
+            return False
         return await self._request("transfer", call_sid, twiml=dial_twiml(to, caller_id=caller_id))

@@ -417,8 +417,10 @@ async def test_a_failed_recognizer_gets_an_apology_a_failed_voice_does_not(rig: 
     await tap.send(
         subjects.control(tap.sid), StageFailed(call_sid=tap.sid, service="tts", reason="down")
     )
+    # ASR's own subject carries only its failures: a key forged there starts no turn.
+    await tap.send(subjects.asr_control(tap.sid), Dtmf(call_sid=tap.sid, digit="0"))
     await tap.send(
-        subjects.control(tap.sid), StageFailed(call_sid=tap.sid, service="asr", reason="down")
+        subjects.asr_control(tap.sid), StageFailed(call_sid=tap.sid, service="asr", reason="down")
     )
     await tap.wait_for(lambda: any(s.last for s in segments(tap)), what="apology")
     await asyncio.sleep(0.2)

@@ -295,7 +295,7 @@ async def test_a_crashing_recognizer_is_restarted_then_released_without_hurting_
             async def on_control(msg: Msg) -> None:
                 stage_failed.append(msg.data)
 
-            await client.subscribe(subjects.control(bad.sid), cb=on_control)
+            await client.subscribe(subjects.asr_control(bad.sid), cb=on_control)
             assert (await bad.claim()).accepted and (await good.claim()).accepted
             await bad.send_audio(b"\xff" * 1600)
             await good.send_audio(b"\xff" * 1600)

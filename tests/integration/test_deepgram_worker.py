@@ -97,7 +97,7 @@ class Call:
 
     async def start(self) -> AsrClaimReply:
         await self.nc.subscribe(subjects.transcript(self.sid), cb=self._on_transcript)
-        await self.nc.subscribe(subjects.control(self.sid), cb=self._on_control)
+        await self.nc.subscribe(subjects.asr_control(self.sid), cb=self._on_control)
         await self.nc.subscribe(subjects.events(self.sid), cb=self._on_event)
         claim = AsrClaim(call_sid=self.sid, gateway_id="gw-test")
         reply = await self.nc.request(subjects.ASR_CLAIM, claim.to_bytes(), timeout=5)

@@ -11,8 +11,9 @@ import redis.asyncio as aioredis
 from services.agent.knowledge import Knowledge
 from services.agent.providers.base import HangupAction, TransferAction
 from services.agent.store import Store
-from services.agent.tools import CallTools, parse_targets
+from services.agent.tools import CallTools
 from shared.settings import Settings
+from shared.transfer_targets import parse_targets
 
 
 def sid() -> str:

@@ -11,6 +11,7 @@ from shared.messages import (
     Dtmf,
     Played,
     ReplySegment,
+    StageFailed,
     Transcript,
     event,
 )
@@ -64,6 +65,9 @@ def test_events_and_control() -> None:
     assert "call_ended" in line and "reason=stop" in line
     line = format_message(subjects.control(SID), None, Dtmf(call_sid=SID, digit="7").to_bytes())
     assert "digit=*" in line and "7" not in line.split("dtmf", 1)[1]
+    failed = StageFailed(call_sid=SID, service="asr", reason="recognizer failed")
+    line = format_message(subjects.asr_control(SID), None, failed.to_bytes())
+    assert " control.asr " in line and "stage_failed" in line and "recognizer failed" in line
 
 
 def test_cluster_subjects_and_the_call_column() -> None:
