@@ -388,10 +388,14 @@ async def test_operators_read_call_text_only_after_an_audit_record(
     await op.nc.subscribe(subjects.audio_in_any(call))
     await op.nc.publish(subjects.audit("transcript.export"), b"{}")
     await op.nc.flush()
+    # Nor may the gateway write the operators' records.
+    await gw.nc.publish(subjects.audit("call.tail"), b"{}")
+    await gw.nc.flush()
     await asyncio.sleep(0.3)
     refused = " ".join(op.violations())
     assert "subscription" in refused and "audio.in" in refused, op.errors
     assert "audit.transcript.export" in refused, op.errors
+    assert any("audit.call.tail" in e for e in gw.violations()), gw.errors
 
 
 async def test_tail_shows_no_text_when_its_audit_record_cannot_be_stored(
