@@ -79,7 +79,10 @@ class Settings(BaseSettings):
     )
 
     # Bus and state
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222",
+        description="NATS server(s): one URL or a comma-separated list of a cluster's nodes",
+    )
     nats_user: str = ""
     nats_password: SecretStr = SecretStr("")
     nats_token: SecretStr = SecretStr("")
@@ -229,6 +232,11 @@ class Settings(BaseSettings):
     events_max_mb: int = Field(default=1024, description="VOICE_EVENTS stream size cap (MiB)")
 
     @property
+    def nats_servers(self) -> list[str]:
+        """``NATS_URL`` as the list of server URLs to connect to (see :func:`nats_servers`)."""
+        return nats_servers(self.nats_url)
+
+    @property
     def public_host(self) -> str:
         """Host[:port] of PUBLIC_URL (what Twilio connects to)."""
         return urlsplit(self.public_url).netloc
@@ -245,6 +253,42 @@ class Settings(BaseSettings):
     def voice_url(self) -> str:
         """The ``/voice`` webhook URL, as configured in Twilio and signed by it."""
         return self.public_url.rstrip("/") + "/voice"
+
+
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def nats_servers(value: str) -> list[str]:
+    """The server URLs in a ``NATS_URL`` value: one URL or a comma-separated list.
+
+    A bare ``host:port`` gets ``nats://``. Raises :class:`ValueError` with one line naming
+    the entry that cannot be used (bad scheme, no host, a port that is not a number).
+    """
+    servers: list[str] = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        url = entry if "://" in entry else f"nats://{entry}"
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            raise ValueError(
+                f"NATS_URL: {entry!r} has no port number in 1-65535 "
+                "(list several servers separated by commas: nats://a:4222,nats://b:4222)"
+            ) from None
+        if parts.scheme not in NATS_SCHEMES:
+            raise ValueError(
+                f"NATS_URL: {entry!r} has scheme {parts.scheme!r}; use one of "
+                + ", ".join(f"{s}://" for s in NATS_SCHEMES)
+            )
+        if not parts.hostname:
+            raise ValueError(f"NATS_URL: {entry!r} names no host")
+        servers.append(url)
+    if not servers:
+        raise ValueError("NATS_URL is empty: give nats://host:4222 (or a comma-separated list)")
+    return servers
 
 
 @lru_cache(maxsize=1)

@@ -45,6 +45,7 @@ from shared.messages import (
     parse_transcript,
 )
 from shared.redact import redact, redact_value, sid_tag
+from shared.settings import nats_servers
 
 _SYS_PREFIX = subjects.SYS + "."
 _CALL_PREFIX = subjects.PREFIX + "."
@@ -346,7 +347,7 @@ async def run_tail(
         show_text=show_text, audio=audio, stages=stages, color=color, with_call=call_sid is None
     )
     nc = await (connect or nats.connect)(
-        nats_url, name="voiceagent-tail", max_reconnect_attempts=-1, error_cb=on_error
+        nats_servers(nats_url), name="voiceagent-tail", max_reconnect_attempts=-1, error_cb=on_error
     )
 
     async def on_msg(msg: Any) -> None:
