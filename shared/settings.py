@@ -230,6 +230,13 @@ class Settings(BaseSettings):
         "replies (PHI) for replay; 0: no stream",
     )
     events_max_mb: int = Field(default=1024, description="VOICE_EVENTS stream size cap (MiB)")
+    jetstream_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="replicas of the VOICE_AUDIT and VOICE_EVENTS streams the gateway creates; "
+        "3 on a 3-node NATS cluster (a node can be lost without losing a record)",
+    )
 
     @property
     def nats_servers(self) -> list[str]:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -344,6 +344,8 @@ class Stack:
     starts their local fakes first (:mod:`voiceagent.cloud`), except for a provider whose URL
     ``env`` already gives (``DEEPGRAM_URL``, ``OPENAI_BASE_URL``, ``MCP_SERVER_URL``,
     ``ELEVENLABS_BASE_URL``).
+    ``process_env``: per process (``gateway``, ``asr-1`` ...), variables over ``env`` (e.g. one
+    NATS user and node order per service).
     """
 
     def __init__(
@@ -358,6 +360,7 @@ class Stack:
         settings: Settings | None = None,
         stop_timeout_s: float = 20.0,
         providers: str = "auto",
+        process_env: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         if providers not in PROVIDER_CHOICES:
             raise ValueError(f"providers must be one of {', '.join(PROVIDER_CHOICES)}")
@@ -366,6 +369,7 @@ class Stack:
         self.fakes: Supervisor | None = None
         self._counts = (asr, agent, tts)
         self._env = dict(env or {})
+        self._process_env = {name: dict(e) for name, e in (process_env or {}).items()}
         self._say = output or (lambda _line: None)
         self._service_output = service_output
         self._settings = settings or Settings()
@@ -437,7 +441,9 @@ class Stack:
             for line in self.cloud.describe():
                 self._say(line)
         asr, agent, tts = self._counts
-        specs += service_specs(asr=asr, agent=agent, tts=tts, env=child_env)
+        for spec in service_specs(asr=asr, agent=agent, tts=tts, env=child_env):
+            extra = self._process_env.get(spec.name)
+            specs.append(replace(spec, env={**spec.env, **extra}) if extra else spec)
         info = StackInfo(
             gateway_url=f"http://127.0.0.1:{port}",
             public_url=public_url,

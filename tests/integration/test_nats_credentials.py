@@ -92,7 +92,7 @@ async def test_worker_broker_uses_the_credential(kind: str, tmp_path: Path) -> N
 
 
 def test_two_credential_kinds_are_refused_in_one_line(tmp_path: Path) -> None:
-    s = Settings(_env_file=None, nats_user="svc", nats_token="t")  # type: ignore[arg-type]
+    s = Settings(_env_file=None, nats_user="svc", nats_token="t")
     with pytest.raises(ValueError, match="NATS_USER, NATS_TOKEN") as e:
         bus.connect_options(s, name="asr")
     assert "\n" not in str(e.value)

@@ -47,5 +47,5 @@ def test_the_stack_uses_a_listed_cluster_when_any_node_answers() -> None:
 
 def test_the_stack_refuses_an_unusable_list_in_one_line() -> None:
     stack = Stack(env={"NATS_URL": "nats://127.0.0.1:14231,nats://x:port"}, output=None)
-    with pytest.raises(RuntimeError, match="^NATS_URL: 'nats://x:port' has no port number"):
+    with pytest.raises(RuntimeError, match=r"^NATS_URL: 'nats://x:port' has no port number"):
         stack._resolve()
