@@ -101,6 +101,23 @@ class Settings(BaseSettings):
     )
     redis_tls_ca_file: str = Field(default="", description="CA bundle for rediss:// URLs")
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="empty: in-memory")
+    redis_cluster: bool = Field(
+        default=False,
+        description="REDIS_URL is a Redis Cluster endpoint (e.g. ElastiCache's configuration "
+        "endpoint): the client discovers the shards and follows MOVED/ASK",
+    )
+    redis_user: str = Field(default="", description="Redis ACL user (AUTH user password)")
+    redis_iam_cache_name: str = Field(
+        default="",
+        description="ElastiCache IAM auth: the cache (replication group) name; set, the password "
+        "is a SigV4 token for REDIS_USER, re-signed every 10 minutes (needs the aws extra)",
+    )
+    redis_iam_region: str = Field(
+        default="", description="ElastiCache IAM auth region (default AWS_REGION)"
+    )
+    redis_iam_serverless: bool = Field(
+        default=False, description="ElastiCache IAM auth for a serverless cache"
+    )
 
     # Providers
     asr_provider: Literal["auto", "local", "deepgram", "null"] = "auto"

@@ -111,14 +111,12 @@ class Admin:
 
     def redis(self) -> Any:
         if self._redis is None:
-            from redis.asyncio import Redis
-
-            self._redis = Redis.from_url(
+            self._redis = callstate.redis_client(
                 self.settings.redis_url,
+                settings=self.settings,
                 decode_responses=True,
                 socket_timeout=2.0,
                 socket_connect_timeout=2.0,
-                **callstate.redis_options(self.settings),
             )
         return self._redis
 
