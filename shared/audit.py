@@ -44,8 +44,11 @@ class AuditRecord(BaseModel):
         return self.model_dump_json().encode()
 
 
-def stream_config(*, max_age_days: float) -> api.StreamConfig:
-    """The append-only stream: time-limited retention, no delete, no purge, file storage."""
+def stream_config(*, max_age_days: float, replicas: int = 1) -> api.StreamConfig:
+    """The append-only stream: time-limited retention, no delete, no purge, file storage.
+
+    ``replicas``: copies kept by a NATS cluster (``JETSTREAM_REPLICAS``; 3 survives a node).
+    """
     return api.StreamConfig(
         name=subjects.AUDIT_STREAM,
         description="voiceagent audit trail: access to transcripts and recordings (ids only)",
@@ -57,16 +60,17 @@ def stream_config(*, max_age_days: float) -> api.StreamConfig:
         deny_delete=True,
         deny_purge=True,
         allow_rollup_hdrs=False,
+        num_replicas=replicas,
     )
 
 
-async def ensure_stream(nc: NATS, *, max_age_days: float) -> api.StreamInfo:
+async def ensure_stream(nc: NATS, *, max_age_days: float, replicas: int = 1) -> api.StreamInfo:
     """Create the audit stream if it does not exist yet (an existing one is left as it is)."""
     jsm = nc.jsm()
     try:
         return await jsm.stream_info(subjects.AUDIT_STREAM)
     except NotFoundError:
-        return await jsm.add_stream(stream_config(max_age_days=max_age_days))
+        return await jsm.add_stream(stream_config(max_age_days=max_age_days, replicas=replicas))
 
 
 class AuditLog:

@@ -8,6 +8,7 @@ Typed text/control handlers use a FastStream :class:`~faststream.nats.NatsBroker
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import time
 from collections.abc import Callable
@@ -15,6 +16,13 @@ from typing import Any
 
 import nats
 from faststream.nats import NatsBroker
+from faststream.nats.security import (
+    NatsCredentials,
+    NatsNKey,
+    NatsSecurity,
+    NatsToken,
+    NatsUserPassword,
+)
 from faststream.security import BaseSecurity
 from nats.aio.client import Client as NATS
 from nats.errors import SlowConsumerError
@@ -26,7 +34,8 @@ log = logging.getLogger(__name__)
 
 
 def _tls(settings: Settings) -> ssl.SSLContext | None:
-    if not (settings.nats_tls_ca_file or settings.nats_url.startswith("tls://")):
+    tls_url = any(u.startswith("tls://") for u in settings.nats_servers)
+    if not (settings.nats_tls_ca_file or tls_url):
         return None
     ctx = ssl.create_default_context(cafile=settings.nats_tls_ca_file or None)
     if settings.nats_tls_cert_file:
@@ -85,8 +94,37 @@ async def _on_reconnect() -> None:
     log.info("nats reconnected")
 
 
+def _credential_kinds(settings: Settings) -> list[str]:
+    kinds = []
+    if settings.nats_user:
+        kinds.append("NATS_USER")
+    if settings.nats_token.get_secret_value():
+        kinds.append("NATS_TOKEN")
+    if settings.nats_creds_file:
+        kinds.append("NATS_CREDS_FILE")
+    if settings.nats_nkey_seed_file:
+        kinds.append("NATS_NKEY_SEED_FILE")
+    return kinds
+
+
 def connect_options(settings: Settings, *, name: str) -> dict[str, Any]:
-    """Keyword arguments shared by nats-py and FastStream connections."""
+    """Keyword arguments shared by nats-py and FastStream connections.
+
+    Raises :class:`ValueError` (one line) when ``NATS_URL`` cannot be used or more than one
+    kind of credential is set (the server would see only one of them).
+    """
+    kinds = _credential_kinds(settings)
+    if len(kinds) > 1:
+        raise ValueError(
+            f"NATS credentials: set one of {', '.join(kinds)}, not several "
+            "(user/password, token, creds file or NKey seed file)"
+        )
+    for path, var in (
+        (settings.nats_creds_file, "NATS_CREDS_FILE"),
+        (settings.nats_nkey_seed_file, "NATS_NKEY_SEED_FILE"),
+    ):
+        if path and not os.path.isfile(path):
+            raise ValueError(f"{var}: {path} is not a readable file")
     opts: dict[str, Any] = {
         "name": name,
         "allow_reconnect": True,
@@ -120,30 +158,37 @@ def connect_options(settings: Settings, *, name: str) -> dict[str, Any]:
 
 async def connect(settings: Settings, *, name: str) -> NATS:
     """A nats-py client with transparent reconnect (for hot paths and tools)."""
-    nc: NATS = await nats.connect(settings.nats_url, **connect_options(settings, name=name))
+    opts = connect_options(settings, name=name)
+    nc: NATS = await nats.connect(settings.nats_servers, **opts)
     return nc
 
 
 def make_broker(settings: Settings, *, name: str) -> NatsBroker:
-    """A FastStream broker with our reconnect/auth/TLS settings and quiet access logs."""
+    """A FastStream broker with our reconnect/auth/TLS settings and quiet access logs.
+
+    Every credential kind nats-py knows (user/password, token, creds file, NKey seed file)
+    reaches the connection, through FastStream's security objects.
+    """
     opts = connect_options(settings, name=name)
     tls = opts.pop("tls", None)
     for key in ("user", "password", "token", "user_credentials", "nkeys_seed"):
         opts.pop(key, None)
     security: BaseSecurity | None = None
-    if settings.nats_user or tls is not None:
-        from faststream.security import SASLPlaintext
-
-        if settings.nats_user:
-            security = SASLPlaintext(
-                username=settings.nats_user,
-                password=settings.nats_password.get_secret_value(),
-                ssl_context=tls,
-            )
-        else:
-            security = BaseSecurity(ssl_context=tls)
+    tls_kw: dict[str, Any] = {"ssl_context": tls}
+    if settings.nats_user:
+        security = NatsUserPassword(
+            settings.nats_user, settings.nats_password.get_secret_value(), **tls_kw
+        )
+    elif settings.nats_token.get_secret_value():
+        security = NatsToken(settings.nats_token.get_secret_value(), **tls_kw)
+    elif settings.nats_creds_file:
+        security = NatsCredentials(settings.nats_creds_file, **tls_kw)
+    elif settings.nats_nkey_seed_file:
+        security = NatsNKey(settings.nats_nkey_seed_file, **tls_kw)
+    elif tls is not None:
+        security = NatsSecurity(ssl_context=tls)
     return NatsBroker(
-        settings.nats_url,
+        settings.nats_servers,
         security=security,
         log_level=logging.DEBUG,  # per-message access logs halve throughput; keep them at debug
         **opts,

@@ -40,8 +40,8 @@ class StoredMessage:
     seq: int
 
 
-def stream_config(*, retention_h: float, max_mb: int) -> api.StreamConfig:
-    """The events stream: file storage, limits retention by age and size."""
+def stream_config(*, retention_h: float, max_mb: int, replicas: int = 1) -> api.StreamConfig:
+    """The events stream: file storage, limits retention by age and size, ``replicas`` copies."""
     return api.StreamConfig(
         name=subjects.EVENTS_STREAM,
         description="voiceagent call events, control, transcripts and replies (PHI; no audio)",
@@ -52,6 +52,7 @@ def stream_config(*, retention_h: float, max_mb: int) -> api.StreamConfig:
         max_bytes=max_mb * 1024 * 1024,
         storage=api.StorageType.FILE,
         allow_rollup_hdrs=False,
+        num_replicas=replicas,
     )
 
 
@@ -62,7 +63,11 @@ async def ensure_stream(nc: NATS, settings: Settings) -> bool:
     """
     if settings.events_retention_h <= 0:
         return False
-    config = stream_config(retention_h=settings.events_retention_h, max_mb=settings.events_max_mb)
+    config = stream_config(
+        retention_h=settings.events_retention_h,
+        max_mb=settings.events_max_mb,
+        replicas=settings.jetstream_replicas,
+    )
     jsm = nc.jsm()
     try:
         try:
@@ -72,7 +77,11 @@ async def ensure_stream(nc: NATS, settings: Settings) -> bool:
             log.info("events stream created", **kv(retention_h=settings.events_retention_h))
             return True
         have = info.config
-        changed = have.max_age != config.max_age or have.max_bytes != config.max_bytes
+        changed = (have.max_age, have.max_bytes, have.num_replicas or 1) != (
+            config.max_age,
+            config.max_bytes,
+            config.num_replicas,
+        )
         # A stream made before a subject was added (voice.*.control.asr) must take it too.
         if changed or sorted(have.subjects or []) != sorted(config.subjects or []):
             await jsm.update_stream(config)

@@ -20,8 +20,12 @@ PHI_LOOKUPS = "phi"  # counter: PHI tool calls made on this call
 
 
 def call_key(kind: str, call_sid: str) -> str:
-    """The Redis key of one kind of per-call state: ``va:<kind>:<call>``."""
-    return f"{KEY_PREFIX}{kind}:{call_sid}"
+    """The Redis key of one kind of per-call state: ``va:<kind>:{<call>}``.
+
+    The braces are a Redis Cluster hash tag: every key of one call lands in one slot, so
+    multi-key commands and transactions over a call's keys work on a cluster too.
+    """
+    return f"{KEY_PREFIX}{kind}:{{{call_sid}}}"
 
 
 def redis_options(settings: Settings) -> dict[str, Any]:
@@ -39,4 +43,30 @@ def redis_options(settings: Settings) -> dict[str, Any]:
     password = settings.redis_password.get_secret_value()
     if password:
         opts["password"] = password
+    if settings.redis_user:
+        opts["username"] = settings.redis_user
+    if settings.redis_iam_cache_name:
+        from shared.redis_iam import ElastiCacheIamAuth
+
+        opts.pop("password", None)
+        opts.pop("username", None)
+        opts["credential_provider"] = ElastiCacheIamAuth.from_settings(settings)
     return opts
+
+
+def redis_client(url: str, *, settings: Settings | None = None, **opts: Any) -> Any:
+    """A ``redis.asyncio`` client for ``url``: the one way services make theirs.
+
+    With ``settings``: TLS, AUTH or ElastiCache IAM (:func:`redis_options`) and, with
+    ``REDIS_CLUSTER=true``, a :class:`~redis.asyncio.cluster.RedisCluster` that discovers the
+    shards from ``url``. ``opts`` (timeouts, retries, ``decode_responses``) pass through.
+    """
+    if settings is not None:
+        opts = {**redis_options(settings), **opts}
+    if settings is not None and settings.redis_cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(url, **opts)
+    from redis.asyncio import Redis
+
+    return Redis.from_url(url, **opts)

@@ -146,6 +146,13 @@ def run_service(service: str, run: Callable[[Any], Any], *, settings: Any | None
 
     s = settings if settings is not None else get_settings()
     name = s.service_name or service
+    from shared.bus import connect_options
+
+    try:
+        connect_options(s, name=name)  # a NATS_URL or credential that cannot work: one line
+    except ValueError as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        sys.exit(2)
     setup_logging(
         service=name,
         level=s.log_level,

@@ -79,7 +79,10 @@ class Settings(BaseSettings):
     )
 
     # Bus and state
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222",
+        description="NATS server(s): one URL or a comma-separated list of a cluster's nodes",
+    )
     nats_user: str = ""
     nats_password: SecretStr = SecretStr("")
     nats_token: SecretStr = SecretStr("")
@@ -98,6 +101,23 @@ class Settings(BaseSettings):
     )
     redis_tls_ca_file: str = Field(default="", description="CA bundle for rediss:// URLs")
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="empty: in-memory")
+    redis_cluster: bool = Field(
+        default=False,
+        description="REDIS_URL is a Redis Cluster endpoint (e.g. ElastiCache's configuration "
+        "endpoint): the client discovers the shards and follows MOVED/ASK",
+    )
+    redis_user: str = Field(default="", description="Redis ACL user (AUTH user password)")
+    redis_iam_cache_name: str = Field(
+        default="",
+        description="ElastiCache IAM auth: the cache (replication group) name; set, the password "
+        "is a SigV4 token for REDIS_USER, re-signed every 10 minutes (needs the aws extra)",
+    )
+    redis_iam_region: str = Field(
+        default="", description="ElastiCache IAM auth region (default AWS_REGION)"
+    )
+    redis_iam_serverless: bool = Field(
+        default=False, description="ElastiCache IAM auth for a serverless cache"
+    )
 
     # Providers
     asr_provider: Literal["auto", "local", "deepgram", "null"] = "auto"
@@ -251,6 +271,18 @@ class Settings(BaseSettings):
         "replies (PHI) for replay; 0: no stream",
     )
     events_max_mb: int = Field(default=1024, description="VOICE_EVENTS stream size cap (MiB)")
+    jetstream_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="replicas of the VOICE_AUDIT and VOICE_EVENTS streams the gateway creates; "
+        "3 on a 3-node NATS cluster (a node can be lost without losing a record)",
+    )
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """``NATS_URL`` as the list of server URLs to connect to (see :func:`nats_servers`)."""
+        return nats_servers(self.nats_url)
 
     @property
     def public_host(self) -> str:
@@ -269,6 +301,42 @@ class Settings(BaseSettings):
     def voice_url(self) -> str:
         """The ``/voice`` webhook URL, as configured in Twilio and signed by it."""
         return self.public_url.rstrip("/") + "/voice"
+
+
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def nats_servers(value: str) -> list[str]:
+    """The server URLs in a ``NATS_URL`` value: one URL or a comma-separated list.
+
+    A bare ``host:port`` gets ``nats://``. Raises :class:`ValueError` with one line naming
+    the entry that cannot be used (bad scheme, no host, a port that is not a number).
+    """
+    servers: list[str] = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        url = entry if "://" in entry else f"nats://{entry}"
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            raise ValueError(
+                f"NATS_URL: {entry!r} has no port number in 1-65535 "
+                "(list several servers separated by commas: nats://a:4222,nats://b:4222)"
+            ) from None
+        if parts.scheme not in NATS_SCHEMES:
+            raise ValueError(
+                f"NATS_URL: {entry!r} has scheme {parts.scheme!r}; use one of "
+                + ", ".join(f"{s}://" for s in NATS_SCHEMES)
+            )
+        if not parts.hostname:
+            raise ValueError(f"NATS_URL: {entry!r} names no host")
+        servers.append(url)
+    if not servers:
+        raise ValueError("NATS_URL is empty: give nats://host:4222 (or a comma-separated list)")
+    return servers
 
 
 @lru_cache(maxsize=1)

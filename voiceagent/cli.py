@@ -25,7 +25,6 @@ import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 SERVICE_COMMANDS = ("gateway", "asr", "agent", "tts")
 DEMO_SCRIPT = ("What are your opening hours?", "Thank you, goodbye.")
@@ -384,7 +383,7 @@ async def _call(args: argparse.Namespace) -> int:
 async def _tail(args: argparse.Namespace) -> int:
     from shared.settings import Settings
     from voiceagent.ops_cli import tail_options
-    from voiceagent.stack import reachable, read_state
+    from voiceagent.stack import nats_reachable, read_state
     from voiceagent.tail import run_tail
 
     if not args.all and not args.call_sid:
@@ -396,9 +395,13 @@ async def _tail(args: argparse.Namespace) -> int:
         _out(str(e))
         return 2
     url = args.nats_url or read_state().get("nats_url") or Settings().nats_url
-    u = urlsplit(url)
-    if not reachable(u.hostname or "127.0.0.1", u.port or 4222, timeout=2):
-        _out(f"NATS is not reachable at {u.netloc or url}: is the stack up? (voiceagent up)")
+    try:
+        up = nats_reachable(url, timeout=2)
+    except ValueError as e:
+        _out(str(e))
+        return 2
+    if not up:
+        _out(f"NATS is not reachable at {url}: is the stack up? (voiceagent up)")
         return 1
     shown = await run_tail(
         nats_url=url,

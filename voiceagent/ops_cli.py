@@ -6,7 +6,6 @@ import argparse
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 Out = Callable[[str], None]
 
@@ -70,11 +69,15 @@ def nats_url(args: argparse.Namespace) -> str:
 async def _connect(url: str, out: Out) -> Any:
     from shared import bus
     from shared.settings import Settings
-    from voiceagent.stack import reachable
+    from voiceagent.stack import nats_reachable
 
-    u = urlsplit(url)
-    if not reachable(u.hostname or "127.0.0.1", u.port or 4222, timeout=2):
-        out(f"NATS is not reachable at {u.netloc or url}: is the stack up? (voiceagent up)")
+    try:
+        up = nats_reachable(url, timeout=2)
+    except ValueError as e:
+        out(str(e))
+        return None
+    if not up:
+        out(f"NATS is not reachable at {url}: is the stack up? (voiceagent up)")
         return None
     # NATS credentials/TLS come from the same settings as the services'.
     settings = Settings(nats_url=url)
@@ -82,7 +85,7 @@ async def _connect(url: str, out: Out) -> Any:
     opts["max_reconnect_attempts"] = 2
     import nats
 
-    return await nats.connect(url, **opts)
+    return await nats.connect(settings.nats_servers, **opts)
 
 
 async def run_replay(args: argparse.Namespace, *, out: Out) -> int:

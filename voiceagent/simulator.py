@@ -62,6 +62,7 @@ from shared.messages import (
     parse_reply,
     parse_transcript,
 )
+from shared.settings import nats_servers
 
 SILENCE_FRAME = bytes([MULAW_SILENCE]) * FRAME_BYTES
 FRAME_S = FRAME_MS / 1000
@@ -553,8 +554,9 @@ class SimulatedCall:
         import nats
 
         sid = self.result.call_sid
-        u = urlsplit(self.nats_url)
         try:
+            servers = nats_servers(self.nats_url)
+            u = urlsplit(servers[0])
             # A quick TCP check first: nats-py would retry an absent server for seconds.
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(u.hostname or "127.0.0.1", u.port or 4222), timeout=2
@@ -562,7 +564,7 @@ class SimulatedCall:
             writer.close()
             self._nc = await asyncio.wait_for(
                 nats.connect(
-                    self.nats_url,
+                    servers,
                     name="voiceagent-call",
                     connect_timeout=2,
                     max_reconnect_attempts=5,

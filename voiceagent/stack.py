@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,7 +33,7 @@ from shared.messages import (
     CallStarted,
     ReplySegment,
 )
-from shared.settings import Settings
+from shared.settings import Settings, nats_servers
 from voiceagent.cloud import CloudPlan, plan_cloud, wait_listening
 from voiceagent.simulator import new_sid
 from voiceagent.supervisor import ProcessSpec, Supervisor
@@ -71,11 +71,23 @@ def nats_server_binary() -> Path:
 
 def nats_spec(nats_url: str, *, store_dir: Path) -> tuple[ProcessSpec, str]:
     """A nats-server with JetStream on ``nats_url``'s port (loopback); returns (spec, url)."""
-    u = urlsplit(nats_url)
+    u = urlsplit(nats_servers(nats_url)[0])
     port = u.port or 4222
     argv = [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(port)]
     argv += ["-js", "-sd", str(store_dir)]
     return ProcessSpec(name="nats", argv=argv, tier=0), f"nats://127.0.0.1:{port}"
+
+
+def nats_reachable(nats_url: str, *, timeout: float = 0.5) -> bool:
+    """Some server listed in ``nats_url`` (one URL or a comma-separated list) accepts TCP.
+
+    Raises :class:`ValueError` (one line) when the value cannot be used.
+    """
+    for server in nats_servers(nats_url):
+        u = urlsplit(server)
+        if reachable(u.hostname or "127.0.0.1", u.port or 4222, timeout=timeout):
+            return True
+    return False
 
 
 def redis_reachable(redis_url: str) -> bool:
@@ -235,7 +247,7 @@ async def wait_ready(
             if nc is None:
                 with contextlib.suppress(Exception):
                     nc = await nats.connect(
-                        nats_url,
+                        nats_servers(nats_url),
                         name="voiceagent-ready",
                         connect_timeout=1,
                         allow_reconnect=False,
@@ -332,6 +344,8 @@ class Stack:
     starts their local fakes first (:mod:`voiceagent.cloud`), except for a provider whose URL
     ``env`` already gives (``DEEPGRAM_URL``, ``OPENAI_BASE_URL``, ``MCP_SERVER_URL``,
     ``ELEVENLABS_BASE_URL``).
+    ``process_env``: per process (``gateway``, ``asr-1`` ...), variables over ``env`` (e.g. one
+    NATS user and node order per service).
     """
 
     def __init__(
@@ -346,6 +360,7 @@ class Stack:
         settings: Settings | None = None,
         stop_timeout_s: float = 20.0,
         providers: str = "auto",
+        process_env: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         if providers not in PROVIDER_CHOICES:
             raise ValueError(f"providers must be one of {', '.join(PROVIDER_CHOICES)}")
@@ -354,6 +369,7 @@ class Stack:
         self.fakes: Supervisor | None = None
         self._counts = (asr, agent, tts)
         self._env = dict(env or {})
+        self._process_env = {name: dict(e) for name, e in (process_env or {}).items()}
         self._say = output or (lambda _line: None)
         self._service_output = service_output
         self._settings = settings or Settings()
@@ -369,8 +385,12 @@ class Stack:
         env = self._env
         specs: list[ProcessSpec] = []
         nats_url = env.get("NATS_URL", s.nats_url)
-        u = urlsplit(nats_url)
-        if not reachable(u.hostname or "127.0.0.1", u.port or 4222):
+        try:
+            up = nats_reachable(nats_url)
+        except ValueError as e:
+            raise RuntimeError(str(e)) from None  # the CLI prints it as one line
+        u = urlsplit(nats_servers(nats_url)[0])
+        if not up:
             self._tmp = tempfile.TemporaryDirectory(prefix="voiceagent-nats-")
             spec, nats_url = nats_spec(nats_url, store_dir=Path(self._tmp.name))
             specs.append(spec)
@@ -421,7 +441,9 @@ class Stack:
             for line in self.cloud.describe():
                 self._say(line)
         asr, agent, tts = self._counts
-        specs += service_specs(asr=asr, agent=agent, tts=tts, env=child_env)
+        for spec in service_specs(asr=asr, agent=agent, tts=tts, env=child_env):
+            extra = self._process_env.get(spec.name)
+            specs.append(replace(spec, env={**spec.env, **extra}) if extra else spec)
         info = StackInfo(
             gateway_url=f"http://127.0.0.1:{port}",
             public_url=public_url,

@@ -49,6 +49,7 @@ from shared.messages import (
     parse_transcript,
 )
 from shared.redact import redact, redact_value, sid_tag
+from shared.settings import nats_servers
 
 _SYS_PREFIX = subjects.SYS + "."
 _CALL_PREFIX = subjects.PREFIX + "."
@@ -384,7 +385,7 @@ async def run_tail(
     # Credentials, inbox prefix and TLS from the same settings as the services'.
     conn = bus.connect_options(Settings(nats_url=nats_url), name="voiceagent-tail")
     conn.update(max_reconnect_attempts=-1, error_cb=on_error)
-    nc = await (connect or nats.connect)(nats_url, **conn)
+    nc = await (connect or nats.connect)(nats_servers(nats_url), **conn)
     if show_text and not await audit_text_access(
         nc, action="call.tail", call_sid=call_sid, out=out
     ):

@@ -24,7 +24,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from shared.callstate import call_key as call_key  # the layout the gateway reads too
+from shared.callstate import redis_client
 from shared.logging import kv
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,7 @@ class Store:
         retry_after_s: float = 1.0,
         op_timeout_s: float = 0.5,
         mirror_ttl_s: float = MIRROR_TTL_S,
+        settings: Settings | None = None,
     ) -> None:
         self.memory = MemoryStore()
         self._retry_after_s = retry_after_s
@@ -100,8 +103,10 @@ class Store:
         self._down_until = 0.0
         self._redis: aioredis.Redis | None = None
         if url:
-            self._redis = aioredis.Redis.from_url(
+            # settings: TLS, AUTH / ElastiCache IAM and Redis Cluster (shared/callstate.py).
+            self._redis = redis_client(
                 url,
+                settings=settings,
                 decode_responses=True,
                 socket_connect_timeout=op_timeout_s,
                 socket_timeout=op_timeout_s,

@@ -804,7 +804,7 @@ async def run(settings: Settings) -> int:
     serve_metrics(settings.metrics_port, health=health)
     from services.agent.providers.select import start_provider
 
-    store = Store(url=settings.redis_url)
+    store = Store(url=settings.redis_url, settings=settings)
     tools = CallTools(settings=settings, store=store)
     provider, mcp = await start_provider(settings, tools)
     broker = make_broker(settings, name=settings.service_name or SERVICE)

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
+from services.gateway import stream_metrics
 from services.gateway.auth import AdminAuth
 from services.gateway.limits import client_ip, parse_networks
 from services.gateway.recording import RecordingStore
@@ -111,14 +112,12 @@ class Admin:
 
     def redis(self) -> Any:
         if self._redis is None:
-            from redis.asyncio import Redis
-
-            self._redis = Redis.from_url(
+            self._redis = callstate.redis_client(
                 self.settings.redis_url,
+                settings=self.settings,
                 decode_responses=True,
                 socket_timeout=2.0,
                 socket_connect_timeout=2.0,
-                **callstate.redis_options(self.settings),
             )
         return self._redis
 
@@ -177,16 +176,10 @@ def admin_router(admin: Admin) -> APIRouter:
         )
 
     @router.get("/websocket-metrics")
-    async def websocket_metrics(actor: str = auth) -> JSONResponse:
-        sessions = list(admin.gw.calls.values())
-        return JSONResponse(
-            {
-                "calls": len(sessions),
-                "sockets": len(admin.gw.streams),
-                "interrupts": sum(s.interrupts for s in sessions),
-                "oldest_call_s": round(max((s.age_s for s in sessions), default=0.0), 1),
-            }
-        )
+    async def websocket_metrics(actor: str = auth) -> Response:
+        gw = admin.gw
+        body = stream_metrics.render(streams=lambda: len(gw.streams), calls=lambda: len(gw.calls))
+        return Response(content=body, media_type=stream_metrics.CONTENT_TYPE)
 
     @router.get("/calls/{call_sid}/transcript")
     async def transcript(call_sid: str, request: Request, actor: str = auth) -> JSONResponse:

@@ -15,7 +15,7 @@ from services.gateway.bargein import VadPool
 from services.gateway.call import CallSession
 from services.gateway.recording import recording_store
 from services.gateway.security import CallTokens, SharedTokenLedger
-from shared import bus, callevents
+from shared import audit, bus, callevents
 from shared.logging import kv
 from shared.metrics import ACTIVE_CALLS
 from shared.settings import Settings
@@ -93,6 +93,17 @@ class Gateway:
         self.nc = await bus.connect(self.settings, name=self.settings.service_name or SERVICE)
         log.info("nats connected")
         await callevents.ensure_stream(self.nc, self.settings)  # never raises
+        try:
+            # Created here, not on the first export, so it gets JETSTREAM_REPLICAS copies.
+            await audit.ensure_stream(
+                self.nc,
+                max_age_days=self.settings.audit_max_age_days,
+                replicas=self.settings.jetstream_replicas,
+            )
+        except Exception as e:
+            log.warning(
+                "audit stream not ready (exports refused until it is)", **kv(error=type(e).__name__)
+            )
 
     async def stop(self) -> None:
         """Refuse new calls, end the ones left, drain the bus connection."""

@@ -115,16 +115,20 @@ class _MemoryStore:
 class _RedisStore:
     """Audio and counters in Redis, one round trip per lookup."""
 
-    def __init__(self, *, url: str, ttl_s: int, timeout_s: float) -> None:
-        from redis.asyncio import Redis
+    def __init__(
+        self, *, url: str, ttl_s: int, timeout_s: float, settings: Settings | None = None
+    ) -> None:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
+
+        from shared.callstate import redis_client
 
         self._ttl = ttl_s
         self._timeout = timeout_s
         # No client-side retries: a slow Redis must cost a segment at most one timeout.
-        self._redis: Any = Redis.from_url(
+        self._redis: Any = redis_client(
             url,
+            settings=settings,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
@@ -159,11 +163,12 @@ class PromptCache:
         max_chars: int,
         memory_entries: int = 256,
         timeout_s: float = REDIS_TIMEOUT_S,
+        settings: Settings | None = None,
     ) -> None:
         self.enabled = ttl_s > 0 and max_chars > 0
         self.max_chars = max_chars
         self._store: _Store = (
-            _RedisStore(url=redis_url, ttl_s=ttl_s, timeout_s=timeout_s)
+            _RedisStore(url=redis_url, ttl_s=ttl_s, timeout_s=timeout_s, settings=settings)
             if redis_url
             else _MemoryStore(entries=memory_entries, ttl_s=ttl_s)
         )
@@ -176,6 +181,7 @@ class PromptCache:
             redis_url=settings.redis_url,
             ttl_s=settings.tts_cache_ttl_s,
             max_chars=settings.tts_cache_max_chars,
+            settings=settings,
         )
 
     def _available(self) -> bool:

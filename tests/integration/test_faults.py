@@ -341,7 +341,7 @@ async def test_redis_stopped_mid_call_the_call_goes_on_and_recovers(faults: Faul
         # Memory is written to Redis again once it is back.
         r = aioredis.Redis.from_url(faults.redis.url, decode_responses=True)
         try:
-            hist = " ".join(await r.lrange(f"va:hist:{sid}", 0, -1)).lower()
+            hist = " ".join(await r.lrange(f"va:hist:{{{sid}}}", 0, -1)).lower()
         finally:
             await r.aclose()
         assert "bye" in hist, f"history in Redis: {hist[:300]!r}" + ctx

@@ -122,7 +122,7 @@ async def test_booking_over_several_turns_is_stored_in_redis(
 
     r = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        stored = await r.hgetall(f"va:appt:{call.sid}")
+        stored = await r.hgetall(f"va:appt:{{{call.sid}}}")
     finally:
         await r.aclose()
     assert json.loads(stored[code]) | {"booked_at": 0} == {

@@ -60,7 +60,7 @@ async def test_history_round_trips_through_redis_for_any_replica(
         await other_store.aclose()
     r = aioredis.Redis.from_url(redis_url)
     try:
-        ttl = await r.ttl(f"va:hist:{call}")
+        ttl = await r.ttl(f"va:hist:{{{call}}}")
         assert 0 < ttl <= 24 * 3600
     finally:
         await r.aclose()
@@ -83,9 +83,9 @@ async def test_turn_ids_stay_above_played_turns_when_redis_comes_back_empty(
     history.saw_turn(call, 2)
     r = aioredis.Redis.from_url(redis_url)
     try:
-        await r.delete(f"va:turn:{call}")
+        await r.delete(f"va:turn:{{{call}}}")
         assert await history.next_turn(call) == 3
-        assert int(await r.get(f"va:turn:{call}")) == 3
+        assert int(await r.get(f"va:turn:{{{call}}}")) == 3
     finally:
         await r.aclose()
     assert await history.next_turn(call) == 4

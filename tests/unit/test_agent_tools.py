@@ -88,7 +88,7 @@ async def test_bookings_are_stored_in_redis_per_call(redis_url: str) -> None:
         assert len(code) == 6
         r = aioredis.Redis.from_url(redis_url, decode_responses=True)
         try:
-            stored = await r.hgetall(f"va:appt:{call}")
+            stored = await r.hgetall(f"va:appt:{{{call}}}")
         finally:
             await r.aclose()
         assert json.loads(stored[code])["name"] == "Jane Doe"

@@ -169,7 +169,7 @@ def test_redis_tls_and_auth_options_pass_through() -> None:
     c2 = Redis.from_url("rediss://:inurl@h:6380/0", **opts)
     assert c2.connection_pool.connection_kwargs["password"] == "inurl"
     assert redis_options(Settings(redis_url="redis://h:6379/0")) == {}
-    assert call_key("hist", "CA1") == "va:hist:CA1"
+    assert call_key("hist", "CA1") == "va:hist:{CA1}"  # hash tag: one slot per call
 
 
 def test_recordings_are_encrypted_at_rest_and_tamper_evident(tmp_path: Path) -> None:

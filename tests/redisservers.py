@@ -1,0 +1,96 @@
+"""Private redis-servers for tests: a 3-master Redis Cluster on loopback, ACL-only servers."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+
+import redis
+
+from voiceagent.stack import free_port
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+
+def _wait_ping(port: int, proc: subprocess.Popen[bytes], **auth: str) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if redis.Redis(port=port, socket_connect_timeout=0.2, **auth).ping():  # type: ignore[arg-type]
+                return
+        except redis.AuthenticationError:
+            return  # up, and refusing us: that is the point of an ACL server
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"redis-server on {port} did not start")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def redis_server(args: Sequence[str] = ()) -> Iterator[int]:
+    """A plain redis-server with ``args``; yields its port."""
+    port = free_port()
+    argv = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", *args]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_ping(port, proc)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+@contextlib.contextmanager
+def redis_cluster(masters: int = 3) -> Iterator[list[int]]:
+    """A real Redis Cluster of ``masters`` masters, no replicas; yields the ports."""
+    work = tempfile.mkdtemp(prefix="redis-cluster-")
+    ports = [free_port() for _ in range(masters)]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            argv = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+            argv += ["--appendonly", "no", "--cluster-enabled", "yes", "--dir", work]
+            argv += ["--cluster-config-file", f"nodes-{port}.conf"]
+            procs.append(
+                subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+        for port, proc in zip(ports, procs, strict=True):
+            _wait_ping(port, proc)
+        subprocess.run(
+            [
+                REDIS_CLI,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        deadline = time.monotonic() + 20
+        while any(
+            b"cluster_state:ok"
+            not in subprocess.run(
+                [REDIS_CLI, "-p", str(p), "cluster", "info"], capture_output=True, check=False
+            ).stdout
+            for p in ports
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+        yield ports
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(5)
+        shutil.rmtree(work, ignore_errors=True)
