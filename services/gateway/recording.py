@@ -153,7 +153,13 @@ class RecordingStore:
             raise ValueError("invalid call sid")
         return self.directory / f"{call_sid}{SUFFIX}"
 
-    def writer(self, call_sid: str, *, chunk_bytes: int = CHUNK_BYTES) -> RecordingWriter:
+    def writer(
+        self,
+        call_sid: str,
+        *,
+        chunk_bytes: int = CHUNK_BYTES,
+        max_bytes: int = MAX_SECONDS * BYTES_PER_S,
+    ) -> RecordingWriter:
         """A writer streaming ``call_sid``'s audio to disk (creates its temporary file)."""
         return RecordingWriter(
             call_sid=call_sid,
@@ -162,6 +168,7 @@ class RecordingStore:
             target=self.path(call_sid),
             clock=self._clock,
             chunk_bytes=chunk_bytes,
+            max_bytes=max_bytes,
         )
 
     def save(self, call_sid: str, audio: bytes) -> Path:

@@ -221,6 +221,44 @@ def test_recordings_are_encrypted_at_rest_and_tamper_evident(tmp_path: Path) -> 
         store.path("../../etc/passwd")
 
 
+def test_streamed_recordings_hold_one_chunk_and_refuse_reordered_cut_or_moved_chunks(
+    tmp_path: Path,
+) -> None:
+    key = Fernet.generate_key()
+    store = RecordingStore(directory=tmp_path, key=key, retention_s=86400)
+    call, other = "CA" + uuid.uuid4().hex, "CA" + uuid.uuid4().hex
+    w = store.writer(call, chunk_bytes=800)
+    frames = [bytes([i]) * 160 for i in range(23)]
+    for f in frames:
+        w.add(f)
+        assert w.buffered < 800, "bounded memory: at most one chunk is held"
+    assert not store.path(call).exists(), "in place only once the call is over"
+    path = w.close()
+    assert store.load(call) == b"".join(frames)
+    lines = path.read_bytes().split(b"\n")[:-1]
+    assert len(lines) == 5  # 4 full chunks and the last (partial) one
+    for tampered in (
+        [lines[1], lines[0], *lines[2:]],  # reordered
+        lines[:-1],  # cut before the last chunk
+        [*lines[:2], *lines[3:]],  # a chunk dropped
+    ):
+        path.write_bytes(b"".join(x + b"\n" for x in tampered))
+        assert store.load(call) is None
+    path.write_bytes(b"".join(x + b"\n" for x in lines))
+    store.path(call).rename(store.path(other))
+    assert store.load(other) is None, "another call's chunks do not pass as this call's"
+    # Past the call's cap, frames are dropped, the writer still closes cleanly.
+    capped = store.writer(call, chunk_bytes=800, max_bytes=320)
+    for f in frames:
+        capped.add(f)
+    capped.close()
+    assert store.load(call) == frames[0] + frames[1]
+    # A recording written whole as one token (before streaming) still loads.
+    legacy = Fernet(key).encrypt(b"old recording")
+    store.path(call).write_bytes(legacy)
+    assert store.load(call) == b"old recording"
+
+
 def test_retention_purge_uses_the_authenticated_timestamp(tmp_path: Path) -> None:
     clock = Clock(time.time())
     store = RecordingStore(
