@@ -46,6 +46,7 @@ from tests.unit.test_gateway_stream import (
 
 pytestmark = pytest.mark.integration
 
+ADMIN = "front-door-admin-7c1d9e2f"
 BASE64_ADMIN = "q83vEjRWeJA+/Zx9LmN0pQ=="  # a base64 secret: '+', '/' and '=' padding
 
 
@@ -72,7 +73,7 @@ def settings_for(js_url: str, redis_url: str, port: int, **over: Any) -> Setting
         "twilio_auth_token": SecretStr(TOKEN),
         "public_url": f"http://127.0.0.1:{port}",
         "ws_max_message_bytes": 4096,
-        "admin_token": SecretStr(BASE64_ADMIN),
+        "admin_token": SecretStr(ADMIN),
     }
     base.update(over)
     return Settings(**base)
@@ -272,7 +273,10 @@ async def test_unsigned_junk_never_locks_out_signed_webhooks(js_url: str, redis_
 async def test_a_base64_admin_token_is_one_token_and_the_console_is_on(
     js_url: str, redis_url: str
 ) -> None:
-    async with gateway(js_url, redis_url) as gw, httpx.AsyncClient(base_url=gw.base) as http:
+    async with (
+        gateway(js_url, redis_url, admin_token=SecretStr(BASE64_ADMIN)) as gw,
+        httpx.AsyncClient(base_url=gw.base) as http,
+    ):
         ok = await http.get("/calls", headers={"Authorization": f"Bearer {BASE64_ADMIN}"})
         assert ok.status_code == 200
         for wrong in ("=", "==", BASE64_ADMIN.rstrip("="), "q83vEjRWeJA+"):
@@ -348,7 +352,7 @@ async def test_the_console_feed_refuses_a_large_first_frame_unread(
                     await asyncio.wait_for(ws.recv(), 5)
             assert e.value.rcvd is not None and e.value.rcvd.code == 1009
         async with connect(feed) as ws:  # the operator beside it gets the feed
-            await ws.send(json.dumps({"token": BASE64_ADMIN}))
+            await ws.send(json.dumps({"token": ADMIN}))
             hello = json.loads(await asyncio.wait_for(ws.recv(), 5))
             assert hello["kind"] == "hello"
 
@@ -465,7 +469,7 @@ async def test_recordings_stream_to_an_encrypted_file_while_the_call_goes_on(
         async with httpx.AsyncClient(base_url=gw.base) as http:
             r = await http.get(
                 f"/calls/{caller.call}/recording",
-                headers={"Authorization": f"Bearer {BASE64_ADMIN}"},
+                headers={"Authorization": f"Bearer {ADMIN}"},
             )
         assert r.status_code == 200 and r.content == b"".join(frames)
         asr.stop()
