@@ -3,7 +3,9 @@
 Checks the upgrade's signature before accepting, the call token on ``start``, then feeds the
 messages to a :class:`~services.gateway.call.CallSession`. A bad frame (malformed, unknown,
 oversized, binary, wrong stream) is counted, logged without its content, and dropped: the call
-goes on.
+goes on. So are messages beyond the stream's rate limits (``STREAM_MESSAGE_RATE_PER_S``, and
+``STREAM_DTMF_RATE_PER_S`` for keys), set above anything a phone sends. A frame over
+``WS_MAX_MESSAGE_BYTES`` never gets here: the server closes its socket (1009) unread.
 """
 
 from __future__ import annotations
