@@ -20,6 +20,11 @@ SLOW_CONSUMER_DROPS = Counter(
 BAD_MESSAGES = Counter(
     "voice_bad_messages_total", "Malformed messages dropped", ["service", "source"]
 )
+STREAM_DROPS = Counter(
+    "voice_stream_messages_dropped_total",
+    "Media-stream messages dropped by the gateway's per-stream rate limits",
+    ["service", "kind"],
+)
 STAGE_LATENCY = Histogram(
     "voice_stage_seconds",
     "Per-stage latency (endpointing, asr_final, agent_first_sentence, tts_first_audio, ...)",

@@ -39,7 +39,25 @@ class Settings(BaseSettings):
         default=True, description="check X-Twilio-Signature; never disable in production"
     )
     max_calls: int = Field(default=200, description="concurrent calls per gateway process")
-    ws_max_message_bytes: int = 64 * 1024
+    ws_max_message_bytes: int = Field(
+        default=64 * 1024,
+        description="largest WebSocket frame the gateway's server reads; a larger one closes "
+        "its socket (1009)",
+    )
+    stream_message_rate_per_s: float = Field(
+        default=100.0,
+        description="messages per second one media stream may send (Twilio: 50 media frames "
+        "a second); excess is dropped and counted, the call goes on; 0: no limit",
+    )
+    stream_message_burst: int = Field(
+        default=250, description="messages one media stream may send in a burst"
+    )
+    stream_dtmf_rate_per_s: float = Field(
+        default=10.0,
+        description="keys per second one call may press (an autodialer's DTMF is at most "
+        "12.5/s, people a few); excess is dropped and counted; 0: no limit",
+    )
+    stream_dtmf_burst: int = Field(default=20, description="keys one call may press in a burst")
     playback_lead_ms: int = Field(
         default=200, description="how far ahead of real time reply audio is sent to Twilio"
     )
@@ -50,9 +68,18 @@ class Settings(BaseSettings):
         "are believed (client IP for rate limits; proto/host for signature URLs)",
     )
     voice_rate_per_min: float = Field(
-        default=120.0, description="/voice requests per minute per client IP; 0: no limit"
+        default=120.0,
+        description="correctly signed /voice requests per minute per client IP; 0: no limit",
     )
     voice_rate_burst: int = Field(default=30, description="/voice burst per client IP")
+    voice_unsigned_rate_per_min: float = Field(
+        default=60.0,
+        description="refused /voice requests (unsigned, bad signature) per minute per client IP "
+        "answered 403, beyond which 429; counted apart from signed traffic; 0: no limit",
+    )
+    voice_unsigned_burst: int = Field(
+        default=20, description="burst of refused /voice requests per client IP"
+    )
     admin_token: SecretStr = Field(
         default=SecretStr(""),
         description="bearer token for /calls, /websocket-status, /websocket-metrics and "

@@ -10,7 +10,7 @@ from typing import Literal
 
 import uvicorn
 
-from services.gateway.app import create_app
+from services.gateway.app import create_app, server_options
 from services.gateway.runtime import Gateway
 from shared.settings import Settings
 from voiceagent.fakes._server import QuietServer
@@ -41,7 +41,9 @@ async def serve_gateway(
     gateway = Gateway(settings=settings, use_vad=use_vad)
     app = create_app(settings=settings, gateway=gateway)
     server = QuietServer(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan=lifespan)
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, lifespan=lifespan, **server_options(settings)
+        )
     )
     task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this

@@ -25,6 +25,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 SERVICE_COMMANDS = ("gateway", "asr", "agent", "tts")
 DEMO_SCRIPT = ("What are your opening hours?", "Thank you, goodbye.")
@@ -179,8 +180,8 @@ def console_url(info: Any) -> str:
     """The web console's address; a single admin token rides in the fragment (never sent)."""
     url = f"{info.gateway_url}/console"
     token = getattr(info, "admin_token", "")
-    if token and "=" not in token:  # name=token pairs: the page asks which token to use
-        url += f"#token={token}"
+    if token and "," not in token and ":" not in token:  # name:token pairs: the page asks
+        url += "#token=" + quote(token, safe="")  # base64's + / = survive decodeURIComponent
     return url
 
 

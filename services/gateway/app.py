@@ -15,6 +15,7 @@ import signal
 from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
 from types import FrameType
+from typing import Any
 from urllib.parse import parse_qsl
 
 import uvicorn
@@ -24,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import MultiDict
 
 from services.gateway.admin import Admin, admin_router
+from services.gateway.auth import AdminAuth
 from services.gateway.console.routes import mount_console
 from services.gateway.limits import (
     Network,
@@ -37,6 +39,7 @@ from services.gateway.runtime import Gateway
 from services.gateway.security import (
     SIGNATURE_HEADER,
     SIGNATURE_SETTINGS_HEADER,
+    is_call_sid,
     signature_valid_any,
 )
 from services.gateway.stream import PATH as STREAM_PATH
@@ -47,7 +50,6 @@ from shared.logging import kv
 from shared.metrics import BAD_MESSAGES
 from shared.service import run_service
 from shared.settings import Settings
-from shared.subjects import call_root
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +57,8 @@ SERVICE = "gateway"
 MAX_FORM_BYTES = 64 * 1024
 XML = "application/xml"
 _RATE_LIMITED = BAD_MESSAGES.labels(SERVICE, "rate_limited")
-
-
-def _valid_sid(call_sid: str) -> bool:
-    try:
-        call_root(call_sid)
-    except ValueError:
-        return False
-    return True
+_REPLAYED = BAD_MESSAGES.labels(SERVICE, "voice_replayed")
+_JUNK_LIMITED = BAD_MESSAGES.labels(SERVICE, "unsigned_rate_limited")
 
 
 def _voice_urls(settings: Settings, request: Request, trusted: tuple[Network, ...]) -> list[str]:
@@ -113,31 +109,51 @@ def create_app(*, settings: Settings, gateway: Gateway | None = None) -> FastAPI
     app.state.admin = admin
     app.include_router(admin_router(admin))
 
+    # Refused webhooks (unsigned, bad signature) spend their own budget per client address:
+    # someone's junk never takes the budget of signed traffic from the same address (behind
+    # a proxy, or from Twilio's own egress, many callers share one).
+    junk = RateLimiter(
+        rate_per_s=settings.voice_unsigned_rate_per_min / 60.0,
+        burst=settings.voice_unsigned_burst,
+    )
+
+    def refuse_unsigned(client: str, why: str) -> Response:
+        if not junk.allow(client):
+            _JUNK_LIMITED.inc()  # not logged: the limiter bounds the log lines too
+            return Response("too many requests", status_code=429, headers={"Retry-After": "1"})
+        log.warning("voice webhook refused", **kv(why=why))
+        return Response("invalid signature", status_code=403)
+
     @app.post("/voice")
     async def voice(request: Request) -> Response:
         peer = request.client.host if request.client else None
-        if not limiter.allow(client_ip(peer, request.headers.get("x-forwarded-for"), trusted)):
-            _RATE_LIMITED.inc()
-            return Response("too many requests", status_code=429, headers={"Retry-After": "1"})
+        client = client_ip(peer, request.headers.get("x-forwarded-for"), trusted)
+        check = settings.validate_signatures
+        signature = request.headers.get(SIGNATURE_HEADER)
+        if check and not signature:
+            return refuse_unsigned(client, "no signature")  # the body is not even read
         body = await _read_capped(request, MAX_FORM_BYTES)
         if body is None:
             return Response("request too large", status_code=413)
         params = MultiDict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-        if settings.validate_signatures and not signature_valid_any(
+        if check and not signature_valid_any(
             auth_token=settings.twilio_auth_token.get_secret_value(),
             urls=_voice_urls(settings, request, trusted),
             params=params,
-            signature=request.headers.get(SIGNATURE_HEADER),
+            signature=signature,
             settings_header=request.headers.get(SIGNATURE_SETTINGS_HEADER),
         ):
-            log.warning("voice webhook refused: bad signature")
-            return Response("invalid signature", status_code=403)
+            return refuse_unsigned(client, "bad signature")
+        if not limiter.allow(client):  # signed traffic only
+            _RATE_LIMITED.inc()
+            return Response("too many requests", status_code=429, headers={"Retry-After": "1"})
         call_sid = params.get("CallSid", "")
-        if not _valid_sid(call_sid):
+        if not is_call_sid(call_sid):
             return Response("missing or invalid CallSid", status_code=400)
-        token = gw.admit(call_sid)
+        token, why = await gw.admit_call(call_sid)
         if token is None:
-            why = "draining" if gw.draining else "bus down" if not gw.connected else "full"
+            if why == "replayed":
+                _REPLAYED.inc()
             log.warning("call turned away", **kv(call=call_sid, why=why))
             return Response(busy_twiml(), media_type=XML)
         log.info("call admitted", **kv(call=call_sid))
@@ -214,21 +230,44 @@ class GatewayServer(uvicorn.Server):
         self.should_exit = True
 
 
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn settings every way of serving the gateway shares (``serve``, the tests)."""
+    return {
+        "log_config": None,  # our redacting root handler formats everything
+        "access_log": False,  # request lines carry SIDs in query strings of some webhooks
+        # Client address and scheme come from the socket; X-Forwarded-* are believed only from
+        # TRUSTED_PROXIES, by our own code (services/gateway/limits.py).
+        "proxy_headers": False,
+        # A larger frame closes its socket (1009) before it is read: uvicorn's default of
+        # 16 MiB would be buffered whole, before any authentication.
+        "ws_max_size": settings.ws_max_message_bytes,
+        "ws_ping_interval": 20.0,
+    }
+
+
+def check_startup_settings(settings: Settings) -> str | None:
+    """Why the gateway must not start with ``settings`` (one line), or None."""
+    try:
+        AdminAuth.from_setting(settings.admin_token.get_secret_value())
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 async def serve(settings: Settings) -> int:
     """Run the gateway until SIGTERM/SIGINT (then drain); returns the exit code."""
+    problem = check_startup_settings(settings)
+    if problem is not None:
+        log.error("gateway not started: %s", problem)
+        return 2
     gateway = Gateway(settings=settings)
     app = create_app(settings=settings, gateway=gateway)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        log_config=None,  # our redacting root handler formats everything
-        access_log=False,  # request lines carry SIDs in query strings of some webhooks
-        # Client address and scheme come from the socket; X-Forwarded-* are believed only from
-        # TRUSTED_PROXIES, by our own code (services/gateway/limits.py).
-        proxy_headers=False,
-        ws_ping_interval=20.0,
         timeout_graceful_shutdown=10,
+        **server_options(settings),
     )
     server = GatewayServer(config, gateway=gateway, grace_s=settings.drain_grace_s)
     await server.serve()

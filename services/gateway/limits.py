@@ -81,6 +81,34 @@ def candidate_urls(
     return urls
 
 
+class TokenBucket:
+    """One token bucket: ``rate_per_s`` refill, ``burst`` capacity (``rate_per_s <= 0``: no
+    limit). A media stream holds one per kind of message it limits."""
+
+    __slots__ = ("_burst", "_clock", "_last", "_rate", "_tokens")
+
+    def __init__(
+        self, *, rate_per_s: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rate = rate_per_s
+        self._burst = float(max(1.0, burst))
+        self._clock = clock
+        self._tokens = self._burst
+        self._last = clock()
+
+    def allow(self) -> bool:
+        """Take one token; False when the bucket is empty (or True when there is no limit)."""
+        if self._rate <= 0:
+            return True
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
 class RateLimiter:
     """Token bucket per key (client IP): ``rate_per_s`` refill, ``burst`` capacity.
 

@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 from services.gateway.bargein import VadPool
 from services.gateway.call import CallSession
 from services.gateway.recording import recording_store
-from services.gateway.security import CallTokens, SharedTokenLedger
+from services.gateway.security import CallAdmissions, CallTokens, SharedTokenLedger
 from shared import audit, bus, callevents
 from shared.logging import kv
 from shared.metrics import ACTIVE_CALLS
@@ -51,6 +51,7 @@ class Gateway:
         self.vad_pool = vad_pool if vad_pool is not None else (VadPool() if use_vad else None)
         self.recordings = recording_store(settings)  # None unless RECORD_CALLS
         self.token_ledger = SharedTokenLedger.from_settings(settings)  # None without Redis
+        self.admissions = CallAdmissions.from_settings(settings)
         self.nc: NATS | None = None
         self.calls: dict[str, CallSession] = {}
         self.streams: set[asyncio.Task[None]] = set()
@@ -124,16 +125,41 @@ class Gateway:
         if self.token_ledger is not None:
             with contextlib.suppress(Exception):
                 await self.token_ledger.aclose()
+        with contextlib.suppress(Exception):
+            await self.admissions.aclose()
 
     # ------------------------------------------------------------------ admission
 
-    def admit(self, call_sid: str) -> str | None:
-        """A stream token for a new call, or None (draining, bus down, at capacity)."""
-        if self.draining or not self.connected:
-            return None
+    def refusal(self) -> str | None:
+        """Why no call can be admitted now (draining, bus down, full), or None."""
+        if self.draining:
+            return "draining"
+        if not self.connected:
+            return "bus down"
         if len(self.calls) + self.tokens.pending >= self.settings.max_calls:
-            return None
-        return self.tokens.issue(call_sid)
+            return "full"
+        return None
+
+    async def admit(self, call_sid: str) -> str | None:
+        """A stream token for a new call, or None (see :meth:`admit_call`)."""
+        token, _ = await self.admit_call(call_sid)
+        return token
+
+    async def admit_call(self, call_sid: str) -> tuple[str | None, str]:
+        """``(token, "admitted")`` or ``(None, why)``: draining, bus down, full, or "replayed"
+        when any replica admitted ``call_sid`` before. The one way a stream token is minted,
+        so a call gets one token, ever (:class:`~services.gateway.security.CallAdmissions`)."""
+        why = self.refusal()
+        if why is not None:
+            return None, why
+        if not await self.admissions.claim_shared(call_sid):
+            return None, "replayed"
+        why = self.refusal()  # the Redis round trip yielded: capacity may have changed
+        if why is not None:
+            return None, why
+        if not self.admissions.claim_local(call_sid):
+            return None, "replayed"
+        return self.tokens.issue(call_sid), "admitted"
 
     def begin_drain(self) -> None:
         """Stop taking calls (healthz 503, ``/voice`` apologizes); current calls go on."""

@@ -4,7 +4,10 @@ Both ``/voice`` and the WebSocket upgrade are signed by Twilio (``X-Twilio-Signa
 *public* URL, which is rebuilt from ``PUBLIC_URL``, never from the local socket (behind a proxy
 the two differ). The stream token is a second, call-bound check on the ``start`` message: an
 HMAC over the call SID and an expiry, so any gateway replica can verify a token another replica
-issued; single use is enforced per process.
+issued; single use is enforced per process and, with Redis, across replicas. A CallSid is
+admitted once (:class:`CallAdmissions`), so exactly one token is ever minted per call: the
+upgrade's signature is the same for every call (Twilio signs the fixed ``wss://`` URL), and
+the single-use, call-bound token is what ties a stream to the call ``/voice`` admitted.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import base64
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -180,3 +185,103 @@ class SharedTokenLedger:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+
+CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
+"""Twilio's CallSid shape. Nothing else is admitted, logged as a call or used in a key."""
+
+NO_LIMIT_LIFETIME_S = 24 * 3600.0  # Twilio's longest call, for MAX_CALL_S=0 (no limit)
+
+
+def is_call_sid(value: str) -> bool:
+    """Whether ``value`` is a Twilio CallSid (``CA`` + 32 hex digits)."""
+    return bool(CALL_SID.fullmatch(value))
+
+
+def admission_lifetime_s(settings: Any) -> float:
+    """How long a CallSid stays admitted: the longest the call itself can last, plus grace."""
+    if settings.max_call_s <= 0:
+        return NO_LIMIT_LIFETIME_S
+    return float(
+        settings.max_call_s + settings.call_limit_grace_s + settings.call_token_ttl_s + 60.0
+    )
+
+
+class CallAdmissions:
+    """Each CallSid is admitted (and so gets a stream token) once, on every gateway replica.
+
+    The first ``SET NX va:admit:<sid>`` (lifetime :func:`admission_lifetime_s`) wins; a
+    replayed ``/voice`` finds the key and gets the busy TwiML. This process also remembers
+    what it admitted, which is the whole check without Redis (single-process dev) and what
+    still holds on this replica while Redis is down: then a new SID is admitted (a Redis
+    outage never turns real calls away) and a replay is caught only on the replica that
+    admitted the original (docs/decisions/0040-voice-admitted-once.md).
+    """
+
+    def __init__(
+        self,
+        *,
+        redis: Any | None,
+        lifetime_s: float,
+        timeout_s: float = 0.3,
+        max_local: int = 100_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = redis
+        self._lifetime = lifetime_s
+        self._timeout = timeout_s
+        self._max = max_local
+        self._clock = clock
+        self._local: OrderedDict[str, float] = OrderedDict()  # sid -> expiry, oldest first
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> CallAdmissions:
+        redis = None
+        if settings.redis_url:
+            from redis.asyncio import Redis
+
+            from shared.callstate import redis_options
+
+            redis = Redis.from_url(
+                settings.redis_url,
+                socket_timeout=0.3,
+                socket_connect_timeout=0.3,
+                **redis_options(settings),
+            )
+        return cls(redis=redis, lifetime_s=admission_lifetime_s(settings))
+
+    def claim_local(self, call_sid: str) -> bool:
+        """True the first time this process sees ``call_sid`` (within its lifetime)."""
+        now = self._clock()
+        while self._local:
+            sid, exp = next(iter(self._local.items()))
+            if exp >= now and len(self._local) < self._max:
+                break
+            del self._local[sid]
+        if call_sid in self._local:
+            return False
+        self._local[call_sid] = now + self._lifetime
+        return True
+
+    async def claim_shared(self, call_sid: str) -> bool:
+        """True unless another replica (or this one) already admitted ``call_sid``.
+
+        Redis down or slow: True (logged); the in-process check in :meth:`claim_local` stands.
+        """
+        if self._redis is None:
+            return True
+        try:
+            ok = await asyncio.wait_for(
+                self._redis.set(
+                    f"va:admit:{call_sid}", b"1", nx=True, ex=max(1, int(self._lifetime))
+                ),
+                self._timeout,
+            )
+        except Exception as e:
+            log.warning("admission ledger unavailable", **kv(error=type(e).__name__))
+            return True
+        return bool(ok)
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()

@@ -3,7 +3,9 @@
 Checks the upgrade's signature before accepting, the call token on ``start``, then feeds the
 messages to a :class:`~services.gateway.call.CallSession`. A bad frame (malformed, unknown,
 oversized, binary, wrong stream) is counted, logged without its content, and dropped: the call
-goes on.
+goes on. So are messages beyond the stream's rate limits (``STREAM_MESSAGE_RATE_PER_S``, and
+``STREAM_DTMF_RATE_PER_S`` for keys), set above anything a phone sends. A frame over
+``WS_MAX_MESSAGE_BYTES`` never gets here: the server closes its socket (1009) unread.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import logging
 import time
 
+from prometheus_client import Counter
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -23,8 +26,8 @@ from services.gateway.console.auth import (
     is_console_socket,
     redeem_console_upgrade,
 )
-from services.gateway.limits import candidate_urls, forwarded_base, parse_networks
-from services.gateway.recording import CallRecorder
+from services.gateway.limits import TokenBucket, candidate_urls, forwarded_base, parse_networks
+from services.gateway.recording import RecordingWriter
 from services.gateway.runtime import Gateway
 from services.gateway.security import (
     SIGNATURE_HEADER,
@@ -33,7 +36,7 @@ from services.gateway.security import (
 )
 from services.gateway.twiml import PARAM_CALL_SID, PARAM_TOKEN
 from shared.logging import kv
-from shared.metrics import BAD_MESSAGES
+from shared.metrics import BAD_MESSAGES, STREAM_DROPS
 from shared.twilio import Connected, DtmfMsg, Mark, Media, Start, Stop, parse_inbound
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,8 @@ BAD_LOG_LIMIT = 5  # bad frames logged per call (all are counted)
 POLICY_VIOLATION = 1008
 
 _BAD_TWILIO = BAD_MESSAGES.labels(SERVICE, "twilio")
+_DROPPED_MESSAGES = STREAM_DROPS.labels(SERVICE, "message")
+_DROPPED_DTMF = STREAM_DROPS.labels(SERVICE, "dtmf")
 
 
 class _Refused(Exception):
@@ -62,8 +67,15 @@ class TwilioStream:
         self._send_lock = asyncio.Lock()
         self._closed = False
         self.bad_frames = 0
-        self._recorder: CallRecorder | None = None
+        self._recorder: RecordingWriter | None = None
         self._console_sid: str | None = None  # a console softphone call, admitted for this SID
+        st = gateway.settings
+        # Floods cost money (turns, ASR time): a stream gets what a phone can send, no more.
+        self._messages = TokenBucket(
+            rate_per_s=st.stream_message_rate_per_s, burst=st.stream_message_burst
+        )
+        self._keys = TokenBucket(rate_per_s=st.stream_dtmf_rate_per_s, burst=st.stream_dtmf_burst)
+        self.dropped = 0  # messages over the limits (counted, not logged one by one)
 
     def upgrade_allowed(self) -> bool:
         """Twilio signed this upgrade over our public ``wss://`` URL (or checks are off).
@@ -140,6 +152,9 @@ class TwilioStream:
             kind = message["type"]
             if kind == "websocket.disconnect":
                 return "disconnected"
+            if not self._messages.allow():  # before parsing: the flood costs nothing more
+                self._drop(_DROPPED_MESSAGES, "message")
+                continue
             text = message.get("text")
             if text is None:
                 self._bad("binary frame", size=len(message.get("bytes") or b""))
@@ -169,8 +184,7 @@ class TwilioStream:
             except (binascii.Error, ValueError):
                 self._bad("bad media payload", size=len(msg.media.payload))
                 return False
-            if self._recorder is not None:
-                self._recorder.add(frame)
+            self._record(frame)
             await session.on_media(
                 frame, str(msg.media.chunk or ""), str(msg.media.timestamp or "")
             )
@@ -183,6 +197,9 @@ class TwilioStream:
             return False
         if isinstance(msg, DtmfMsg):
             if session is not None and msg.stream_sid == self._stream_sid:
+                if not self._keys.allow():
+                    self._drop(_DROPPED_DTMF, "dtmf")
+                    return False
                 await session.on_dtmf(msg.dtmf.digit)
             else:
                 self._bad("dtmf outside a started stream")
@@ -240,17 +257,31 @@ class TwilioStream:
         self._session = session
         self._stream_sid = msg.stream_sid
         if self._gw.recordings is not None:
-            self._recorder = CallRecorder(call_sid=info.call_sid)
+            try:
+                self._recorder = self._gw.recordings.writer(info.call_sid)
+            except OSError as e:  # a full or read-only disk must not cost the call
+                log.error("recording not started", **kv(call=info.call_sid, error=type(e).__name__))
         log.info("call started", **kv(call=info.call_sid))
         await session.start()
 
-    async def _save_recording(self) -> None:
-        rec, store = self._recorder, self._gw.recordings
-        self._recorder = None
-        if rec is None or store is None:
+    def _record(self, frame: bytes) -> None:
+        rec = self._recorder
+        if rec is None:
             return
         try:
-            await asyncio.to_thread(store.save, rec.call_sid, rec.audio())
+            rec.add(frame)
+        except OSError as e:  # disk full: stop recording, the call goes on
+            log.error("recording stopped", **kv(call=rec.call_sid, error=type(e).__name__))
+            self._recorder = None
+            rec.abort()
+
+    async def _save_recording(self) -> None:
+        rec = self._recorder
+        self._recorder = None
+        if rec is None:
+            return
+        try:
+            await asyncio.to_thread(rec.close)
         except Exception as e:
             log.error("recording not saved", **kv(call=rec.call_sid, error=type(e).__name__))
 
@@ -271,6 +302,13 @@ class TwilioStream:
         if self._ws.application_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
                 await self._ws.close(code=code)
+
+    def _drop(self, counter: Counter, kind: str) -> None:
+        counter.inc()
+        self.dropped += 1
+        if self.dropped == 1:  # once per call: the counter has the rest
+            call = self._session.call_sid if self._session is not None else None
+            log.warning("stream over its rate limit: excess dropped", **kv(kind=kind, call=call))
 
     def _bad(self, why: str, **fields: object) -> None:
         _BAD_TWILIO.inc()

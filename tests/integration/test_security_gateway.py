@@ -29,7 +29,7 @@ from voiceagent.security_cli import parse_since, run_audit
 
 TOKEN = "test-auth-token"
 PUBLIC = "https://gw.example.com"
-ADMIN = "ann=ann-token-7f3e9c1b,bob=bob-token-2d8a6e40"
+ADMIN = "ann:ann-token-7f3e9c1b,bob:bob-token-2d8a6e40"
 ANN = {"Authorization": "Bearer ann-token-7f3e9c1b"}
 PRIVILEGED = ("/calls", "/websocket-status", "/websocket-metrics")
 

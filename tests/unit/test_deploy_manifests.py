@@ -10,6 +10,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from services.gateway.limits import parse_networks
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 K8S_VERSION = "1.35.0"
@@ -349,3 +351,29 @@ def test_services_reach_nats_and_redis_over_tls_as_their_own_users() -> None:
 def test_dockerfile_runs_as_non_root() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "\nUSER " in text and "USER root" not in text
+
+
+def test_the_ingress_exposes_only_twilios_paths_and_trusts_only_itself() -> None:
+    ingress = next(d for _, d in MANIFESTS if d["kind"] == "Ingress")
+    paths = [
+        (p["path"], p["pathType"])
+        for rule in ingress["spec"]["rules"]
+        for p in rule["http"]["paths"]
+    ]
+    assert sorted(paths) == [("/twilio-stream", "Exact"), ("/voice", "Exact")]
+    (container,) = _deployments()["gateway"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TRUSTED_PROXIES"], "behind the ingress, every caller would share one address"
+    parse_networks(env["TRUSTED_PROXIES"])  # a valid CIDR list
+
+
+def test_recordings_have_a_writable_volume_under_a_read_only_root() -> None:
+    pod = _deployments()["gateway"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volume = mounts[env["RECORDING_DIR"]]
+    (spec,) = [v for v in pod["volumes"] if v["name"] == volume]
+    assert "emptyDir" in spec or "persistentVolumeClaim" in spec
+    assert not any(m.get("readOnly") for m in container["volumeMounts"] if m["name"] == volume)

@@ -320,7 +320,8 @@ async def test_bad_frames_are_dropped_and_the_call_goes_on(gw: Gw, bus: NATS) ->
     await caller.ws.send(
         json.dumps({"event": "media", "streamSid": caller.stream_sid, "media": {"payload": "***"}})
     )
-    await caller.ws.send("x" * 5000)  # over ws_max_message_bytes=4096
+    # A frame over WS_MAX_MESSAGE_BYTES closes its socket (1009) unread: see
+    # test_security_front_door.py::test_an_oversized_frame_closes_only_its_own_socket
     await caller.ws.send(b"\x00\x01")  # binary frames are not Twilio's
     await caller.send(  # another stream's media
         {"event": "media", "streamSid": "MZother", "media": {"payload": "AAAA"}}

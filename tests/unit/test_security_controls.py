@@ -19,7 +19,7 @@ from services.gateway.limits import (
     forwarded_base,
     parse_networks,
 )
-from services.gateway.recording import CallRecorder, RecordingStore, recording_store
+from services.gateway.recording import RecordingStore, recording_store
 from services.gateway.security import CallTokens, SharedTokenLedger
 from shared.callstate import call_key, redis_options
 from shared.settings import Settings
@@ -83,18 +83,18 @@ def test_signed_url_candidates_public_url_first_proxy_view_only_when_trusted() -
 
 
 def test_admin_tokens_named_actors_and_refusals() -> None:
-    auth = AdminAuth.from_setting("ann=tok-ann-123456,bob=tok-bob-654321")
-    assert auth.actor("Bearer tok-ann-123456") == "ann"
-    assert auth.actor("bearer tok-bob-654321") == "bob"
+    auth = AdminAuth.from_setting("ann:tok-ann-1234567890,bob:tok-bob-0987654321")
+    assert auth.actor("Bearer tok-ann-1234567890") == "ann"
+    assert auth.actor("bearer tok-bob-0987654321") == "bob"
     for bad in (
         None,
         "",
         "Bearer",
         "Bearer ",
-        "Basic tok-ann-123456",
-        "Bearer tok-ann-12345",
-        "Bearer tok-ann-1234567",
-        "tok-ann-123456",
+        "Basic tok-ann-1234567890",
+        "Bearer tok-ann-123456789",
+        "Bearer tok-ann-12345678901",
+        "tok-ann-1234567890",
         "Bearer " + "x" * 5000,
     ):
         assert auth.actor(bad) is None, bad
@@ -102,7 +102,38 @@ def test_admin_tokens_named_actors_and_refusals() -> None:
     assert not AdminAuth.from_setting("").configured
     assert AdminAuth.from_setting("").actor("Bearer ") is None
     with pytest.raises(ValueError):
-        parse_tokens("ann=,bob=x")
+        parse_tokens("ann:,bob:x")
+
+
+def test_admin_token_any_printable_secret_is_one_token_and_ambiguity_is_refused() -> None:
+    # Base64 secrets (padding '=', '+', '/') are one token, never split at '=' (once, "abc=="
+    # made "=" the admin token and refused the real one).
+    for secret in ("q83vEjRWeJA+/Zx9LmN0pQ==", "dGhpcy1pcy1hLXRva2Vu=", "a+b/c", "abc-123_~!"):
+        auth = AdminAuth.from_setting(secret)
+        assert auth.actor(f"Bearer {secret}") == "admin", secret
+        for part in ("=", "==", secret.rstrip("=")):
+            if part != secret:
+                assert auth.actor(f"Bearer {part}") is None, (secret, part)
+    assert parse_tokens("  spaced-secret-1234  ") == {"admin": "spaced-secret-1234"}
+    # Each ambiguous value is refused with one line that names ADMIN_TOKEN and never the secret.
+    for bad in (
+        "ann=t1,bob=t2",  # the retired name=token form
+        "ann=tok-ann-1234567890",
+        "ann:short",  # a named token must be a real secret
+        "ann:tok-ann-1234567890,ann:tok-ann-0987654321",  # a name twice
+        "ann:tok-same-1234567890,bob:tok-same-1234567890",  # a token twice
+        "ann:tok:extra-1234567890",
+        "has space-1234567890",
+        "tab\tsecret",
+        "naïve-secret-1234567890",
+        "bad name:tok-ann-1234567890",
+        "ann:tok-ann-1234567890,",
+    ):
+        with pytest.raises(ValueError) as e:
+            parse_tokens(bad)
+        msg = str(e.value)
+        assert msg.startswith("ADMIN_TOKEN") and "\n" not in msg, bad
+        assert "1234567890" not in msg and "t2" not in msg, bad
 
 
 def test_stream_token_is_call_bound_single_use_and_short_lived() -> None:
@@ -190,6 +221,44 @@ def test_recordings_are_encrypted_at_rest_and_tamper_evident(tmp_path: Path) -> 
         store.path("../../etc/passwd")
 
 
+def test_streamed_recordings_hold_one_chunk_and_refuse_reordered_cut_or_moved_chunks(
+    tmp_path: Path,
+) -> None:
+    key = Fernet.generate_key()
+    store = RecordingStore(directory=tmp_path, key=key, retention_s=86400)
+    call, other = "CA" + uuid.uuid4().hex, "CA" + uuid.uuid4().hex
+    w = store.writer(call, chunk_bytes=800)
+    frames = [bytes([i]) * 160 for i in range(23)]
+    for f in frames:
+        w.add(f)
+        assert w.buffered < 800, "bounded memory: at most one chunk is held"
+    assert not store.path(call).exists(), "in place only once the call is over"
+    path = w.close()
+    assert store.load(call) == b"".join(frames)
+    lines = path.read_bytes().split(b"\n")[:-1]
+    assert len(lines) == 5  # 4 full chunks and the last (partial) one
+    for tampered in (
+        [lines[1], lines[0], *lines[2:]],  # reordered
+        lines[:-1],  # cut before the last chunk
+        [*lines[:2], *lines[3:]],  # a chunk dropped
+    ):
+        path.write_bytes(b"".join(x + b"\n" for x in tampered))
+        assert store.load(call) is None
+    path.write_bytes(b"".join(x + b"\n" for x in lines))
+    store.path(call).rename(store.path(other))
+    assert store.load(other) is None, "another call's chunks do not pass as this call's"
+    # Past the call's cap, frames are dropped, the writer still closes cleanly.
+    capped = store.writer(call, chunk_bytes=800, max_bytes=320)
+    for f in frames:
+        capped.add(f)
+    capped.close()
+    assert store.load(call) == frames[0] + frames[1]
+    # A recording written whole as one token (before streaming) still loads.
+    legacy = Fernet(key).encrypt(b"old recording")
+    store.path(call).write_bytes(legacy)
+    assert store.load(call) == b"old recording"
+
+
 def test_retention_purge_uses_the_authenticated_timestamp(tmp_path: Path) -> None:
     clock = Clock(time.time())
     store = RecordingStore(
@@ -213,7 +282,3 @@ def test_recordings_off_by_default_and_need_a_valid_key(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a valid Fernet key") as e:
         recording_store(Settings(record_calls=True, recording_key=SecretStr("short-secret")))
     assert "short-secret" not in str(e.value)
-    rec = CallRecorder(call_sid="CA1", max_bytes=320)
-    for _ in range(5):
-        rec.add(b"\x00" * 160)
-    assert len(rec.audio()) == 320, "bounded memory per call"

@@ -29,11 +29,12 @@ _TOKENS: WeakKeyDictionary[Gateway, CallTokens] = WeakKeyDictionary()
 
 
 def console_auth(settings: Settings) -> AdminAuth:
-    """The admin tokens (``ADMIN_TOKEN``: one token, or ``name=token`` pairs); none if invalid."""
-    try:
-        return AdminAuth.from_setting(settings.admin_token.get_secret_value())
-    except ValueError:
-        return AdminAuth(tokens={})
+    """The admin tokens (``ADMIN_TOKEN``: one token, or ``name:token`` pairs).
+
+    An ambiguous value raises ``ValueError``: the gateway refuses to start rather than run
+    with the console silently off.
+    """
+    return AdminAuth.from_setting(settings.admin_token.get_secret_value())
 
 
 def token_actor(auth: AdminAuth, token: str | None) -> str | None:

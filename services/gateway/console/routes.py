@@ -48,6 +48,7 @@ STATIC_FILES = {
     "console.css": "text/css",
 }
 AUTH_TIMEOUT_S = 10.0
+FIRST_FRAME_MAX = 4096  # {"token": ...} is well under this; more is refused unparsed
 POLICY_VIOLATION = 1008
 DISABLED = "console disabled: set ADMIN_TOKEN (voiceagent up sets one and prints the URL)\n"
 # The page loads only its own scripts and talks only to its own origin.
@@ -120,7 +121,7 @@ def mount_console(app: FastAPI, *, gateway: Gateway) -> None:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         call_sid = new_console_sid()
-        token = gateway.admit(call_sid)
+        token = await gateway.admit(call_sid)
         if token is None:
             why = (
                 "draining" if gateway.draining else "bus down" if not gateway.connected else "full"
@@ -152,6 +153,10 @@ def mount_console(app: FastAPI, *, gateway: Gateway) -> None:
         await ws.accept()
         try:
             first = await asyncio.wait_for(ws.receive_text(), AUTH_TIMEOUT_S)
+            if len(first) > FIRST_FRAME_MAX:
+                log.warning("console feed refused: first frame too large")
+                await _close(ws, 1009, "first frame too large")
+                return
             presented = json.loads(first).get("token")
         except (TimeoutError, ValueError, AttributeError, WebSocketDisconnect, KeyError):
             presented = None
