@@ -25,7 +25,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 SERVICE_COMMANDS = ("gateway", "asr", "agent", "tts")
 DEMO_SCRIPT = ("What are your opening hours?", "Thank you, goodbye.")
