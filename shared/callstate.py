@@ -16,6 +16,7 @@ HISTORY = "hist"  # list of JSON chat entries (private ``_``-prefixed fields)
 HEARD = "heard"  # hash turn -> JSON {"seq", "text"}: where barge-in cut that turn's reply
 VERIFIED = "verified"  # JSON {"member_id", "verification"}: the member verified on this call
 VERIFY_ATTEMPTS = "verify"  # counter: verification attempts made on this call
+ADMITTED = "admit"  # the gateway: this CallSid was admitted once (a replayed /voice is refused)
 PHI_LOOKUPS = "phi"  # counter: PHI tool calls made on this call
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
+from shared import callstate
 from shared.logging import kv
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ def admission_lifetime_s(settings: Any) -> float:
 class CallAdmissions:
     """Each CallSid is admitted (and so gets a stream token) once, on every gateway replica.
 
-    The first ``SET NX va:admit:<sid>`` (lifetime :func:`admission_lifetime_s`) wins; a
+    The first ``SET NX va:admit:{<sid>}`` (lifetime :func:`admission_lifetime_s`) wins; a
     replayed ``/voice`` finds the key and gets the busy TwiML. This process also remembers
     what it admitted, which is the whole check without Redis (single-process dev) and what
     still holds on this replica while Redis is down: then a new SID is admitted (a Redis
@@ -273,7 +274,10 @@ class CallAdmissions:
         try:
             ok = await asyncio.wait_for(
                 self._redis.set(
-                    f"va:admit:{call_sid}", b"1", nx=True, ex=max(1, int(self._lifetime))
+                    callstate.call_key(callstate.ADMITTED, call_sid),
+                    b"1",
+                    nx=True,
+                    ex=max(1, int(self._lifetime)),
                 ),
                 self._timeout,
             )

@@ -257,15 +257,22 @@ def test_redis_acl_covers_every_key_kind_and_fences_tts_off_histories() -> None:
     users = _acl_users()
     assert users["default"] == ["off"]
     agent_src = "".join(p.read_text() for p in (ROOT / "services" / "agent").rglob("*.py"))
+    from shared import callstate
+
     kinds = set(re.findall(r"call_key\(\s*[\"'](\w+)[\"']", agent_src))
+    # Kinds named by callstate's constants (``from shared.callstate import VERIFIED`` or
+    # ``callstate.VERIFIED``) count too.
+    names = set(re.findall(r"callstate\.([A-Z_]+)\b", agent_src))
+    for imported in re.findall(r"from shared\.callstate import ([A-Z_, ]+)", agent_src):
+        names |= {n.strip() for n in imported.split(",")}
+    kinds |= {getattr(callstate, n) for n in names if n != "KEY_PREFIX"}
     assert {"hist", "heard", "lease", "appt"} <= kinds  # the scan finds what it should
     assert {f"~va:{k}:*" for k in kinds} <= set(_key_rules(users["agent"])), kinds
     from services.tts.prompt_cache import KEY_PREFIX as TTS_PREFIX
-    from shared import callstate
 
     assert TTS_PREFIX.startswith("va:tts:") and _key_rules(users["tts"]) == ["~va:tts:*"]
     gateway = _key_rules(users["gateway"])
-    assert "~va:tok:*" in gateway
+    assert "~va:tok:*" in gateway and f"~va:{callstate.ADMITTED}:*" in gateway
     for kind in (callstate.HISTORY, callstate.HEARD):  # read for the transcript export only
         assert f"%R~va:{kind}:*" in gateway and f"~va:{kind}:*" not in gateway
     for name in ("agent", "gateway", "tts"):
