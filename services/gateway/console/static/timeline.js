@@ -15,9 +15,9 @@
   };
   const W = 1000; // timeline viewBox width
   const LEFT = 56; // room for the track names
-  const ROW = { caller: 6, agent: 30 };
+  const ROW = { caller: 12, agent: 36 };
   const ROW_H = 16;
-  const H = 66;
+  const H = 72;
 
   // What each mark means on the timeline (glyph class, which track, label).
   const MARKS = {
