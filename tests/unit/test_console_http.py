@@ -293,3 +293,20 @@ def test_feed_sends_the_stored_past_first_then_live_each_message_once(
         "while the store was read",
         "after the page opened",
     ]
+
+
+def test_feed_without_the_event_store_is_live_only() -> None:
+    from tests.natsserver import private_nats_server
+
+    with private_nats_server(jetstream=True) as url:  # fresh: no VOICE_EVENTS stream
+        c, gw = make_client(url, events_retention_h=0.0)
+        with c, c.websocket_connect("/console/feed") as ws:
+            ws.send_text(json.dumps({"token": ADMIN}))
+            hello = json.loads(ws.receive_text())
+            assert hello["kind"] == "hello" and hello["history"] is False
+            portal, sid = c.portal, "CA" + uuid.uuid4().hex
+            assert portal is not None and gw.nc is not None
+            said = Transcript(call_sid=sid, utterance_id=1, text="still live", is_final=True)
+            portal.call(gw.nc.publish, subjects.transcript(sid), said.to_bytes())
+            items = feed_until(ws, lambda got: any(i.get("call") == sid for i in got))
+    assert [i["text"] for i in items if i.get("call") == sid] == ["still live"]

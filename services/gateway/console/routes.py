@@ -53,6 +53,7 @@ STATIC_FILES = {
 }
 AUTH_TIMEOUT_S = 10.0
 HISTORY_BATCH = 500  # stored items per frame on opening
+HISTORY_TIMEOUT_S = 15.0  # past this, the viewer gets the live feed without the past
 STATS_EVERY_S = 2.0  # the system view's refresh
 DEDUP_HOLD_S = 10.0  # how long live copies of stored messages are looked out for
 POLICY_VIOLATION = 1008
@@ -239,8 +240,9 @@ async def _send_history(ws: WebSocket, gateway: Gateway, viewer: _Viewer) -> set
     """The stored past (live calls so far, ended calls): sent before the live items."""
     assert gateway.nc is not None
     try:
-        history = await backfill.load(gateway.nc, local_calls=list(gateway.calls))
-    except Exception as e:  # no stream (EVENTS_RETENTION_H=0, no JetStream): live only
+        async with asyncio.timeout(HISTORY_TIMEOUT_S):
+            history = await backfill.load(gateway.nc, local_calls=list(gateway.calls))
+    except Exception as e:  # no stream (EVENTS_RETENTION_H=0, no JetStream, no read right)
         log.warning("console history unavailable", **kv(error=type(e).__name__))
         await ws.send_text(_hello(gateway, history=False))
         return set()
