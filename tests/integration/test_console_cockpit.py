@@ -222,7 +222,11 @@ async def test_page_opened_mid_call_shows_the_call_so_far_then_continues_live(
             assert sum(bar["parts"].values()) == pytest.approx(t.v2v_ms, abs=0.05)
             assert bar["width"] == pytest.approx(t.v2v_ms * BAR_PX_PER_MS, abs=1.0)
 
-        # Clicking a turn shows its text and timings.
+        # Clicking a turn shows its text and timings: on the timeline (the caller's speech
+        # opens the turn that answered it) or on its line.
+        await page.click(f"{card(sid)} svg.timeline rect.span.caller[data-utterance='1']")
+        first = await page.text_content(card(sid) + " .detail") or ""
+        assert first.startswith("turn 1") and cs.TURNS[0].caller in first
         await page.click(f"{card(sid)} .line.agent[data-turn='2']")
         detail = await page.text_content(card(sid) + " .detail")
         assert detail is not None

@@ -26,6 +26,7 @@ Item = dict[str, Any]
 STAGES = ("endpointing", "recognition", "agent", "tts", "overhead")
 MEASURED = STAGES[:-1]
 WINDOW_S = 300.0  # the system view: turns whose first audio went out in the last five minutes
+MAX_CALLS = 2000  # calls followed at once (one whose end never came is forgotten, oldest first)
 
 
 def _ms(v: Any) -> float | None:
@@ -81,7 +82,11 @@ class TurnLatencies:
         if name == "call.ended":
             self._calls.pop(sid, None)
             return None
-        call = self._calls.setdefault(sid, _Call())
+        call = self._calls.get(sid)
+        if call is None:
+            if len(self._calls) >= MAX_CALLS:
+                del self._calls[next(iter(self._calls))]
+            call = self._calls[sid] = _Call()
         if name == "asr.final":
             u = data.get("utterance_id")
             if isinstance(u, int):

@@ -410,6 +410,8 @@ function showDetail(c, turn) {
 
 function timelineModel(c, now) {
   const t1 = c.endedAt || now;
+  const answeredBy = new Map();
+  for (const [turn, utt] of c.turnUtt) answeredBy.set(utt, turn);
   const caller = [];
   for (const u of c.caller.values()) {
     let end = u.end;
@@ -417,7 +419,7 @@ function timelineModel(c, now) {
     if (end !== null && typeof u.speechMs === "number") start = end - u.speechMs / 1000;
     if (start === null) continue;
     if (end === null) end = u.stopped ? start : t1;
-    caller.push({ id: u.id, start, end, final: u.final });
+    caller.push({ id: u.id, start, end, final: u.final, turn: answeredBy.get(u.id) });
   }
   const agent = [];
   for (const a of c.agent.values()) {
