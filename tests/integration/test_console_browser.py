@@ -187,7 +187,7 @@ async def test_softphone_call_shows_transcript_and_plays_reply(browser: Any, sta
                     return c && c.querySelector('.line.caller:not(.interim)')
                         && c.querySelector('.line.agent svg.latency-bar');
                 }}""",
-                timeout=10_000,
+                timeout=20_000,  # the answer's first audio may still be on its way
             )
             heard = await late.text_content(f"{sel} .line.caller:not(.interim) .text") or ""
             assert re.search("opening|hours", heard, re.I)
