@@ -1,4 +1,5 @@
-"""The call event store: JetStream stream ``VOICE_EVENTS`` for ``voiceagent replay`` and ``calls``.
+"""The call event store: JetStream stream ``VOICE_EVENTS`` for ``voiceagent replay``, ``calls``
+and the web console's history (docs/console.md).
 
 It captures every per-call message except audio (``voice.*.events``, ``.control``,
 ``.transcript``, ``.reply``) as it is published: no service writes to it explicitly. Retention is
