@@ -1,4 +1,5 @@
-"""The call event store: JetStream stream ``VOICE_EVENTS`` for ``voiceagent replay`` and ``calls``.
+"""The call event store: JetStream stream ``VOICE_EVENTS`` for ``voiceagent replay``, ``calls``
+and the web console's history (docs/console.md).
 
 It captures every per-call message except audio (``voice.*.events``, ``.control``,
 ``.transcript``, ``.reply``) as it is published: no service writes to it explicitly. Retention is
@@ -9,6 +10,7 @@ at rest (a NATS server setting).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -121,6 +123,8 @@ async def read(
     sub = await js.pull_subscribe(filter_subject, stream=subjects.EVENTS_STREAM, config=config)
     out: list[StoredMessage] = []
     try:
+        if not (await sub.consumer_info()).num_pending:
+            return out  # nothing stored: skip the fetch's wait for messages that never come
         while len(out) < limit:
             try:
                 msgs = await sub.fetch(batch=FETCH_BATCH, timeout=fetch_timeout_s)
@@ -154,6 +158,33 @@ async def read_call(nc: NATS, call_sid: str) -> list[StoredMessage]:
     root = subjects.call_root(call_sid)
     kinds = [s.split(".", 2)[2] for s in subjects.EVENTS_STREAM_SUBJECTS]
     found = [m for kind in kinds for m in await read(nc, f"{root}.{kind}")]
+    return sorted(found, key=lambda m: m.seq)
+
+
+async def read_calls(
+    nc: NATS,
+    since: dict[str, float],
+    *,
+    kinds: Iterable[str] = ("transcript", "reply", "control"),
+    concurrency: int = 8,
+) -> list[StoredMessage]:
+    """What is stored of several calls (``since``: call SID -> epoch s), merged in stream order.
+
+    One filtered read per call and kind (the server picks the call's messages out of the
+    stream), ``concurrency`` at a time: how the console catches up on live calls.
+    """
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(subject: str, start: float) -> list[StoredMessage]:
+        async with gate:
+            return await read(nc, subject, since=start)
+
+    jobs = [
+        one(f"{subjects.call_root(sid)}.{kind}", start)
+        for sid, start in since.items()
+        for kind in kinds
+    ]
+    found = [m for part in await asyncio.gather(*jobs) for m in part]
     return sorted(found, key=lambda m: m.seq)
 
 

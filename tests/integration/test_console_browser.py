@@ -9,6 +9,7 @@ once that audio has played. The page's G.711 codec is checked against ours bit f
 from __future__ import annotations
 
 import os
+import re
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -174,6 +175,36 @@ async def test_softphone_call_shows_transcript_and_plays_reply(browser: Any, sta
         assert sent >= 8000, "the microphone audio did not flow"
         agent_text = await page.text_content(f".call[data-call='{call_sid}'] .line.agent .text")
         assert agent_text, "the agent's reply is not on the console"
+        # A second viewer opening now sees this call's conversation so far, from the store,
+        # with the turn's latency split into stages that add up to its voice-to-voice time.
+        late = await new_page(browser)
+        try:
+            await late.goto(stack.info.gateway_url + "/console#token=" + ADMIN)
+            sel = f".call[data-call='{call_sid}']"
+            await late.wait_for_function(
+                f"""() => {{
+                    const c = document.querySelector("{sel}");
+                    return c && c.querySelector('.line.caller:not(.interim)')
+                        && c.querySelector('.line.agent svg.latency-bar');
+                }}""",
+                timeout=20_000,  # the answer's first audio may still be on its way
+            )
+            heard = await late.text_content(f"{sel} .line.caller:not(.interim) .text") or ""
+            assert re.search("opening|hours", heard, re.I)
+            assert await late.text_content(f"{sel} .line.agent .text") == agent_text
+            bar = await late.evaluate(
+                f"""() => {{
+                    const svg = document.querySelector("{sel} .line.agent svg.latency-bar");
+                    const rects = [...svg.querySelectorAll('rect.stage')];
+                    const ms = rects.map(r => Number(r.dataset.ms));
+                    return [Number(svg.dataset.v2v), ms];
+                }}"""
+            )
+            v2v, parts = bar
+            assert v2v > 0 and len(parts) == 5 and min(parts) >= 0
+            assert sum(parts) == pytest.approx(v2v, abs=0.05)
+        finally:
+            await late.context.close()
         await page.click("#hangup-btn")
         await page.wait_for_function(
             f"""() => {{

@@ -3,11 +3,13 @@ upgrade token (single use, bound to its call), Twilio's checks unchanged, and th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,6 +17,7 @@ from pydantic import SecretStr
 from starlette.websockets import WebSocketDisconnect
 
 from services.gateway.app import create_app
+from services.gateway.console import backfill
 from services.gateway.console.feed import feed_item
 from services.gateway.console.routes import twiml_parameters
 from services.gateway.runtime import Gateway
@@ -236,3 +239,74 @@ def test_up_prints_a_console_link_that_carries_a_single_token() -> None:
     assert console_url(one) == "http://127.0.0.1:8080/console#token=abc-123"
     pairs = StackInfo(**base, admin_token="ann=t1,bob=t2")
     assert console_url(pairs) == "http://127.0.0.1:8080/console"  # the page asks which one
+
+
+def feed_until(ws: Any, done: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+    """Every item the feed sends until ``done(items)`` (history and live alike)."""
+    items: list[dict[str, Any]] = []
+    while not done(items):
+        msg = json.loads(ws.receive_text())
+        items += msg.get("items", [])
+    return items
+
+
+def test_feed_sends_the_stored_past_first_then_live_each_message_once(
+    client: tuple[TestClient, Gateway], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c, gw = client
+    assert gw.nc is not None
+    nc = gw.nc
+    portal = c.portal
+    assert portal is not None
+    sid = "CA" + uuid.uuid4().hex
+
+    def said(u: int, text: str) -> bytes:
+        return Transcript(call_sid=sid, utterance_id=u, text=text, is_final=True).to_bytes()
+
+    started = event(call_sid=sid, service="gateway", name="call.started", gateway="gw")
+    portal.call(nc.publish, subjects.events(sid), started.to_bytes())
+    portal.call(nc.publish, subjects.transcript(sid), said(1, "before the page opened"))
+    portal.call(nc.flush)
+    time.sleep(0.3)  # stored by JetStream
+    real_load = backfill.load
+
+    async def load_after_one_more(*args: Any, **kwargs: Any) -> backfill.Backfill:
+        # Published once the viewer is subscribed but before the store is read: both
+        # the live subscription and the store have it, and the page must get it once.
+        await nc.publish(subjects.transcript(sid), said(2, "while the store was read"))
+        await nc.flush()
+        await asyncio.sleep(0.3)
+        return await real_load(*args, **kwargs)
+
+    monkeypatch.setattr(backfill, "load", load_after_one_more)
+    with c.websocket_connect("/console/feed") as ws:
+        ws.send_text(json.dumps({"token": ADMIN}))
+        assert json.loads(ws.receive_text())["history"] is True
+        portal.call(nc.publish, subjects.transcript(sid), said(3, "after the page opened"))
+
+        def texts(items: list[dict[str, Any]]) -> list[str]:
+            return [i["text"] for i in items if i.get("call") == sid and i["kind"] == "caller"]
+
+        items = feed_until(ws, lambda got: "after the page opened" in texts(got))
+    assert texts(items) == [
+        "before the page opened",
+        "while the store was read",
+        "after the page opened",
+    ]
+
+
+def test_feed_without_the_event_store_is_live_only() -> None:
+    from tests.natsserver import private_nats_server
+
+    with private_nats_server(jetstream=True) as url:  # fresh: no VOICE_EVENTS stream
+        c, gw = make_client(url, events_retention_h=0.0)
+        with c, c.websocket_connect("/console/feed") as ws:
+            ws.send_text(json.dumps({"token": ADMIN}))
+            hello = json.loads(ws.receive_text())
+            assert hello["kind"] == "hello" and hello["history"] is False
+            portal, sid = c.portal, "CA" + uuid.uuid4().hex
+            assert portal is not None and gw.nc is not None
+            said = Transcript(call_sid=sid, utterance_id=1, text="still live", is_final=True)
+            portal.call(gw.nc.publish, subjects.transcript(sid), said.to_bytes())
+            items = feed_until(ws, lambda got: any(i.get("call") == sid for i in got))
+    assert [i["text"] for i in items if i.get("call") == sid] == ["still live"]

@@ -4,7 +4,8 @@
 - ``POST /console/call`` (admin bearer): admit a call exactly as ``POST /voice`` does and hand
   the browser what Twilio would get from our TwiML, plus a console token for the upgrade.
 - ``WS /console/feed``: the first text frame is ``{"token": ADMIN_TOKEN}``; then the socket
-  carries live items (see :mod:`services.gateway.console.feed`). Opening it is audited.
+  carries the stored past (:mod:`~services.gateway.console.backfill`), then live items (see
+  :mod:`services.gateway.console.feed`) and the system's recent latency. Opening it is audited.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from services.gateway.console import backfill
 from services.gateway.console.auth import (
     CONSOLE_PROTOCOL,
     CONSOLE_TOKEN_PREFIX,
@@ -29,7 +31,8 @@ from services.gateway.console.auth import (
     console_tokens,
     token_actor,
 )
-from services.gateway.console.feed import FeedQueue, subscribe_feed, unsubscribe_all
+from services.gateway.console.feed import FeedQueue, Item, subscribe_feed, unsubscribe_all
+from services.gateway.console.latency import StageWindow, TurnLatencies
 from services.gateway.limits import client_ip, parse_networks
 from services.gateway.runtime import Gateway
 from services.gateway.stream import PATH as STREAM_PATH
@@ -43,12 +46,17 @@ SERVICE = "gateway"
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = {
     "console.js": "text/javascript",
+    "timeline.js": "text/javascript",
     "softphone.js": "text/javascript",
     "mic-worklet.js": "text/javascript",
     "console.css": "text/css",
 }
 AUTH_TIMEOUT_S = 10.0
 FIRST_FRAME_MAX = 4096  # {"token": ...} is well under this; more is refused unparsed
+HISTORY_BATCH = 500  # stored items per frame on opening
+HISTORY_TIMEOUT_S = 15.0  # past this, the viewer gets the live feed without the past
+STATS_EVERY_S = 2.0  # the system view's refresh
+DEDUP_HOLD_S = 10.0  # how long live copies of stored messages are looked out for
 POLICY_VIOLATION = 1008
 DISABLED = "console disabled: set ADMIN_TOKEN (voiceagent up sets one and prints the URL)\n"
 # The page loads only its own scripts and talks only to its own origin.
@@ -190,16 +198,79 @@ async def _close(ws: WebSocket, code: int, why: str) -> None:
         await ws.close(code=code)
 
 
-def _hello(gateway: Gateway) -> str:
+def _hello(gateway: Gateway, *, history: bool) -> str:
     now = time.time()
     calls = [{"call": sid, "started_at": now - s.age_s} for sid, s in gateway.calls.items()]
-    return json.dumps({"kind": "hello", "gateway": gateway.gateway_id, "calls": calls})
+    return json.dumps(
+        {"kind": "hello", "gateway": gateway.gateway_id, "calls": calls, "history": history}
+    )
+
+
+class _Viewer:
+    """One viewer's derived state: turn breakdowns, the system window, the live calls."""
+
+    def __init__(self) -> None:
+        self.latencies = TurnLatencies()
+        self.window = StageWindow()
+        self.live: set[str] = set()
+
+    def on_item(self, item: Item) -> Item | None:
+        """Track ``item``; the turn breakdown it completes, if any."""
+        if item.get("kind") == "event":
+            if item.get("name") == "call.started":
+                self.live.add(item["call"])
+            elif item.get("name") == "call.ended":
+                self.live.discard(item["call"])
+        lat = self.latencies.on_item(item)
+        if lat is not None:
+            self.window.add(lat)
+        return lat
+
+    def stats(self, gateway: Gateway, dropped: int) -> str:
+        now = time.time()
+        return json.dumps(
+            {
+                "kind": "stats",
+                "at": now,
+                "window_s": self.window.window_s,
+                "stages": self.window.snapshot(now),
+                "live_calls": len(self.live | set(gateway.calls)),
+                "local_calls": len(gateway.calls),
+                "dropped": dropped,
+            }
+        )
+
+
+async def _send_history(ws: WebSocket, gateway: Gateway, viewer: _Viewer) -> set[bytes]:
+    """The stored past (live calls so far, ended calls): sent before the live items."""
+    assert gateway.nc is not None
+    try:
+        async with asyncio.timeout(HISTORY_TIMEOUT_S):
+            history = await backfill.load(gateway.nc, local_calls=list(gateway.calls))
+    except Exception as e:  # no stream (EVENTS_RETENTION_H=0, no JetStream, no read right)
+        log.warning("console history unavailable", **kv(error=type(e).__name__))
+        await ws.send_text(_hello(gateway, history=False))
+        return set()
+    await ws.send_text(_hello(gateway, history=True))
+    items = list(history.items)
+    for ev in history.events:  # every call of the window counts in the system view
+        lat = viewer.on_item(ev)
+        if lat is not None and lat["call"] in history.live:
+            items.append(lat)
+    viewer.live = history.live | set(gateway.calls)
+    for i in range(0, len(items), HISTORY_BATCH):
+        batch = items[i : i + HISTORY_BATCH]
+        await ws.send_text(json.dumps({"kind": "batch", "items": batch, "history": True}))
+    ended = sum(1 for i in history.items if i["kind"] == "summary")
+    await ws.send_text(json.dumps({"kind": "history", "live": len(history.live), "ended": ended}))
+    return history.keys
 
 
 async def _serve_feed(ws: WebSocket, gateway: Gateway) -> None:
     assert gateway.nc is not None
     feed = FeedQueue()
     try:
+        # Live first, then the store: a message published meanwhile is in one or both.
         subs = await subscribe_feed(gateway.nc, feed.on_msg)
     except Exception as e:
         log.warning("console feed failed to subscribe", **kv(error=type(e).__name__))
@@ -216,18 +287,40 @@ async def _serve_feed(ws: WebSocket, gateway: Gateway) -> None:
                     return
 
     gone = asyncio.create_task(reader())
+    viewer = _Viewer()
+    loop = asyncio.get_running_loop()
     try:
-        await ws.send_text(_hello(gateway))
+        seen = await _send_history(ws, gateway, viewer)
+        forget_at = loop.time() + DEDUP_HOLD_S
+        stats_at = loop.time()
         while not gone.done():
+            if loop.time() >= stats_at:
+                await ws.send_text(viewer.stats(gateway, feed.dropped))
+                stats_at = loop.time() + STATS_EVERY_S
+            if seen and loop.time() >= forget_at:
+                seen = set()  # what was stored before we read it has all arrived by now
             get = asyncio.create_task(feed.queue.get())
-            await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {get, gone},
+                timeout=max(0.0, stats_at - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             if not get.done():
                 get.cancel()
-                break
-            items = [get.result()]
-            while not feed.queue.empty() and len(items) < 100:
-                items.append(feed.queue.get_nowait())
-            await ws.send_text(json.dumps({"kind": "batch", "items": items}))
+                continue
+            entries = [get.result()]
+            while not feed.queue.empty() and len(entries) < 100:
+                entries.append(feed.queue.get_nowait())
+            items: list[Item] = []
+            for key, item in entries:
+                if key in seen:
+                    continue  # already sent from the store
+                items.append(item)
+                lat = viewer.on_item(item)
+                if lat is not None:
+                    items.append(lat)
+            if items:
+                await ws.send_text(json.dumps({"kind": "batch", "items": items}))
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
