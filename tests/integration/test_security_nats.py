@@ -416,3 +416,35 @@ async def test_tail_shows_no_text_when_its_audit_record_cannot_be_stored(
     # Before the refusal only the client's notes on the refused stream creation, no call lines.
     assert lines[-1] == "cannot write the audit record (TimeoutError): text not shown", lines
     assert all(line.startswith("(nats: ") for line in lines[:-1]), lines
+
+
+async def test_the_gateway_reads_the_event_store_for_the_console_backfill(
+    svcs: dict[str, Svc],
+) -> None:
+    """The console's backfill runs as the gateway's user: the shipped permissions let it read
+    VOICE_EVENTS (what it receives live anyway), and nothing else of JetStream."""
+    from services.gateway.console import backfill
+
+    gw, asr = svcs["gateway"], svcs["asr"]
+    call = "CA" + uuid.uuid4().hex
+    assert await callevents.ensure_stream(gw.nc, Settings(_env_file=None, events_retention_h=1))
+    await gw.nc.publish(
+        subjects.events(call),
+        Event(call_sid=call, service="gateway", name="call.started").to_bytes(),
+    )
+    said = Transcript(call_sid=call, utterance_id=1, text="hello there", is_final=True)
+    await asr.nc.publish(subjects.transcript(call), said.to_bytes())
+    await asr.nc.flush()
+    await gw.nc.flush()
+
+    async def backfilled() -> bool:
+        got = await backfill.load(gw.nc, local_calls=[call])
+        return any(i.get("call") == call and i.get("kind") == "caller" for i in got.items)
+
+    await _wait(backfilled, "the live call's transcript in the gateway's backfill")
+    assert not gw.violations(), gw.errors
+    # Still no reading of the audit trail's consumers.
+    await gw.nc.publish("$JS.API.CONSUMER.CREATE.VOICE_AUDIT", b"{}")
+    await gw.nc.flush()
+    await asyncio.sleep(0.3)
+    assert any("consumer.create.voice_audit" in e.lower() for e in gw.violations()), gw.errors
