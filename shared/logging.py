@@ -33,6 +33,7 @@ replayed_frames resumed_segments retention_h retries retryable seconds segments 
 since_speech_end_ms size
 source speech_ms stage status stream_url synth_ms threads timeout_s tool tools topics turn turns
 url utt utterance utterance_id vad variant voice_to_voice_ms why words worker worker_id
+purpose amd answered_by call_status detection_ms dest
 """  # ``utterance`` is an id in events; were it text, redact_value's TEXT_KEYS still hide it
 _REDACTED = """
 call call_sid text transcript heard_text digit digits caller from to phone email

@@ -89,6 +89,7 @@ from shared.messages import (
     parse_transcript,
 )
 from shared.metrics import BAD_MESSAGES, PROVIDER_ERRORS, STAGE_LATENCY
+from shared.outbound import OutboundContext
 from shared.service import Health, run_service, serve_metrics, stop_event, worker_id
 from shared.settings import Settings
 from shared.telemetry import NO_SPAN, Span, start_span, traceparent_of, with_trace
@@ -123,6 +124,7 @@ class TurnJob:
     keys: str = ""  # keys pressed while the caller said ``text``
     received: float = field(default_factory=time.perf_counter)
     traceparent: str | None = None  # trace context of the message that started the turn
+    outbound: OutboundContext | None = None  # on the opening turn of a call we placed
 
 
 @dataclass(eq=False)
@@ -383,7 +385,10 @@ class AgentWorker:
         sid = ctl.call_sid
         if isinstance(ctl, CallStarted):
             tp = traceparent_of(msg.headers)
-            self.start_turn(TurnJob(call_sid=sid, kind="call_started", traceparent=tp))
+            if ctl.outbound is not None:
+                await self._history.set_outbound(sid, ctl.outbound)
+            job = TurnJob(call_sid=sid, kind="call_started", traceparent=tp, outbound=ctl.outbound)
+            self.start_turn(job)
         elif isinstance(ctl, Dtmf):
             self._background(self._on_dtmf(sid, ctl.digit))
         elif isinstance(ctl, Prompt):
@@ -561,6 +566,7 @@ class AgentWorker:
                             text=job.text,
                             keys=job.keys,
                             history=history,
+                            outbound=job.outbound or await self._history.outbound(sid),
                         )
                         actions = await self._generate(inp, reply)
             except Exception as e:  # asyncio.timeout's TimeoutError included

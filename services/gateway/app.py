@@ -33,6 +33,7 @@ from services.gateway.limits import (
     forwarded_base,
     parse_networks,
 )
+from services.gateway.outbound import Outbound, outbound_router
 from services.gateway.runtime import Gateway
 from services.gateway.security import (
     SIGNATURE_HEADER,
@@ -112,6 +113,7 @@ def create_app(*, settings: Settings, gateway: Gateway | None = None) -> FastAPI
     admin = Admin(gateway=gw, settings=settings)
     app.state.admin = admin
     app.include_router(admin_router(admin))
+    app.include_router(outbound_router(Outbound(gateway=gw, admin=admin, settings=settings)))
 
     @app.post("/voice")
     async def voice(request: Request) -> Response:

@@ -37,6 +37,7 @@ from shared import headers as H
 from shared import subjects
 from shared.logging import kv
 from shared.messages import (
+    AmdResult,
     CallEnded,
     CallStarted,
     Dtmf,
@@ -54,6 +55,7 @@ from shared.messages import (
     parse_transcript,
 )
 from shared.metrics import BAD_MESSAGES, FRAMES, FRAMES_DROPPED, STAGE_LATENCY
+from shared.outbound import OutboundContext
 from shared.settings import Settings
 from shared.telemetry import start_span, with_trace
 from shared.twilio import clear_message, mark_message, media_message
@@ -72,6 +74,7 @@ _DROPPED_LATE = FRAMES_DROPPED.labels(SERVICE, "late")
 ControlOut = CallStarted | CallEnded | Interrupt | Played | Dtmf | Prompt | StageFailed
 Send = Callable[[str], Awaitable[None]]
 Close = Callable[[], Awaitable[None]]
+AmdLookup = Callable[[], Awaitable[str | None]]
 
 
 class CallSession:
@@ -91,6 +94,8 @@ class CallSession:
         vad_pool: VadPool | None = None,
         segment_timeout_s: float | None = None,
         call_control: CallControl | None = None,
+        outbound: OutboundContext | None = None,
+        amd_lookup: AmdLookup | None = None,
     ) -> None:
         self.call_sid = call_sid
         self.stream_sid = stream_sid
@@ -156,6 +161,13 @@ class CallSession:
         self._max_turn = -1  # latest agent turn seen on the bus
         self._limit_floor: int | None = None  # turns up to this one predate the call-limit prompt
         self._audio_since = 0.0  # when the latest turn's first audio went out
+        # An outbound call with AMD is held (no CallStarted, no ASR, caller audio dropped)
+        # until Twilio says who answered: a voicemail greeting is never taken for a person.
+        self._outbound = outbound
+        self._amd_lookup = amd_lookup
+        self.holding = outbound is not None and outbound.amd and outbound.answered_by is None
+        self._begun = False
+        self._amd_task: asyncio.Task[None] | None = None
 
     @property
     def age_s(self) -> float:
@@ -180,19 +192,52 @@ class CallSession:
             await nc.subscribe(subjects.control(self.call_sid), cb=self._on_control),
             await nc.subscribe(subjects.transcript(self.call_sid), cb=self._on_transcript),
         ]
+        self._player = asyncio.create_task(self._play(), name=f"player-{id(self):x}")
+        if not self.holding:
+            await self._begin(None)
+            return
+        await self._event_named(
+            "outbound.amd_wait", timeout_s=self._settings.outbound_amd_timeout_s
+        )
+        self._amd_task = asyncio.create_task(self._amd_wait(), name=f"amd-{id(self):x}")
+
+    async def _begin(self, answered_by: str | None) -> None:
+        """Announce the call (workers set up, the agent opens) and start recognizing."""
+        if self._begun or self._ended:
+            return
+        self._begun = True
+        self.holding = False
+        outbound = self._outbound
+        if outbound is not None and answered_by is not None:
+            outbound = outbound.model_copy(update={"answered_by": answered_by})
         await self._control(
             CallStarted(
                 call_sid=self.call_sid,
                 stream_sid=self.stream_sid,
                 gateway_id=self._gateway_id,
                 parameters=self._parameters,
+                outbound=outbound,
             )
         )
         await self._event_named("call.started", gateway=self._gateway_id)
         await self.asr.start()
         await self.retries.start()
-        self._player = asyncio.create_task(self._play(), name=f"player-{id(self):x}")
         self._guard_task = asyncio.create_task(self._guard(), name=f"guard-{id(self):x}")
+
+    async def _amd_wait(self) -> None:
+        """The AMD answer may have come before the stream started; else wait, then give up
+        (treated as ``unknown``: a message is left, never a conversation)."""
+        if self._amd_lookup is not None:
+            with contextlib.suppress(Exception):
+                known = await self._amd_lookup()
+                if known is not None:
+                    await self._begin(known)
+                    return
+        await asyncio.sleep(self._settings.outbound_amd_timeout_s)
+        if self.holding:
+            log.warning("no amd answer; treating as unknown", **kv(call=self.call_sid))
+            await self._event_named("outbound.amd_timeout")
+            await self._begin("unknown")
 
     async def end(self, reason: str | None = None) -> None:
         """The stream is over: announce it, stop every task and subscription (idempotent)."""
@@ -201,7 +246,7 @@ class CallSession:
         self._ended = True
         if reason is not None and not self._closing:
             self.end_reason = reason
-        for task in (self._player, self._hangup_task, self._guard_task):
+        for task in (self._player, self._hangup_task, self._guard_task, self._amd_task):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -225,6 +270,8 @@ class CallSession:
 
     async def on_media(self, frame: bytes, seq: str, ts: str) -> None:
         """Caller audio (hot path: one call per 20 ms)."""
+        if self.holding:
+            return  # before the AMD answer: a machine's greeting must not become a turn
         await self.asr.send(frame, seq, ts)
         det = self._bargein
         if det is None:
@@ -396,6 +443,8 @@ class CallSession:
                 self.request_close(after_turn=ctl.after_turn, reason=f"hangup:{ctl.reason}")
             elif isinstance(ctl, Transfer):
                 self.request_close(after_turn=ctl.after_turn, reason="transfer", transfer_to=ctl.to)
+            elif isinstance(ctl, AmdResult) and self.holding:
+                await self._begin(ctl.answered_by)
         except Exception:
             log.exception("control handling failed", **kv(call=self.call_sid))
 

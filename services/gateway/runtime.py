@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 
 from services.gateway.bargein import VadPool
 from services.gateway.call import CallSession
+from services.gateway.outbound_records import OutboundRecords
 from services.gateway.recording import recording_store
 from services.gateway.security import CallTokens, SharedTokenLedger
 from shared import bus, callevents
@@ -51,6 +52,7 @@ class Gateway:
         self.vad_pool = vad_pool if vad_pool is not None else (VadPool() if use_vad else None)
         self.recordings = recording_store(settings)  # None unless RECORD_CALLS
         self.token_ledger = SharedTokenLedger.from_settings(settings)  # None without Redis
+        self.outbound = OutboundRecords.from_settings(settings)  # calls this platform placed
         self.nc: NATS | None = None
         self.calls: dict[str, CallSession] = {}
         self.streams: set[asyncio.Task[None]] = set()
@@ -113,6 +115,8 @@ class Gateway:
         if self.token_ledger is not None:
             with contextlib.suppress(Exception):
                 await self.token_ledger.aclose()
+        with contextlib.suppress(Exception):
+            await self.outbound.aclose()
 
     # ------------------------------------------------------------------ admission
 

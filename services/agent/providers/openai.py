@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 import openai
 from openai import AsyncOpenAI, omit
 
+from services.agent import outbound_script
 from services.agent.digits import caller_input_text
 from services.agent.fixed_prompts import fixed_reply, is_fixed, sentences_of
 from services.agent.providers.base import (
@@ -144,6 +145,8 @@ class _Calls:
 def turn_messages(turn: TurnInput, *, system_prompt: str) -> list[dict[str, Any]]:
     """The chat-completions conversation for ``turn``: persona, history, the new input."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}]
+    if turn.outbound is not None:
+        messages.append({"role": "system", "content": outbound_script.system_note(turn.outbound)})
     messages.extend(turn.history)
     if turn.kind in ("dtmf", "digits") or (turn.kind == "utterance" and turn.text):
         content = caller_input_text(turn.kind, turn.text, turn.keys)
@@ -252,7 +255,14 @@ class OpenAIAgent(AgentProvider):
     async def respond(self, turn: TurnInput) -> AsyncIterator[AgentOutput]:
         # Fixed words need no model round trip: they start at once and TTS has them cached.
         fixed = fixed_reply(turn)
-        if fixed is None and turn.kind == "call_started" and self._greeting:
+        ctx = turn.outbound
+        if turn.kind == "call_started" and ctx is not None:
+            # A person: the model opens with why we called (system note). A machine or an
+            # unknown answer: the fixed message after the beep, then hang up.
+            if not ctx.person:
+                org = self._tools.knowledge.title or "our office"
+                fixed = (outbound_script.voicemail(ctx, org=org), HangupAction(reason="voicemail"))
+        elif fixed is None and turn.kind == "call_started" and self._greeting:
             fixed = (self._greeting, None)
         if fixed is not None:
             yield fixed[0]
