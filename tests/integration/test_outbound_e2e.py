@@ -267,3 +267,29 @@ async def test_unsigned_outbound_callbacks_are_refused(stack: Stack) -> None:
                 headers={"X-Twilio-Signature": "forged"},
             )
             assert r.status_code == 403, (path, r.status_code)
+
+
+async def test_voiceagent_dial_places_a_call_and_shows_a_refusal(
+    stack: Stack, fake: FakeTwilioRest
+) -> None:
+    from voiceagent.cli import build_parser
+    from voiceagent.dial import run_dial
+
+    assert stack.info is not None
+    lines: list[str] = []
+    common = ["--gateway", stack.info.gateway_url, "--admin-token", ADMIN]
+    args = build_parser().parse_args(
+        ["dial", BUSY, "--purpose", "reminder", "--param", f"booking={BOOKING}", *common]
+    )
+    assert await run_dial(args, out=lines.append) == 0, lines
+    sid = lines[0].split()[1]
+    placed = await _finished(fake, sid, timeout_s=20)
+    assert placed.to == BUSY and placed.form["MachineDetection"] == "DetectMessageEnd"
+
+    lines.clear()
+    args = build_parser().parse_args(["dial", DNC, *common])
+    assert await run_dial(args, out=lines.append) == 1
+    assert "do_not_call" in lines[0], lines
+    lines.clear()
+    args = build_parser().parse_args(["dial", HUMAN, "--param", "oops", *common])
+    assert await run_dial(args, out=lines.append) == 2 and "NAME=VALUE" in lines[0]
