@@ -109,6 +109,12 @@ class Settings(BaseSettings):
         default=3600.0, description="how long a placed call's purpose and parameters are kept"
     )
 
+    prices_file: Path | None = Field(
+        default=None,
+        description="per-unit price table (TOML) that call costs are computed from; "
+        "empty: the bundled shared/prices.toml",
+    )
+
     # Bus and state
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str = ""

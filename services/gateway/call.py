@@ -35,12 +35,14 @@ from services.gateway.retries import StageRetries
 from services.gateway.turntaking import BargeInArbiter, BargeInPolicy, Decision, parse_backchannels
 from shared import headers as H
 from shared import subjects
+from shared.cost import COST_EVENT, price_call, price_table
 from shared.logging import kv
 from shared.messages import (
     AmdResult,
     CallEnded,
     CallStarted,
     Dtmf,
+    Event,
     Hangup,
     Interrupt,
     Played,
@@ -51,14 +53,16 @@ from shared.messages import (
     Transfer,
     event,
     parse_control,
+    parse_event,
     parse_reply,
     parse_transcript,
 )
-from shared.metrics import BAD_MESSAGES, FRAMES, FRAMES_DROPPED, STAGE_LATENCY
+from shared.metrics import BAD_MESSAGES, FRAMES, FRAMES_DROPPED, SPEND, STAGE_LATENCY
 from shared.outbound import OutboundContext
 from shared.settings import Settings
 from shared.telemetry import start_span, with_trace
 from shared.twilio import clear_message, mark_message, media_message
+from shared.usage import Usage, usage_event, usage_of
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,9 @@ AUDIO_OUT_PENDING_MSGS = 4000  # TTS chunks held for one call's callback before 
 HANGUP_IDLE_S = 2.0  # hang up this long after a Hangup once nothing of its turn is pending
 HANGUP_MAX_WAIT_S = 60.0  # and never hold a call open longer than this for a hangup
 GUARD_TICK_S = 0.1  # barge-in decisions and the silence/length guards are checked this often
+COST_WAIT_S = 6.0  # after the call: wait this long at most for ASR's usage (it flushes first)
+COST_SETTLE_S = 0.3  # and this long for reports still in flight
+_PRICING: set[asyncio.Task[None]] = set()  # calls being priced after they ended
 
 _FRAMES_OUT = FRAMES.labels(SERVICE, "out")
 _DROPPED_LATE = FRAMES_DROPPED.labels(SERVICE, "late")
@@ -168,6 +175,9 @@ class CallSession:
         self.holding = outbound is not None and outbound.amd and outbound.answered_by is None
         self._begun = False
         self._amd_task: asyncio.Task[None] | None = None
+        self.usages: list[Usage] = []  # every stage's usage reports, priced at the end
+        self._asr_usage = asyncio.Event()
+        self._usage_sub: Subscription | None = None
 
     @property
     def age_s(self) -> float:
@@ -192,6 +202,7 @@ class CallSession:
             await nc.subscribe(subjects.control(self.call_sid), cb=self._on_control),
             await nc.subscribe(subjects.transcript(self.call_sid), cb=self._on_transcript),
         ]
+        self._usage_sub = await nc.subscribe(subjects.events(self.call_sid), cb=self._on_event)
         self._player = asyncio.create_task(self._play(), name=f"player-{id(self):x}")
         if not self.holding:
             await self._begin(None)
@@ -265,6 +276,50 @@ class CallSession:
         await self._event_named("call.ended", reason=self.end_reason, duration_s=duration)
         self.trace.set(reason=self.end_reason, duration_s=duration, interrupts=self.interrupts)
         self.trace.end()
+        direction = "outbound" if self._outbound is not None else "inbound"
+        twilio = Usage(stage="twilio", provider="twilio", call_s=duration, direction=direction)
+        self.usages.append(twilio)
+        await self._publish_event(
+            usage_event(call_sid=self.call_sid, service=SERVICE, usage=twilio)
+        )
+        task = asyncio.create_task(self._price(), name=f"price-{id(self):x}")
+        _PRICING.add(task)
+        task.add_done_callback(_PRICING.discard)
+
+    # ------------------------------------------------------------------ cost
+
+    async def _on_event(self, msg: Msg) -> None:
+        """Usage reports of the other stages (ours are added where they are made)."""
+        try:
+            ev = parse_event(msg.data)
+        except ValidationError:
+            return
+        if ev.service == SERVICE:
+            return
+        usage = usage_of(ev)
+        if usage is not None:
+            self.usages.append(usage)
+            if usage.stage == "asr":
+                self._asr_usage.set()
+
+    async def _price(self) -> None:
+        """Once the stages have reported, publish ``call.cost`` and count the spend."""
+        try:
+            if self._begun:  # ASR held the call: it reports once it has flushed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._asr_usage.wait(), COST_WAIT_S)
+            await asyncio.sleep(COST_SETTLE_S)
+            if self._usage_sub is not None:
+                with contextlib.suppress(Exception):
+                    await self._usage_sub.unsubscribe()
+            table = price_table(self._settings.prices_file)
+            cost, spend = price_call(self.usages, table)
+            for (stage, provider), amount in spend.items():
+                if amount > 0:
+                    SPEND.labels(stage, provider).inc(amount)
+            await self._event_named(COST_EVENT, **cost.model_dump())
+        except Exception:
+            log.exception("call not priced", **kv(call=self.call_sid))
 
     # ------------------------------------------------------------------ from Twilio
 
@@ -672,6 +727,9 @@ class CallSession:
 
     async def _event_named(self, name: str, *, turn: int | None = None, **data: Any) -> None:
         ev = event(call_sid=self.call_sid, service=SERVICE, name=name, turn=turn, **data)
+        await self._publish_event(ev)
+
+    async def _publish_event(self, ev: Event) -> None:
         try:
             await self._nc.publish(subjects.events(self.call_sid), ev.to_bytes())
         except Exception as e:  # events are best effort

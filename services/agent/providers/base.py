@@ -50,7 +50,16 @@ class HistoryItem:
     message: dict[str, Any]
 
 
-AgentOutput = str | HangupAction | TransferAction | HistoryItem
+@dataclass(frozen=True, kw_only=True)
+class UsageReport:
+    """What one model request used, from the provider's own usage report (for the cost)."""
+
+    model: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+AgentOutput = str | HangupAction | TransferAction | HistoryItem | UsageReport
 
 
 class AgentProvider(ABC):

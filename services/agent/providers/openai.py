@@ -40,6 +40,7 @@ from services.agent.providers.base import (
     HistoryItem,
     TransferAction,
     TurnInput,
+    UsageReport,
 )
 from services.agent.tools import CallTools
 from shared.errors import ProviderAuthError, ProviderError, ProviderTimeout
@@ -289,6 +290,8 @@ class OpenAIAgent(AgentProvider):
             async for item in stream:
                 if isinstance(item, _Calls):
                     calls = item.calls
+                elif isinstance(item, UsageReport):
+                    yield item
                 else:
                     content.append(item)
                     spoken = True
@@ -334,7 +337,7 @@ class OpenAIAgent(AgentProvider):
 
     async def _round(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, final: bool
-    ) -> AsyncIterator[str | _Calls]:
+    ) -> AsyncIterator[str | _Calls | UsageReport]:
         """One streamed completion: content deltas, then the tool calls it asked for."""
         try:
             stream = await self._client.chat.completions.create(
@@ -343,6 +346,7 @@ class OpenAIAgent(AgentProvider):
                 stream=True,
                 tools=cast("list[ChatCompletionToolUnionParam]", tools) if tools else omit,
                 tool_choice="none" if tools and final else omit,
+                stream_options={"include_usage": True},  # the last chunk reports the tokens
             )
         except Exception as e:
             raise wrap_error(e) from e
@@ -350,6 +354,12 @@ class OpenAIAgent(AgentProvider):
         finish: str | None = None
         try:
             async for chunk in stream:
+                if chunk.usage is not None:
+                    yield UsageReport(
+                        model=chunk.model or self._model,
+                        prompt_tokens=chunk.usage.prompt_tokens,
+                        completion_tokens=chunk.usage.completion_tokens,
+                    )
                 for choice in chunk.choices:
                     if choice.index != 0:
                         continue
