@@ -27,7 +27,8 @@ In-process::
     with FakeTwilioRest(account_sid="AC...", auth_token="t") as fake:
         settings = Settings(twilio_api_base_url=fake.base_url, ...)
 
-Standalone: ``python -m voiceagent.fakes.twilio_rest --port 9400 --account-sid AC... --token t``.
+Standalone: ``python -m voiceagent.fakes.twilio_rest --port 9400 --account-sid AC... --token t``
+(``--gateway-url http://127.0.0.1:8080 --answer machine_end_beep`` for outbound calls).
 """
 
 from __future__ import annotations
@@ -476,10 +477,24 @@ def main(argv: list[str] | None = None) -> None:
     ap = cli_parser(__doc__, port=9400)
     ap.add_argument("--account-sid", default="AC" + "0" * 32)
     ap.add_argument("--token", default="test-token")
+    ap.add_argument(
+        "--gateway-url", default="", help="where placed calls call back (default: their URLs)"
+    )
+    ap.add_argument(
+        "--answer",
+        default="human",
+        choices=list(AnswerKind.__args__),  # type: ignore[attr-defined]
+        help="how every placed call is answered",
+    )
     args = ap.parse_args(argv)
     fake = FakeTwilioRest(
-        account_sid=args.account_sid, auth_token=args.token, host=args.host, port=args.port
+        account_sid=args.account_sid,
+        auth_token=args.token,
+        host=args.host,
+        port=args.port,
+        gateway_url=args.gateway_url,
     )
+    fake.default_answer = Answer(kind=args.answer)
     print(f"fake Twilio REST on {fake.base_url}", flush=True)
     asyncio.run(fake.serve())
 
