@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import nats
 import pytest
+from redis.asyncio import Redis
 
 from shared import callevents, subjects
 from shared.audit import query as audit_query
@@ -35,6 +36,8 @@ MACHINE = "+12125550124"
 BUSY = "+12125550125"
 NO_ANSWER = "+12125550126"
 DNC = "+12125550999"
+LOST_AMD = "+12125550127"
+DNC_REDIS = "+12125550998"
 BOOKING = "on Tuesday at 10 am"
 
 KNOWLEDGE = """# Test Clinic
@@ -58,6 +61,7 @@ def fake(port: int) -> Iterator[FakeTwilioRest]:
         f.answer(MACHINE, Answer(kind="machine_end_beep", amd_delay_s=3.0))
         f.answer(BUSY, Answer(kind="busy"))
         f.answer(NO_ANSWER, Answer(kind="no-answer"))
+        f.answer(LOST_AMD, Answer(kind="human", send_amd=False))
         yield f
 
 
@@ -86,7 +90,7 @@ async def stack(
         "OUTBOUND_ALLOWED_PREFIXES": "+1212",
         "OUTBOUND_HOURS": "",
         "OUTBOUND_DNC_FILE": str(tmp / "dnc.txt"),
-        "OUTBOUND_AMD_TIMEOUT_S": "30",
+        "OUTBOUND_AMD_TIMEOUT_S": "10",
         "ASR_PROVIDER": "local",
         "AGENT_PROVIDER": "local",
         "TTS_PROVIDER": "local",
@@ -218,8 +222,36 @@ async def test_a_machine_gets_the_message_after_the_beep_then_the_call_ends(
     assert any(isinstance(c, Hangup) and c.reason == "voicemail" for c in control), ctx
     # The existing hang-up path: stream closed and the call completed through Twilio REST.
     assert placed.completed_by_api, ctx
-    ended = [e for e in _events(msgs) if e.name == "call.ended"]
+    events = _events(msgs)
+    ended = [e for e in events if e.name == "call.ended"]
     assert ended and ended[0].data["reason"] == "hangup:voicemail"
+    # Twilio minutes at the outbound rate, priced on the call's final event.
+    twilio = [e for e in events if e.name == "usage" and e.data["stage"] == "twilio"]
+    assert twilio and twilio[0].data["direction"] == "outbound"
+    assert any(e.name == "call.cost" and e.data["cost_twilio"] == 0.014 for e in events), [
+        (e.name, e.data) for e in events if e.name == "call.cost"
+    ]
+
+
+async def test_no_amd_answer_in_time_is_treated_as_a_machine(
+    stack: Stack, fake: FakeTwilioRest, nats_url: str
+) -> None:
+    resp = await _dial(stack, {"to": LOST_AMD, "params": {"booking": BOOKING}})
+    assert resp.status_code == 201, resp.text
+    sid = resp.json()["call_sid"]
+    placed = await _finished(fake, sid)
+    assert placed.result is not None and placed.result.ended_by == "gateway", _logs(stack)
+    msgs = await _stored(nats_url, sid)
+    events = _events(msgs)
+    waited = next(e for e in events if e.name == "outbound.amd_wait")
+    timeout = next(e for e in events if e.name == "outbound.amd_timeout")
+    assert timeout.at - waited.at >= 9.5
+    started = [parse_control(m.data) for m in msgs if m.subject == subjects.control(sid)]
+    cs = [c for c in started if isinstance(c, CallStarted)]
+    assert cs and cs[0].outbound is not None and cs[0].outbound.answered_by == "unknown"
+    replies = [parse_reply(m.data) for m in msgs if m.subject == subjects.reply(sid)]
+    assert min(r.at for r in replies) >= timeout.at
+    assert "Please call us back" in " ".join(r.text for r in replies)
 
 
 @pytest.mark.parametrize(("number", "status"), [(BUSY, "busy"), (NO_ANSWER, "no-answer")])
@@ -240,13 +272,21 @@ async def test_a_call_nobody_answers_is_recorded_with_the_reason(
 
 
 async def test_dials_the_guard_rails_refuse_never_reach_twilio(
-    stack: Stack, fake: FakeTwilioRest
+    stack: Stack, fake: FakeTwilioRest, redis_url: str
 ) -> None:
     before = len([r for r in fake.requests if r.path.endswith("/Calls.json")])
     assert (await _dial(stack, {"to": HUMAN}, token=None)).status_code == 401
     assert (await _dial(stack, {"to": HUMAN}, token="wrong")).status_code == 401
     r = await _dial(stack, {"to": DNC})
     assert r.status_code == 403 and r.json()["error"] == "do_not_call", r.text
+    redis = Redis.from_url(redis_url)
+    try:
+        await redis.sadd("va:dnc", DNC_REDIS)
+        r = await _dial(stack, {"to": DNC_REDIS})
+        assert r.status_code == 403 and r.json()["error"] == "do_not_call", r.text
+    finally:
+        await redis.srem("va:dnc", DNC_REDIS)
+        await redis.aclose()
     r = await _dial(stack, {"to": "+19005551234"})  # a premium-rate range: not allow-listed
     assert r.status_code == 403 and r.json()["error"] == "not_allowed", r.text
     r = await _dial(stack, {"to": "0800 123"})

@@ -67,13 +67,14 @@ class Answer:
     ``amd_delay_s``: seconds after the stream starts until the AMD callback (a machine's
     greeting and beep take a while; a person's "hello" less). ``talk_s``: how long a person
     stays on the line after the first words before hanging up (``stop``), if the call is
-    still up. ``amd_answer``: override ``AnsweredBy`` (default: ``kind``); None sends none.
+    still up. ``send_amd`` False: the AMD callback never comes (Twilio lost it).
     """
 
     kind: AnswerKind = "human"
     amd_delay_s: float = 1.5
     talk_s: float = 3.0
     greeting_timeout_s: float = 60.0
+    send_amd: bool = True
     turns: Sequence[Any] = ()  # voiceagent.simulator CallerTurns, spoken after the greeting
 
 
@@ -415,7 +416,7 @@ class FakeTwilioRest(ThreadedFake):
 
     async def _amd(self, client: httpx.AsyncClient, call: PlacedCall) -> None:
         url = call.form.get("AsyncAmdStatusCallback", "")
-        if not url or call.form.get("MachineDetection") is None:
+        if not url or call.form.get("MachineDetection") is None or not call.answer.send_amd:
             return
         await asyncio.sleep(call.answer.amd_delay_s)
         params = {
