@@ -87,5 +87,12 @@ def phone_tag(number: str, *, key: bytes = b"") -> str:
 
     digits = "".join(c for c in number if c.isdigit())
     mac = hmac.new(key or b"voiceagent", digits.encode(), hashlib.blake2s).hexdigest()[:10]
-    cc = "+" + digits[:1] if number.startswith("+") and digits else ""
+    cc = ""
+    if number.startswith("+") and digits:
+        import phonenumbers
+
+        try:
+            cc = f"+{phonenumbers.parse(number).country_code}"
+        except phonenumbers.NumberParseException:
+            cc = ""
     return f"tel{cc}-{mac}"
