@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -23,6 +23,7 @@ from shared import callevents, subjects
 from shared.audit import query as audit_query
 from shared.messages import CallStarted, Hangup, parse_control, parse_reply
 from voiceagent.fakes.twilio_rest import Answer, FakeTwilioRest, PlacedCall
+from voiceagent.simulator import prepare_turns, say
 from voiceagent.stack import Stack, free_port
 
 pytestmark = pytest.mark.integration
@@ -39,6 +40,7 @@ DNC = "+12125550999"
 LOST_AMD = "+12125550127"
 DNC_REDIS = "+12125550998"
 BOOKING = "on Tuesday at 10 am"
+CONFIRM = "Yes, that works for me."
 
 KNOWLEDGE = """# Test Clinic
 
@@ -53,11 +55,12 @@ def port() -> int:
 
 
 @pytest.fixture(scope="module")
-def fake(port: int) -> Iterator[FakeTwilioRest]:
+async def fake(port: int) -> AsyncIterator[FakeTwilioRest]:
+    answer = await prepare_turns([say(CONFIRM)])  # what the person says after the opening
     with FakeTwilioRest(
         account_sid=ACCOUNT, auth_token=TOKEN, gateway_url=f"http://127.0.0.1:{port}"
     ) as f:
-        f.answer(HUMAN, Answer(kind="human", amd_delay_s=2.0, talk_s=2.0))
+        f.answer(HUMAN, Answer(kind="human", amd_delay_s=2.0, talk_s=1.5, turns=answer))
         f.answer(MACHINE, Answer(kind="machine_end_beep", amd_delay_s=3.0))
         f.answer(BUSY, Answer(kind="busy"))
         f.answer(NO_ANSWER, Answer(kind="no-answer"))
@@ -91,6 +94,7 @@ async def stack(
         "OUTBOUND_HOURS": "",
         "OUTBOUND_DNC_FILE": str(tmp / "dnc.txt"),
         "OUTBOUND_AMD_TIMEOUT_S": "10",
+        "SILENCE_REPROMPT_S": "20",  # a loaded test machine recognizes slowly
         "ASR_PROVIDER": "local",
         "AGENT_PROVIDER": "local",
         "TTS_PROVIDER": "local",
@@ -187,6 +191,12 @@ async def test_a_person_hears_why_we_call_only_after_amd_says_human(
     amd_at = next(e.at for e in _events(msgs) if e.name == "outbound.amd")
     assert min(r.at for r in replies) >= amd_at >= t0, ctx
     assert not any(isinstance(c, Hangup) and c.reason == "voicemail" for c in control)
+    # The conversation goes on: the person's "yes" is heard and answered, then the agent ends.
+    assert result.turns and result.turns[0].first_audio_at is not None, "no answer heard" + ctx
+    later = " ".join(r.text for r in replies if r.turn > replies[0].turn)
+    assert "We look forward to seeing you" in later, later + ctx
+    assert any(isinstance(c, Hangup) and c.reason == "confirmed" for c in control), ctx
+    assert result.ended_by == "gateway", ctx
 
     records = await _audit(nats_url, sid)
     details = [(r.action, r.actor, r.detail) for r in records]

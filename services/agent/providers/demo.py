@@ -158,6 +158,19 @@ def last_assistant(history: list[dict[str, Any]]) -> str:
     return ""
 
 
+def _asked_to_confirm(history: list[dict[str, Any]]) -> bool:
+    """The agent's last real question was an outbound reminder's "still good for you?" (a
+    silence reprompt in between does not count: the caller may answer the question late)."""
+    for m in reversed(history):
+        content = m.get("content")
+        if m.get("role") != "assistant" or not isinstance(content, str) or not content:
+            continue
+        if content.startswith(STILL_THERE):
+            continue
+        return content.endswith(outbound_script.CONFIRM_QUESTION)
+    return False
+
+
 @dataclass
 class Reply:
     """What the demo agent says and does in one turn."""
@@ -266,7 +279,7 @@ class DemoAgent(AgentProvider):
                 return Reply(text=f"{text} {self._can_do()}")
             return Reply(text=text, actions=[action])
         said = last_assistant(turn.history)
-        if turn.kind == "utterance" and said.endswith(outbound_script.CONFIRM_QUESTION):
+        if turn.kind == "utterance" and _asked_to_confirm(turn.history):
             # The answer to an outbound reminder: yes ends the call, no too (politely).
             if YES.search(turn.text) and not NO.search(turn.text):
                 return Reply(
