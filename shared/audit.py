@@ -39,6 +39,10 @@ class AuditRecord(BaseModel):
     outcome: Outcome = "ok"
     client: str = Field(default="", max_length=64)
     service: str = Field(default="", max_length=64)
+    target: str = Field(
+        default="", max_length=64, description="whom it concerned, as a tag (shared.redact)"
+    )
+    detail: str = Field(default="", max_length=64, pattern=r"^[a-z0-9_.:-]*$")
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
@@ -91,6 +95,8 @@ class AuditLog:
         call_sid: str | None = None,
         outcome: Outcome = "ok",
         client: str = "",
+        target: str = "",
+        detail: str = "",
     ) -> AuditRecord:
         """Store one record; raises if JetStream did not acknowledge it."""
         if not self._ready:
@@ -103,6 +109,8 @@ class AuditLog:
             outcome=outcome,
             client=client[:64],
             service=self._service,
+            target=target,
+            detail=detail,
         )
         js = self._nc.jetstream(timeout=self._timeout)
         await js.publish(subjects.audit(action), rec.to_bytes(), stream=subjects.AUDIT_STREAM)

@@ -11,6 +11,7 @@ at rest (a NATS server setting).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableErr
 from pydantic import ValidationError
 
 from shared import subjects
+from shared.cost import COST_EVENT, CallCost
 from shared.logging import kv
 from shared.messages import Event, parse_event
 from shared.settings import Settings
@@ -204,6 +206,7 @@ class CallSummary:
     barge_ins: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     errors: int = 0
+    cost: CallCost | None = None  # from the gateway's ``call.cost`` (shared.cost)
 
     @property
     def latency_p50_ms(self) -> float | None:
@@ -239,6 +242,13 @@ def summarize(events: Iterable[Event]) -> list[CallSummary]:
                 s.latencies_ms.append(float(v2v))
         elif ev.name == "barge_in":
             s.barge_ins += 1
+        elif ev.name == COST_EVENT:
+            with contextlib.suppress(ValidationError):
+                s.cost = CallCost.model_validate(ev.data)
+        elif ev.name == "outbound.not_answered" and s.ended_at is None:
+            s.ended_at = ev.at
+            s.duration_s = 0.0
+            s.end_reason = f"not_answered:{ev.data.get('reason') or ''}"
         elif ev.name in _ERROR_EVENTS or ev.name.endswith(".failed"):
             s.errors += 1
     return sorted(calls.values(), key=lambda c: c.started_at, reverse=True)

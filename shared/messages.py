@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from shared.outbound import AnsweredBy, OutboundContext
+
 SCHEMA_VERSION = 1
 
 
@@ -104,6 +106,9 @@ class CallStarted(_Msg):
     stream_sid: str
     gateway_id: str
     parameters: dict[str, str] = Field(default_factory=dict)
+    outbound: OutboundContext | None = Field(
+        default=None, description="set on calls we placed: why, with what, who answered"
+    )
 
 
 class CallEnded(_Msg):
@@ -174,8 +179,29 @@ class StageFailed(_Msg):
     reason: str = ""
 
 
+class AmdResult(_Msg):
+    """Gateway: Twilio's answering-machine detection answered for an outbound call.
+
+    Published by whichever gateway replica received Twilio's AMD callback; the replica holding
+    the media stream then starts the call (:class:`CallStarted` with ``outbound.answered_by``).
+    """
+
+    type: Literal["amd_result"] = "amd_result"
+    answered_by: AnsweredBy
+    detection_ms: int | None = Field(default=None, ge=0)
+
+
 ControlMsg = Annotated[
-    CallStarted | CallEnded | Interrupt | Played | Hangup | Transfer | Dtmf | StageFailed | Prompt,
+    CallStarted
+    | CallEnded
+    | Interrupt
+    | Played
+    | Hangup
+    | Transfer
+    | Dtmf
+    | StageFailed
+    | Prompt
+    | AmdResult,
     Field(discriminator="type"),
 ]
 
@@ -260,7 +286,18 @@ def parse_reply(data: bytes | str) -> ReplySegment:
 
 def parse_control(
     data: bytes | str,
-) -> CallStarted | CallEnded | Interrupt | Played | Hangup | Transfer | Dtmf | StageFailed | Prompt:
+) -> (
+    CallStarted
+    | CallEnded
+    | Interrupt
+    | Played
+    | Hangup
+    | Transfer
+    | Dtmf
+    | StageFailed
+    | Prompt
+    | AmdResult
+):
     """Parse a ``.control`` message; raises ``pydantic.ValidationError`` on bad input."""
     return _control.validate_json(data)
 

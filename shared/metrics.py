@@ -40,3 +40,8 @@ TTS_CACHE = Counter(
 PROVIDER_RETRIES = Counter(
     "voice_provider_retries_total", "Provider retries", ["service", "provider"]
 )
+SPEND = Counter(
+    "voice_spend_total",
+    "Money spent on calls (PRICES_FILE currency), by stage (asr, llm, tts, twilio) and provider",
+    ["stage", "provider"],
+)

@@ -74,3 +74,25 @@ def sid_tag(sid: str) -> str:
     import hashlib
 
     return "call-" + hashlib.blake2s(sid.encode(), digest_size=4).hexdigest()
+
+
+def phone_tag(number: str, *, key: bytes = b"") -> str:
+    """A short tag for a phone number (audit records, events): correlates, never reveals it.
+
+    Keyed (the gateway passes its Twilio auth token) so the tag cannot be reversed by hashing
+    every number of a range; the country code stays readable for operators.
+    """
+    import hashlib
+    import hmac
+
+    digits = "".join(c for c in number if c.isdigit())
+    mac = hmac.new(key or b"voiceagent", digits.encode(), hashlib.blake2s).hexdigest()[:10]
+    cc = ""
+    if number.startswith("+") and digits:
+        import phonenumbers
+
+        try:
+            cc = f"+{phonenumbers.parse(number).country_code}"
+        except phonenumbers.NumberParseException:
+            cc = ""
+    return f"tel{cc}-{mac}"

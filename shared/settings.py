@@ -105,6 +105,43 @@ class Settings(BaseSettings):
         default=600.0, description="on SIGTERM, how long the gateway lets live calls finish"
     )
 
+    # Outbound calls (docs/outbound.md)
+    outbound_from_number: str = Field(
+        default="", description="caller ID of outbound calls (a Twilio number); empty: no dialing"
+    )
+    outbound_allowed_prefixes: str = Field(
+        default="",
+        description="comma-separated E.164 prefixes outbound calls may go to (toll-fraud guard), "
+        "e.g. +1555,+1212; empty: every destination is refused",
+    )
+    outbound_max_per_min: int = Field(
+        default=10, description="outbound dials per minute, per gateway process; 0: no limit"
+    )
+    outbound_hours: str = Field(
+        default="09:00-20:00",
+        description="calling hours in the destination's local time (all of its time zones); "
+        "empty: any time",
+    )
+    outbound_dnc_file: Path | None = Field(
+        default=None,
+        description="do-not-call list: one E.164 number a line (# comments); the Redis set "
+        "va:dnc is checked too",
+    )
+    outbound_amd_timeout_s: float = Field(
+        default=45.0,
+        description="an outbound call with no AMD answer by then is treated as a machine "
+        "(message, then hang up)",
+    )
+    outbound_record_ttl_s: float = Field(
+        default=3600.0, description="how long a placed call's purpose and parameters are kept"
+    )
+
+    prices_file: Path | None = Field(
+        default=None,
+        description="per-unit price table (TOML) that call costs are computed from; "
+        "empty: the bundled shared/prices.toml",
+    )
+
     # Bus and state
     nats_url: str = Field(
         default="nats://127.0.0.1:4222",
@@ -323,6 +360,11 @@ class Settings(BaseSettings):
         scheme = "ws" if parts.scheme == "http" else "wss"
         base = parts.path.rstrip("/")
         return f"{scheme}://{parts.netloc}{base}/twilio-stream"
+
+    @property
+    def outbound_url(self) -> str:
+        """Base URL of the outbound call webhooks (TwiML, status, AMD), as Twilio signs them."""
+        return self.public_url.rstrip("/") + "/outbound"
 
     @property
     def voice_url(self) -> str:

@@ -8,7 +8,20 @@ from collections.abc import Sequence
 from shared.callevents import CallSummary
 from shared.redact import sid_tag
 
-HEADER = ("started", "call", "duration", "turns", "p50 ms", "max ms", "barge-ins", "errors", "end")
+HEADER = (
+    "started", "call", "duration", "turns", "p50 ms", "max ms", "barge-ins", "errors", "cost",
+    "asr/llm/tts/twilio", "end",
+)  # fmt: skip
+
+
+def cost_cells(c: CallSummary) -> tuple[str, str]:
+    """The call's total cost and its split by stage (``-`` until the gateway priced it)."""
+    k = c.cost
+    if k is None:
+        return "-", "-"
+    unit = "$" if k.currency == "USD" else k.currency + " "
+    stages = "/".join(f"{v:.4f}" for v in (k.cost_asr, k.cost_llm, k.cost_tts, k.cost_twilio))
+    return f"{unit}{k.cost_total:.4f}", stages
 
 
 def _num(v: float | None, fmt: str = "{:.0f}") -> str:
@@ -31,6 +44,7 @@ def call_rows(calls: Sequence[CallSummary], *, show_sids: bool = False) -> list[
                 _num(c.latency_max_ms),
                 str(c.barge_ins),
                 str(c.errors),
+                *cost_cells(c),
                 "" if live else c.end_reason,
             )
         )

@@ -6,6 +6,7 @@ voiceagent call --say "Hello" [--wav f.wav] [--dtmf 1] [--out heard.wav]
 voiceagent tail CALL_SID | --all [--show-text] [--stage asr,agent] [--no-audio] [--color]
 voiceagent replay CALL_SID [--stage ...]        a finished call from the event store
 voiceagent calls [--since HOURS]               recent calls: duration, turns, latency
+voiceagent dial +1212... --purpose reminder --param booking=...   place an outbound call
 voiceagent asyncapi [--check]                  regenerate docs/asyncapi/*.yaml
 voiceagent demo                                stack up, a two-turn call, stack down
 voiceagent up|demo --providers cloud           Deepgram, OpenAI + MCP, ElevenLabs against fakes
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     from voiceagent.bench_cli import add_bench_parser
 
     add_bench_parser(sub)
+    from voiceagent.dial import add_dial_parser
+
+    add_dial_parser(sub)
     return p
 
 
@@ -540,6 +544,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             code = _run(run(args, out=_out))
     elif cmd == "fakes":
         code = _run(_fakes(args))
+    elif cmd == "dial":
+        from voiceagent.dial import run_dial
+
+        code = _run(run_dial(args, out=_out))
     elif cmd in ("audit", "purge-recordings"):
         from voiceagent import security_cli
 

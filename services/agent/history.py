@@ -25,11 +25,13 @@ from typing import Any
 from services.agent.store import Store, call_key
 from shared.callstate import PHI_LOOKUPS, VERIFIED, VERIFY_ATTEMPTS
 from shared.logging import kv
+from shared.outbound import OutboundContext
 
 log = logging.getLogger(__name__)
 
 HISTORY_TTL_S = 24 * 3600.0
 _VERIFICATION_KEYS = (VERIFIED, VERIFY_ATTEMPTS, PHI_LOOKUPS)  # services.agent.verification
+OUTBOUND = "obctx"  # the outbound context of a call we placed (shared.outbound)
 MAX_MESSAGES = 200  # older entries are dropped; a phone call rarely gets near this
 GENERATING_TTL_S = 120.0  # a replica that dies mid-turn leaves no stale flag for long
 SPEAKING_TTL_S = 60.0  # a lost Played must not mute backchannel-like answers for long
@@ -291,11 +293,30 @@ class History:
             *(call_key(k, call_sid) for k in ("turn", "gen", *_VERIFICATION_KEYS))
         )
 
+    async def set_outbound(self, call_sid: str, context: OutboundContext) -> None:
+        """Remember why we placed this call (every later turn of any replica reads it)."""
+        await self.store.put(
+            call_key(OUTBOUND, call_sid), context.model_dump_json(), ttl_s=self.ttl_s
+        )
+
+    async def outbound(self, call_sid: str) -> OutboundContext | None:
+        """The outbound context of the call (None: an inbound call)."""
+        raw = await self.store.get(call_key(OUTBOUND, call_sid))
+        if raw is None:
+            return None
+        try:
+            return OutboundContext.model_validate_json(raw)
+        except ValueError:
+            return None
+
     def forget_local(self, call_sid: str) -> None:
         """Drop this process's mirror of the call (every replica, on ``CallEnded``)."""
         self.store.forget_local(
             *(
                 call_key(k, call_sid)
-                for k in ("hist", "heard", "turn", "gen", "appt", "seen", *_VERIFICATION_KEYS)
+                for k in (
+                    *("hist", "heard", "turn", "gen", "appt", "seen", OUTBOUND),
+                    *_VERIFICATION_KEYS,
+                )
             )
         )

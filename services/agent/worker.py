@@ -59,6 +59,7 @@ from services.agent.providers.base import (
     TransferAction,
     TurnInput,
     TurnKind,
+    UsageReport,
 )
 from services.agent.sentences import SentenceSplitter
 from services.agent.store import Store
@@ -89,9 +90,11 @@ from shared.messages import (
     parse_transcript,
 )
 from shared.metrics import BAD_MESSAGES, PROVIDER_ERRORS, STAGE_LATENCY
+from shared.outbound import OutboundContext
 from shared.service import Health, run_service, serve_metrics, stop_event, worker_id
 from shared.settings import Settings
 from shared.telemetry import NO_SPAN, Span, start_span, traceparent_of, with_trace
+from shared.usage import Usage, usage_event
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,7 @@ class TurnJob:
     keys: str = ""  # keys pressed while the caller said ``text``
     received: float = field(default_factory=time.perf_counter)
     traceparent: str | None = None  # trace context of the message that started the turn
+    outbound: OutboundContext | None = None  # on the opening turn of a call we placed
 
 
 @dataclass(eq=False)
@@ -388,7 +392,10 @@ class AgentWorker:
         sid = ctl.call_sid
         if isinstance(ctl, CallStarted):
             tp = traceparent_of(msg.headers)
-            self.start_turn(TurnJob(call_sid=sid, kind="call_started", traceparent=tp))
+            if ctl.outbound is not None:
+                await self._history.set_outbound(sid, ctl.outbound)
+            job = TurnJob(call_sid=sid, kind="call_started", traceparent=tp, outbound=ctl.outbound)
+            self.start_turn(job)
         elif isinstance(ctl, Dtmf):
             self._background(self._on_dtmf(sid, ctl.digit))
         elif isinstance(ctl, Prompt):
@@ -578,6 +585,7 @@ class AgentWorker:
                             text=job.text,
                             keys=job.keys,
                             history=history,
+                            outbound=job.outbound or await self._history.outbound(sid),
                         )
                         actions = await self._generate(inp, reply)
             except Exception as e:  # asyncio.timeout's TimeoutError included
@@ -689,6 +697,8 @@ class AgentWorker:
                     reply.item(item.message)
                 elif isinstance(item, HangupAction | TransferAction):
                     actions.append(item)
+                elif isinstance(item, UsageReport):
+                    self._background(self._usage(inp.call_sid, reply.turn, item))
             await reply.finish(splitter.flush())
             return actions
         finally:
@@ -718,6 +728,21 @@ class AgentWorker:
         active = self._active.get(sid)
         hdrs = with_trace(None, active.span) if active is not None else None
         await audio_client(self._broker).publish(subject, message.to_bytes(), headers=hdrs)
+
+    async def _usage(self, call_sid: str, turn: int, report: UsageReport) -> None:
+        """One model request's tokens on the call's events (shared.usage), for its cost."""
+        usage = Usage(
+            stage="llm",
+            provider=self._provider.name,
+            model=report.model[:64],
+            prompt_tokens=report.prompt_tokens,
+            completion_tokens=report.completion_tokens,
+        )
+        ev = usage_event(call_sid=call_sid, service=SERVICE, usage=usage, turn=turn)
+        try:
+            await audio_client(self._broker).publish(subjects.events(call_sid), ev.to_bytes())
+        except Exception as e:  # usage is best effort, like every event
+            log.debug("usage not published", **kv(error=type(e).__name__))
 
     async def _event(self, call_sid: str, name: str, turn: int | None, **data: Any) -> None:
         ev = event(call_sid=call_sid, service=SERVICE, name=name, turn=turn, **data)

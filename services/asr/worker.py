@@ -62,6 +62,7 @@ from shared.service import Health, run_service, serve_metrics, stop_event
 from shared.service import worker_id as shared_worker_id
 from shared.settings import Settings
 from shared.telemetry import start_span, with_trace
+from shared.usage import Usage, usage_event
 
 log = logging.getLogger(__name__)
 
@@ -564,6 +565,7 @@ class AsrWorker:
         await self._event(
             call_sid, "asr.released", reason=reason, audio_ms=round(call.clock.total_ms)
         )
+        await self._usage(call)  # whatever ended the hold: the provider got that audio
 
     # ------------------------------------------------------------------ heartbeats
 
@@ -597,6 +599,14 @@ class AsrWorker:
             await self._nc.publish(subject, data, headers=headers)
         except Exception as e:
             log.warning("publish failed", **kv(error=type(e).__name__))
+
+    async def _usage(self, call: _Call) -> None:
+        """The call's audio on the recognizer that took it (shared.usage), for its cost."""
+        name = self._provider.name
+        model = self._settings.deepgram_model if name == "deepgram" else ""
+        usage = Usage(stage="asr", provider=name, model=model, audio_s=call.clock.total_ms / 1000)
+        ev = usage_event(call_sid=call.sid, service=SERVICE, usage=usage)
+        await self._publish(subjects.events(call.sid), ev.to_bytes())
 
     async def _event(self, call_sid: str, name: str, **data: Any) -> None:
         ev = event(call_sid=call_sid, service=SERVICE, name=name, **data)

@@ -87,7 +87,15 @@ class Admin:
         return who
 
     async def audit(
-        self, request: Request, *, actor: str, action: str, call_sid: str, outcome: Outcome
+        self,
+        request: Request,
+        *,
+        actor: str,
+        action: str,
+        call_sid: str | None,
+        outcome: Outcome,
+        target: str = "",
+        detail: str = "",
     ) -> None:
         """Store the audit record, or 503 (the export does not happen)."""
         nc = self.gw.nc
@@ -105,6 +113,8 @@ class Admin:
                 call_sid=call_sid,
                 outcome=outcome,
                 client=client_ip(peer, request.headers.get("x-forwarded-for"), self.trusted),
+                target=target,
+                detail=detail,
             )
         except Exception as e:
             log.error("audit record not stored; export refused", **kv(error=type(e).__name__))

@@ -35,6 +35,7 @@ from services.gateway.limits import (
     forwarded_base,
     parse_networks,
 )
+from services.gateway.outbound import Outbound, outbound_router
 from services.gateway.runtime import Gateway
 from services.gateway.security import (
     SIGNATURE_HEADER,
@@ -108,6 +109,7 @@ def create_app(*, settings: Settings, gateway: Gateway | None = None) -> FastAPI
     admin = Admin(gateway=gw, settings=settings)
     app.state.admin = admin
     app.include_router(admin_router(admin))
+    app.include_router(outbound_router(Outbound(gateway=gw, admin=admin, settings=settings)))
 
     # Refused webhooks (unsigned, bad signature) spend their own budget per client address:
     # someone's junk never takes the budget of signed traffic from the same address (behind

@@ -35,11 +35,14 @@ from services.gateway.retries import StageRetries
 from services.gateway.turntaking import BargeInArbiter, BargeInPolicy, Decision, parse_backchannels
 from shared import headers as H
 from shared import subjects
+from shared.cost import COST_EVENT, price_call, price_table
 from shared.logging import kv
 from shared.messages import (
+    AmdResult,
     CallEnded,
     CallStarted,
     Dtmf,
+    Event,
     Hangup,
     Interrupt,
     Played,
@@ -50,13 +53,16 @@ from shared.messages import (
     Transfer,
     event,
     parse_control,
+    parse_event,
     parse_reply,
     parse_transcript,
 )
-from shared.metrics import BAD_MESSAGES, FRAMES, FRAMES_DROPPED, STAGE_LATENCY
+from shared.metrics import BAD_MESSAGES, FRAMES, FRAMES_DROPPED, SPEND, STAGE_LATENCY
+from shared.outbound import OutboundContext
 from shared.settings import Settings
 from shared.telemetry import start_span, with_trace
 from shared.twilio import clear_message, mark_message, media_message
+from shared.usage import Usage, usage_event, usage_of
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,9 @@ AUDIO_OUT_PENDING_MSGS = 4000  # TTS chunks held for one call's callback before 
 HANGUP_IDLE_S = 2.0  # hang up this long after a Hangup once nothing of its turn is pending
 HANGUP_MAX_WAIT_S = 60.0  # and never hold a call open longer than this for a hangup
 GUARD_TICK_S = 0.1  # barge-in decisions and the silence/length guards are checked this often
+COST_WAIT_S = 6.0  # after the call: wait this long at most for ASR's usage (it flushes first)
+COST_SETTLE_S = 0.3  # and this long for reports still in flight
+_PRICING: set[asyncio.Task[None]] = set()  # calls being priced after they ended
 
 _FRAMES_OUT = FRAMES.labels(SERVICE, "out")
 _DROPPED_LATE = FRAMES_DROPPED.labels(SERVICE, "late")
@@ -72,6 +81,7 @@ _DROPPED_LATE = FRAMES_DROPPED.labels(SERVICE, "late")
 ControlOut = CallStarted | CallEnded | Interrupt | Played | Dtmf | Prompt | StageFailed
 Send = Callable[[str], Awaitable[None]]
 Close = Callable[[], Awaitable[None]]
+AmdLookup = Callable[[], Awaitable[str | None]]
 
 
 class CallSession:
@@ -91,6 +101,8 @@ class CallSession:
         vad_pool: VadPool | None = None,
         segment_timeout_s: float | None = None,
         call_control: CallControl | None = None,
+        outbound: OutboundContext | None = None,
+        amd_lookup: AmdLookup | None = None,
     ) -> None:
         self.call_sid = call_sid
         self.stream_sid = stream_sid
@@ -156,6 +168,16 @@ class CallSession:
         self._max_turn = -1  # latest agent turn seen on the bus
         self._limit_floor: int | None = None  # turns up to this one predate the call-limit prompt
         self._audio_since = 0.0  # when the latest turn's first audio went out
+        # An outbound call with AMD is held (no CallStarted, no ASR, caller audio dropped)
+        # until Twilio says who answered: a voicemail greeting is never taken for a person.
+        self._outbound = outbound
+        self._amd_lookup = amd_lookup
+        self.holding = outbound is not None and outbound.amd and outbound.answered_by is None
+        self._begun = False
+        self._amd_task: asyncio.Task[None] | None = None
+        self.usages: list[Usage] = []  # every stage's usage reports, priced at the end
+        self._asr_usage = asyncio.Event()
+        self._usage_sub: Subscription | None = None
 
     @property
     def age_s(self) -> float:
@@ -180,19 +202,53 @@ class CallSession:
             await nc.subscribe(subjects.control(self.call_sid), cb=self._on_control),
             await nc.subscribe(subjects.transcript(self.call_sid), cb=self._on_transcript),
         ]
+        self._usage_sub = await nc.subscribe(subjects.events(self.call_sid), cb=self._on_event)
+        self._player = asyncio.create_task(self._play(), name=f"player-{id(self):x}")
+        if not self.holding:
+            await self._begin(None)
+            return
+        await self._event_named(
+            "outbound.amd_wait", timeout_s=self._settings.outbound_amd_timeout_s
+        )
+        self._amd_task = asyncio.create_task(self._amd_wait(), name=f"amd-{id(self):x}")
+
+    async def _begin(self, answered_by: str | None) -> None:
+        """Announce the call (workers set up, the agent opens) and start recognizing."""
+        if self._begun or self._ended:
+            return
+        self._begun = True
+        self.holding = False
+        outbound = self._outbound
+        if outbound is not None and answered_by is not None:
+            outbound = outbound.model_copy(update={"answered_by": answered_by})
         await self._control(
             CallStarted(
                 call_sid=self.call_sid,
                 stream_sid=self.stream_sid,
                 gateway_id=self._gateway_id,
                 parameters=self._parameters,
+                outbound=outbound,
             )
         )
         await self._event_named("call.started", gateway=self._gateway_id)
         await self.asr.start()
         await self.retries.start()
-        self._player = asyncio.create_task(self._play(), name=f"player-{id(self):x}")
         self._guard_task = asyncio.create_task(self._guard(), name=f"guard-{id(self):x}")
+
+    async def _amd_wait(self) -> None:
+        """The AMD answer may have come before the stream started; else wait, then give up
+        (treated as ``unknown``: a message is left, never a conversation)."""
+        if self._amd_lookup is not None:
+            with contextlib.suppress(Exception):
+                known = await self._amd_lookup()
+                if known is not None:
+                    await self._begin(known)
+                    return
+        await asyncio.sleep(self._settings.outbound_amd_timeout_s)
+        if self.holding:
+            log.warning("no amd answer; treating as unknown", **kv(call=self.call_sid))
+            await self._event_named("outbound.amd_timeout")
+            await self._begin("unknown")
 
     async def end(self, reason: str | None = None) -> None:
         """The stream is over: announce it, stop every task and subscription (idempotent)."""
@@ -201,7 +257,7 @@ class CallSession:
         self._ended = True
         if reason is not None and not self._closing:
             self.end_reason = reason
-        for task in (self._player, self._hangup_task, self._guard_task):
+        for task in (self._player, self._hangup_task, self._guard_task, self._amd_task):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -220,11 +276,57 @@ class CallSession:
         await self._event_named("call.ended", reason=self.end_reason, duration_s=duration)
         self.trace.set(reason=self.end_reason, duration_s=duration, interrupts=self.interrupts)
         self.trace.end()
+        direction = "outbound" if self._outbound is not None else "inbound"
+        twilio = Usage(stage="twilio", provider="twilio", call_s=duration, direction=direction)
+        self.usages.append(twilio)
+        await self._publish_event(
+            usage_event(call_sid=self.call_sid, service=SERVICE, usage=twilio)
+        )
+        task = asyncio.create_task(self._price(), name=f"price-{id(self):x}")
+        _PRICING.add(task)
+        task.add_done_callback(_PRICING.discard)
+
+    # ------------------------------------------------------------------ cost
+
+    async def _on_event(self, msg: Msg) -> None:
+        """Usage reports of the other stages (ours are added where they are made)."""
+        try:
+            ev = parse_event(msg.data)
+        except ValidationError:
+            return
+        if ev.service == SERVICE:
+            return
+        usage = usage_of(ev)
+        if usage is not None:
+            self.usages.append(usage)
+            if usage.stage == "asr":
+                self._asr_usage.set()
+
+    async def _price(self) -> None:
+        """Once the stages have reported, publish ``call.cost`` and count the spend."""
+        try:
+            if self._begun:  # ASR held the call: it reports once it has flushed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._asr_usage.wait(), COST_WAIT_S)
+            await asyncio.sleep(COST_SETTLE_S)
+            if self._usage_sub is not None:
+                with contextlib.suppress(Exception):
+                    await self._usage_sub.unsubscribe()
+            table = price_table(self._settings.prices_file)
+            cost, spend = price_call(self.usages, table)
+            for (stage, provider), amount in spend.items():
+                if amount > 0:
+                    SPEND.labels(stage, provider).inc(amount)
+            await self._event_named(COST_EVENT, **cost.model_dump())
+        except Exception:
+            log.exception("call not priced", **kv(call=self.call_sid))
 
     # ------------------------------------------------------------------ from Twilio
 
     async def on_media(self, frame: bytes, seq: str, ts: str) -> None:
         """Caller audio (hot path: one call per 20 ms)."""
+        if self.holding:
+            return  # before the AMD answer: a machine's greeting must not become a turn
         await self.asr.send(frame, seq, ts)
         det = self._bargein
         if det is None:
@@ -396,6 +498,8 @@ class CallSession:
                 self.request_close(after_turn=ctl.after_turn, reason=f"hangup:{ctl.reason}")
             elif isinstance(ctl, Transfer):
                 self.request_close(after_turn=ctl.after_turn, reason="transfer", transfer_to=ctl.to)
+            elif isinstance(ctl, AmdResult) and self.holding:
+                await self._begin(ctl.answered_by)
         except Exception:
             log.exception("control handling failed", **kv(call=self.call_sid))
 
@@ -623,6 +727,9 @@ class CallSession:
 
     async def _event_named(self, name: str, *, turn: int | None = None, **data: Any) -> None:
         ev = event(call_sid=self.call_sid, service=SERVICE, name=name, turn=turn, **data)
+        await self._publish_event(ev)
+
+    async def _publish_event(self, ev: Event) -> None:
         try:
             await self._nc.publish(subjects.events(self.call_sid), ev.to_bytes())
         except Exception as e:  # events are best effort

@@ -122,6 +122,19 @@ class CallControl:
         log.info("twilio rest request done", **kv(call=call_sid, op=what))
         return True
 
+    def _create(self, **fields: Any) -> str:
+        call = self._rest().api.v2010.account.calls.create(**fields)
+        return str(call.sid)
+
+    async def create_call(self, **fields: Any) -> str:
+        """Place a call (``calls.create``); the new CallSid. Raises ``TwilioRestException``
+        (Twilio refused), ``TwilioException``/``OSError``/``TimeoutError`` (unreachable)."""
+        if not self.enabled:
+            raise TwilioException("no Twilio credentials")
+        return await asyncio.wait_for(
+            asyncio.to_thread(self._create, **fields), self._timeout + 1.0
+        )
+
     async def hangup(self, call_sid: str) -> bool:
         """Complete the call via REST; False without credentials or on failure (logged)."""
         return await self._request("hangup", call_sid, status="completed")

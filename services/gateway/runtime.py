@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 
 from services.gateway.bargein import VadPool
 from services.gateway.call import CallSession
+from services.gateway.outbound_records import OutboundRecords
 from services.gateway.recording import recording_store
 from services.gateway.security import CallAdmissions, CallTokens, SharedTokenLedger
 from shared import audit, bus, callevents
@@ -52,6 +53,7 @@ class Gateway:
         self.recordings = recording_store(settings)  # None unless RECORD_CALLS
         self.token_ledger = SharedTokenLedger.from_settings(settings)  # None without Redis
         self.admissions = CallAdmissions.from_settings(settings)
+        self.outbound = OutboundRecords.from_settings(settings)  # calls this platform placed
         self.nc: NATS | None = None
         self.calls: dict[str, CallSession] = {}
         self.streams: set[asyncio.Task[None]] = set()
@@ -127,6 +129,8 @@ class Gateway:
                 await self.token_ledger.aclose()
         with contextlib.suppress(Exception):
             await self.admissions.aclose()
+        with contextlib.suppress(Exception):
+            await self.outbound.aclose()
 
     # ------------------------------------------------------------------ admission
 

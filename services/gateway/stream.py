@@ -34,7 +34,7 @@ from services.gateway.security import (
     SIGNATURE_SETTINGS_HEADER,
     signature_valid_any,
 )
-from services.gateway.twiml import PARAM_CALL_SID, PARAM_TOKEN
+from services.gateway.twiml import PARAM_CALL_SID, PARAM_DIRECTION, PARAM_TOKEN
 from shared.logging import kv
 from shared.metrics import BAD_MESSAGES, STREAM_DROPS
 from shared.twilio import Connected, DtmfMsg, Mark, Media, Start, Stop, parse_inbound
@@ -240,6 +240,18 @@ class TwilioStream:
         if nc is None:
             log.error("stream refused: bus not connected", **kv(call=info.call_sid))
             raise _Refused
+        outbound = None
+        if params.get(PARAM_DIRECTION) == "outbound":
+            record = await self._gw.outbound.get(info.call_sid)
+            if record is None:
+                log.warning("stream refused: unknown outbound call", **kv(call=info.call_sid))
+                raise _Refused
+            outbound = record.context()
+
+        async def amd_lookup() -> str | None:
+            rec = await self._gw.outbound.get(info.call_sid)
+            return rec.answered_by if rec is not None else None
+
         session = CallSession(
             nc=nc,
             settings=self._gw.settings,
@@ -250,6 +262,8 @@ class TwilioStream:
             close=self.close,
             parameters=params,
             vad_pool=self._gw.vad_pool,
+            outbound=outbound,
+            amd_lookup=amd_lookup if outbound is not None else None,
         )
         if not self._gw.add_call(session):
             log.warning("stream refused: call already live here", **kv(call=info.call_sid))

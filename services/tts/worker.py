@@ -50,6 +50,7 @@ from shared.retry import stream_with_retries
 from shared.service import Health, run_service, serve_metrics, stop_event, worker_id
 from shared.settings import Settings
 from shared.telemetry import start_span, traceparent_of
+from shared.usage import Usage, usage_event
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +345,24 @@ class TtsWorker:
             fallback=fallback,
             worker=self.worker_id,
         )
+        if seg.text.strip() and out.audio_bytes:
+            await self._usage(seg, used, synth_s)
+
+    async def _usage(self, seg: ReplySegment, provider: str, synth_s: float) -> None:
+        """Characters synthesized (shared.usage); embedded engines add their busy seconds."""
+        cloud = provider == "elevenlabs"
+        usage = Usage(
+            stage="tts",
+            provider=provider,
+            model=self._settings.elevenlabs_model if cloud else "",
+            chars=len(seg.text.strip()),
+            cpu_s=0.0 if cloud else round(synth_s, 4),
+        )
+        ev = usage_event(call_sid=seg.call_sid, service=SERVICE, usage=usage, turn=seg.turn)
+        try:
+            await audio_client(self._broker).publish(subjects.events(seg.call_sid), ev.to_bytes())
+        except Exception as e:  # usage is best effort, like every event
+            log.debug("usage not published", **kv(error=type(e).__name__))
 
     def _primary(self, text: str, *, cacheable: bool = False) -> Any:
         s = self._settings

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,6 +40,7 @@ from voiceagent.stack import Stack, free_port, reachable
 pytestmark = pytest.mark.integration
 
 TOKEN = "cloud-" + "7" * 26
+TEST_PRICES = Path(__file__).resolve().parents[1] / "data" / "prices_test.toml"
 KEY = "sk-cloud-e2e"
 # Whisper writes numbers under 1000 as plain digits ("12345" would come out as "12,345").
 INSURANCE = "Can you check the insurance for member 842, date of birth January 15, 1990?"
@@ -127,6 +129,7 @@ async def cloud() -> AsyncIterator[Cloud]:
         "TWILIO_AUTH_TOKEN": TOKEN,
         "LOG_FORMAT": "text",
         "AGENT_GREETING": "",  # the model greets: the fault test below fails that request
+        "PRICES_FILE": str(TEST_PRICES),
     }
     async with FakeOpenAI(api_key=KEY) as openai:
         env |= {"OPENAI_BASE_URL": openai.base_url, "OPENAI_API_KEY": KEY}
@@ -247,3 +250,76 @@ async def test_openai_errors_are_retried_and_the_call_goes_on(cloud: Cloud) -> N
     assert answer == GOODBYE, f"agent said {answer!r}" + ctx
     assert heard(result.turns[0]), "no goodbye heard" + ctx
     assert "hangup" in result.control and result.ended_by == "gateway", ctx
+
+
+async def test_a_call_costs_what_the_fakes_counted_to_the_cent(cloud: Cloud) -> None:
+    import itertools
+
+    from shared import callevents
+    from shared.cost import COST_EVENT, CallCost
+    from shared.usage import USAGE_EVENT
+    from voiceagent.calls import format_table
+    from voiceagent.fakes.openai import decide
+
+    info = cloud.stack.info
+    assert info is not None
+    sent_before = len(cloud.openai.requests)
+    result, bus, ctx = await call(cloud, [BYE])
+    assert result.ended_by == "gateway", ctx
+    # What the fakes were asked for, counted here from their own rules (not from our events):
+    # the OpenAI fake reports 100 prompt tokens per request and a token per word of content
+    # (plus one per 4 characters of tool arguments); ElevenLabs got each segment's text.
+    bodies = cloud.openai.requests[sent_before:]
+    assert bodies and all(b["stream_options"] == {"include_usage": True} for b in bodies), ctx
+    completion = 0
+    for body in bodies:
+        tools = [] if body.get("tool_choice") == "none" else list(body.get("tools") or [])
+        d = decide(list(body["messages"]), tools, call_ids=itertools.count())
+        completion += len(d.content.split()) + sum(len(c.arguments) // 4 for c in d.tool_calls)
+    prompt = 100 * len(bodies)
+    chars = sum(len(r.text.strip()) for r in bus.replies if r.text.strip())
+
+    nc = await nats.connect(info.nats_url)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            msgs = await callevents.read_call(nc, result.call_sid)
+            events = callevents.parse_events(m for m in msgs if m.subject.endswith(".events"))
+            costs = [e for e in events if e.name == COST_EVENT]
+            if costs or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        summaries = await callevents.recent_calls(nc, since=time.time() - 300)
+    finally:
+        await nc.close()
+    assert len(costs) == 1, [e.name for e in events] + [ctx]
+    cost = CallCost.model_validate(costs[0].data)
+    usages = [e.data for e in events if e.name == USAGE_EVENT]
+    assert {u["stage"] for u in usages} == {"asr", "llm", "tts", "twilio"}, usages
+
+    assert cost.llm_prompt_tokens == prompt and cost.llm_completion_tokens == completion
+    assert cost.tts_chars == chars, (cost, chars)
+    ended = next(e for e in events if e.name == "call.ended")
+    call_s = float(ended.data["duration_s"] or 0)
+    assert cost.twilio_s == pytest.approx(call_s, abs=0.01)
+    # The recognizer got the call's audio from its claim (a fraction of a second in) on.
+    assert call_s - 1.5 <= cost.asr_audio_s <= call_s + 0.1, (cost, call_s)
+
+    # Priced with tests/data/prices_test.toml, to the cent.
+    assert cost.cost_llm == pytest.approx(0.01 * prompt + 0.03 * completion, abs=0.005)
+    assert cost.cost_tts == pytest.approx(0.02 * chars, abs=0.005)
+    assert cost.cost_twilio == pytest.approx(1.00 * -(-call_s // 60), abs=0.005)
+    assert cost.cost_asr == pytest.approx(0.01 * cost.asr_audio_s, abs=0.005)
+    total = cost.cost_asr + cost.cost_llm + cost.cost_tts + cost.cost_twilio
+    assert cost.cost_total == pytest.approx(total, abs=0.005)
+    assert cost.currency == "USD" and cost.prices_date == "2026-12"
+
+    # `voiceagent calls` shows it.
+    mine = next(s for s in summaries if s.call_sid == result.call_sid)
+    assert mine.cost == cost
+    table = format_table([mine], show_sids=True)
+    assert f"${cost.cost_total:.4f}" in table[1], table
+    # Prometheus (the gateway's /metrics) counts the spend by stage and provider.
+    async with httpx.AsyncClient(trust_env=False) as http:
+        metrics = (await http.get(info.gateway_url + "/metrics")).text
+    assert 'voice_spend_total{provider="openai",stage="llm"}' in metrics, ctx

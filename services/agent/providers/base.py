@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from shared.outbound import OutboundContext
+
 # ``digits``: a keypad entry the agent asked for (services.agent.digits), ``text`` the digits.
 TurnKind = Literal["call_started", "utterance", "dtmf", "digits", "silence", "call_limit"]
 
@@ -24,6 +26,7 @@ class TurnInput:
     text: str = ""
     keys: str = ""  # keys pressed while the caller said ``text`` (an utterance)
     history: list[dict[str, Any]] = field(default_factory=list)
+    outbound: OutboundContext | None = None  # set on calls we placed (why, with what)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +50,16 @@ class HistoryItem:
     message: dict[str, Any]
 
 
-AgentOutput = str | HangupAction | TransferAction | HistoryItem
+@dataclass(frozen=True, kw_only=True)
+class UsageReport:
+    """What one model request used, from the provider's own usage report (for the cost)."""
+
+    model: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+AgentOutput = str | HangupAction | TransferAction | HistoryItem | UsageReport
 
 
 class AgentProvider(ABC):

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.agent import outbound_script
 from services.agent.fixed_prompts import STILL_THERE, fixed_reply, is_fixed
 from services.agent.providers.base import (
     AgentOutput,
@@ -157,6 +158,19 @@ def last_assistant(history: list[dict[str, Any]]) -> str:
     return ""
 
 
+def _asked_to_confirm(history: list[dict[str, Any]]) -> bool:
+    """The agent's last real question was an outbound reminder's "still good for you?" (a
+    silence reprompt in between does not count: the caller may answer the question late)."""
+    for m in reversed(history):
+        content = m.get("content")
+        if m.get("role") != "assistant" or not isinstance(content, str) or not content:
+            continue
+        if content.startswith(STILL_THERE):
+            continue
+        return content.endswith(outbound_script.CONFIRM_QUESTION)
+    return False
+
+
 @dataclass
 class Reply:
     """What the demo agent says and does in one turn."""
@@ -255,6 +269,8 @@ class DemoAgent(AgentProvider):
     async def reply(self, turn: TurnInput) -> Reply:
         """Decide this turn's reply from the input and the history (no other state)."""
         if turn.kind == "call_started":
+            if turn.outbound is not None:
+                return self._outbound_opening(turn)
             return Reply(text=self.greeting())
         fixed = fixed_reply(turn)
         if fixed is not None:
@@ -263,6 +279,16 @@ class DemoAgent(AgentProvider):
                 return Reply(text=f"{text} {self._can_do()}")
             return Reply(text=text, actions=[action])
         said = last_assistant(turn.history)
+        if turn.kind == "utterance" and _asked_to_confirm(turn.history):
+            # The answer to an outbound reminder: yes ends the call, no too (politely).
+            if YES.search(turn.text) and not NO.search(turn.text):
+                return Reply(
+                    text=outbound_script.CONFIRMED, actions=[HangupAction(reason="confirmed")]
+                )
+            if NO.search(turn.text):
+                return Reply(
+                    text=outbound_script.DECLINED, actions=[HangupAction(reason="declined")]
+                )
         if turn.kind == "digits":
             return await self._on_entry(turn, said, turn.text.strip())
         if turn.kind == "dtmf":
@@ -272,6 +298,17 @@ class DemoAgent(AgentProvider):
             # Words we cannot place, a key pressed while saying them: the key decides.
             return await self._on_key(turn, said, turn.keys[-1])
         return reply
+
+    def _outbound_opening(self, turn: TurnInput) -> Reply:
+        """A call we placed: open with why to a person; leave a message on a machine."""
+        ctx = turn.outbound
+        assert ctx is not None
+        if ctx.person:
+            return Reply(text=outbound_script.opening(ctx, org=self._title))
+        return Reply(
+            text=outbound_script.voicemail(ctx, org=self._title),
+            actions=[HangupAction(reason="voicemail")],
+        )
 
     async def _on_key(self, turn: TurnInput, said: str, digit: str) -> Reply:
         confirm = _CONFIRM_RE.search(said)

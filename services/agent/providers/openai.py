@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 import openai
 from openai import AsyncOpenAI, omit
 
+from services.agent import outbound_script
 from services.agent.digits import caller_input_text
 from services.agent.fixed_prompts import fixed_reply, is_fixed, sentences_of
 from services.agent.history import within_budget
@@ -44,6 +45,7 @@ from services.agent.providers.base import (
     HistoryItem,
     TransferAction,
     TurnInput,
+    UsageReport,
 )
 from services.agent.tools import CallTools
 from services.agent.verification import PhiTools, VerifiedMember, verified_note
@@ -156,6 +158,8 @@ def turn_messages(
     loses its oldest messages; the persona and the new input always go.
     """
     messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}]
+    if turn.outbound is not None:
+        messages.append({"role": "system", "content": outbound_script.system_note(turn.outbound)})
     messages.extend(within_budget(turn.history, history_max_tokens))
     if turn.kind in ("dtmf", "digits") or (turn.kind == "utterance" and turn.text):
         content = caller_input_text(turn.kind, turn.text, turn.keys)
@@ -274,7 +278,14 @@ class OpenAIAgent(AgentProvider):
     async def respond(self, turn: TurnInput) -> AsyncIterator[AgentOutput]:
         # Fixed words need no model round trip: they start at once and TTS has them cached.
         fixed = fixed_reply(turn)
-        if fixed is None and turn.kind == "call_started" and self._greeting:
+        ctx = turn.outbound
+        if turn.kind == "call_started" and ctx is not None:
+            # A person: the model opens with why we called (system note). A machine or an
+            # unknown answer: the fixed message after the beep, then hang up.
+            if not ctx.person:
+                org = self._tools.knowledge.title or "our office"
+                fixed = (outbound_script.voicemail(ctx, org=org), HangupAction(reason="voicemail"))
+        elif fixed is None and turn.kind == "call_started" and self._greeting:
             fixed = (self._greeting, None)
         if fixed is not None:
             yield fixed[0]
@@ -309,6 +320,8 @@ class OpenAIAgent(AgentProvider):
             async for item in stream:
                 if isinstance(item, _Calls):
                     calls = item.calls
+                elif isinstance(item, UsageReport):
+                    yield item
                 else:
                     content.append(item)
                     spoken = True
@@ -357,7 +370,7 @@ class OpenAIAgent(AgentProvider):
 
     async def _round(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, final: bool
-    ) -> AsyncIterator[str | _Calls]:
+    ) -> AsyncIterator[str | _Calls | UsageReport]:
         """One streamed completion: content deltas, then the tool calls it asked for."""
         try:
             stream = await self._client.chat.completions.create(
@@ -369,6 +382,7 @@ class OpenAIAgent(AgentProvider):
                 # Every completion is bounded: a runaway reply (or a flood of turns) costs
                 # at most this many output tokens a round.
                 max_tokens=self._settings.openai_max_tokens,
+                stream_options={"include_usage": True},  # the last chunk reports the tokens
             )
         except Exception as e:
             raise wrap_error(e) from e
@@ -376,6 +390,12 @@ class OpenAIAgent(AgentProvider):
         finish: str | None = None
         try:
             async for chunk in stream:
+                if chunk.usage is not None:
+                    yield UsageReport(
+                        model=chunk.model or self._model,
+                        prompt_tokens=chunk.usage.prompt_tokens,
+                        completion_tokens=chunk.usage.completion_tokens,
+                    )
                 for choice in chunk.choices:
                     if choice.index != 0:
                         continue
