@@ -266,6 +266,9 @@ def test_redis_acl_covers_every_key_kind_and_fences_tts_off_histories() -> None:
     for imported in re.findall(r"from shared\.callstate import ([A-Z_, ]+)", agent_src):
         names |= {n.strip() for n in imported.split(",")}
     kinds |= {getattr(callstate, n) for n in names if n != "KEY_PREFIX"}
+    # ... and module constants (``OUTBOUND = "obctx"`` ... ``call_key(OUTBOUND, ...)``).
+    for const in set(re.findall(r"call_key\(\s*([A-Z_]+)\s*,", agent_src)) - names:
+        kinds |= set(re.findall(rf"^{const} = \"(\w+)\"", agent_src, re.M))
     assert {"hist", "heard", "lease", "appt"} <= kinds  # the scan finds what it should
     assert {f"~va:{k}:*" for k in kinds} <= set(_key_rules(users["agent"])), kinds
     from services.tts.prompt_cache import KEY_PREFIX as TTS_PREFIX
@@ -273,6 +276,10 @@ def test_redis_acl_covers_every_key_kind_and_fences_tts_off_histories() -> None:
     assert TTS_PREFIX.startswith("va:tts:") and _key_rules(users["tts"]) == ["~va:tts:*"]
     gateway = _key_rules(users["gateway"])
     assert "~va:tok:*" in gateway and f"~va:{callstate.ADMITTED}:*" in gateway
+    from services.gateway.dial_guards import DNC_KEY
+    from services.gateway.outbound_records import KIND as OUTBOUND_KIND
+
+    assert f"~va:{OUTBOUND_KIND}:*" in gateway and f"%R~{DNC_KEY}" in gateway
     for kind in (callstate.HISTORY, callstate.HEARD):  # read for the transcript export only
         assert f"%R~va:{kind}:*" in gateway and f"~va:{kind}:*" not in gateway
     for name in ("agent", "gateway", "tts"):
