@@ -4,7 +4,7 @@ An outbound call is placed by the gateway (``POST /calls/outbound``) through Twi
 API. Its purpose and parameters are kept server side, keyed by the CallSid Twilio returns, and
 reach the agent on :class:`~shared.messages.CallStarted` as :class:`OutboundContext`: nothing a
 caller could forge travels through Twilio. With answering-machine detection (AMD) the gateway
-holds the call start until Twilio's ``AnsweredBy`` arrives (docs/decisions/0034).
+holds the call start until Twilio's ``AnsweredBy`` arrives (docs/decisions/0035).
 """
 
 from __future__ import annotations

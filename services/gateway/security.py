@@ -216,7 +216,7 @@ class CallAdmissions:
     what it admitted, which is the whole check without Redis (single-process dev) and what
     still holds on this replica while Redis is down: then a new SID is admitted (a Redis
     outage never turns real calls away) and a replay is caught only on the replica that
-    admitted the original (docs/decisions/0040-voice-admitted-once.md).
+    admitted the original (docs/decisions/0038-voice-admitted-once.md).
     """
 
     def __init__(
