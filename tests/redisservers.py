@@ -80,7 +80,7 @@ def redis_cluster(masters: int = 3) -> Iterator[list[int]]:
             timeout=30,
         )
         if made.returncode != 0:
-            raise RuntimeError(f"redis-cli --cluster create failed: {made.stdout!r} {made.stderr!r}")
+            raise RuntimeError(f"redis-cli --cluster create: {made.stdout!r} {made.stderr!r}")
         deadline = time.monotonic() + 20
         while any(
             b"cluster_state:ok"
