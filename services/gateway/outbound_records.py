@@ -61,13 +61,11 @@ class OutboundRecords:
     def from_settings(cls, settings: Settings) -> OutboundRecords:
         redis = None
         if settings.redis_url:
-            from redis.asyncio import Redis
-
-            redis = Redis.from_url(
+            redis = callstate.redis_client(
                 settings.redis_url,
+                settings=settings,
                 socket_timeout=REDIS_TIMEOUT_S,
                 socket_connect_timeout=REDIS_TIMEOUT_S,
-                **callstate.redis_options(settings),
             )
         return cls(redis=redis, ttl_s=settings.outbound_record_ttl_s)
 

@@ -155,15 +155,10 @@ class SharedTokenLedger:
     def from_settings(cls, settings: Any) -> SharedTokenLedger | None:
         if not settings.redis_url:
             return None
-        from redis.asyncio import Redis
+        from shared.callstate import redis_client
 
-        from shared.callstate import redis_options
-
-        client = Redis.from_url(
-            settings.redis_url,
-            socket_timeout=0.3,
-            socket_connect_timeout=0.3,
-            **redis_options(settings),
+        client = redis_client(
+            settings.redis_url, settings=settings, socket_timeout=0.3, socket_connect_timeout=0.3
         )
         return cls(redis=client)
 
@@ -239,15 +234,13 @@ class CallAdmissions:
     def from_settings(cls, settings: Any) -> CallAdmissions:
         redis = None
         if settings.redis_url:
-            from redis.asyncio import Redis
+            from shared.callstate import redis_client
 
-            from shared.callstate import redis_options
-
-            redis = Redis.from_url(
+            redis = redis_client(
                 settings.redis_url,
+                settings=settings,
                 socket_timeout=0.3,
                 socket_connect_timeout=0.3,
-                **redis_options(settings),
             )
         return cls(redis=redis, lifetime_s=admission_lifetime_s(settings))
 

@@ -2,12 +2,17 @@
 
 Three nats-servers run ``deploy/nats/cluster.conf`` unchanged (routes with auth, JetStream,
 the per-service users of ``auth.conf``) on loopback; only ports, names and store directories
-come from each node's environment and flags. Every service connects as its own NATS user and
-lists all three nodes in ``NATS_URL``, each service a different node first; the streams are
-created R3 (``JETSTREAM_REPLICAS=3``). A simulated caller (real speech, the embedded
-recognizer) talks; the node the gateway is connected to is SIGKILLed as the caller starts a
-sentence, which is still answered within 3 s, and again for the node of the ASR worker that
-holds the call. Audit records written before and after the first loss are all in VOICE_AUDIT.
+come from each node's environment (``-p``/``-m`` flags: client and monitor ports). Every
+service connects as its own NATS user and lists all three nodes in ``NATS_URL``, each a
+different node first; the streams are created R3 (``JETSTREAM_REPLICAS=3``). A simulated
+caller (real speech, the embedded recognizer) talks; the node the gateway is connected to is
+SIGKILLed as the caller starts a sentence, which is still answered within 3 s, and again for
+the node of the ASR worker that holds the call. With one node back (the other still down), an
+audit record written then and the one from before any loss are both in VOICE_AUDIT.
+
+The 3 s bound includes the embedded recognizer's decode: on a machine whose load is far above
+its core count even the calls without a fault answer later than that (measured here: 2.0-2.6 s
+at moderate load, 5-8 s at load average 10 on 2 cores).
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ class NatsCluster:
             "NATS_SERVER_NAME": f"n{i + 1}",
             "NATS_STORE_DIR": str(self.dir / f"store-{i + 1}"),
             "NATS_ROUTE_PASSWORD": ROUTE_PASSWORD,
+            "NATS_CLUSTER_LISTEN": f"127.0.0.1:{self.route[i]}",
             **{
                 f"NATS_ROUTE_{j + 1}": f"nats-route://route:{ROUTE_PASSWORD}@127.0.0.1:{p}"
                 for j, p in enumerate(self.route)
@@ -91,7 +97,6 @@ class NatsCluster:
         }
         argv = [nats_server_binary(), "-c", str(self.dir / "cluster.conf"), "-a", "127.0.0.1"]
         argv += ["-p", str(self.client[i]), "-m", str(self.monitor[i])]
-        argv += ["-cluster", f"nats://127.0.0.1:{self.route[i]}"]
         log = (self.dir / f"n{i + 1}.log").open("ab")
         self.procs[i] = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
         wait_listening(self.client[i], proc=self.procs[i], what=f"nats node n{i + 1}")
@@ -148,12 +153,14 @@ async def operator_connection(cluster: NatsCluster) -> NATS:
     )
 
 
-async def _jetstream_ready(cluster: NatsCluster, timeout_s: float = 30.0) -> None:
+async def _jetstream_ready(
+    cluster: NatsCluster, timeout_s: float = 30.0, nodes: list[int] | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         ok = True
         async with httpx.AsyncClient(timeout=1, trust_env=False) as client:
-            for port in cluster.monitor:
+            for port in [cluster.monitor[i] for i in (nodes if nodes is not None else range(3))]:
                 try:
                     resp = await client.get(
                         f"http://127.0.0.1:{port}/healthz", params={"js-enabled-only": "true"}
@@ -301,24 +308,11 @@ async def test_call_survives_losing_the_gateways_node_then_an_asr_workers_node(
                 assert await _export(faults, before_sid) == 404
 
                 killed: dict[str, tuple[int, float]] = {}
-                exports: list[asyncio.Task[float]] = []
-
-                async def export_after_loss() -> float:
-                    """Retry until the audit stream has its new leader; when it was stored."""
-                    after_sid_box.append(new_sid("CA"))
-                    deadline = time.monotonic() + 8
-                    while await _export(faults, after_sid_box[0]) != 404:
-                        assert time.monotonic() < deadline, "no audit record after the loss"
-                        await asyncio.sleep(0.5)
-                    return time.monotonic()
-
-                after_sid_box: list[str] = []
 
                 def on_line(line: str) -> None:
                     if line == f"caller: {S2}":
                         cluster.kill(gw_node)
                         killed["gateway"] = (gw_node, time.monotonic())
-                        exports.append(asyncio.ensure_future(export_after_loss()))
                     elif line == f"caller: {S3}":
                         claims = [
                             e
@@ -354,16 +348,17 @@ async def test_call_survives_losing_the_gateways_node_then_an_asr_workers_node(
                     )
                     assert "having trouble" not in said, ctx
 
-                # The audit trail: the record from before the loss and one written after it
-                # (two nodes left: still a quorum for R3) ...
-                stored_at = await exports[0]
-                assert stored_at < killed[next(k for k in killed if k != "gateway")][1], (
-                    "the audit record after the first loss was stored only after the second"
-                )
-                # ... both read back once the killed nodes are back (R3: no quorum on one).
-                for i in {node for node, _ in killed.values()}:
-                    cluster.start(i)
-                await _jetstream_ready(cluster)
+                # The audit trail after a node loss: the first node killed is back, the
+                # second still down (two of three: a quorum for R3). A record written now and
+                # the one from before any loss are both there.
+                first, _ = killed["gateway"]
+                cluster.start(first)
+                await _jetstream_ready(cluster, nodes=[i for i in range(3) if cluster.procs[i]])
+                after_sid = new_sid("CA")
+                deadline = time.monotonic() + 30
+                while await _export(faults, after_sid) != 404:
+                    assert time.monotonic() < deadline, "no audit record after the loss" + ctx
+                    await asyncio.sleep(0.5)
                 records: list[audit.AuditRecord] = []
                 deadline = time.monotonic() + 15
                 while time.monotonic() < deadline:
@@ -373,7 +368,7 @@ async def test_call_survives_losing_the_gateways_node_then_an_asr_workers_node(
                             break
                     await asyncio.sleep(0.5)
                 exported = {r.call_sid for r in records if r.action == "transcript.export"}
-                assert {before_sid, after_sid_box[0]} <= exported, (records, ctx)
+                assert {before_sid, after_sid} <= exported, (records, ctx)
                 print(
                     f"\n[nats cluster] nodes at start {nodes}; killed {killed}; latencies ms "
                     f"{[round(t.latency_ms or -1) for t in result.turns]}"
@@ -403,3 +398,39 @@ def _ctx(faults: Faults, result: CallResult, killed: Any, bus: BusLog, sid: str)
         f"\nkilled: {killed}\nturns: {turns}\nevents: {events}\nfinals: {finals}"
         f"\n--- services ---\n{faults.logs(150)}"
     )
+
+
+def _route_connect(port: int, *, user: str, password: str) -> str:
+    """Speak the route protocol to a node's cluster port; the server's answer to CONNECT."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.recv(65536)  # INFO
+        connect = {"verbose": False, "pedantic": False, "name": "rogue", "cluster": "voiceagent"}
+        connect |= {"user": user, "pass": password}
+        sock.sendall(f"CONNECT {json.dumps(connect)}\r\nPING\r\n".encode())
+        answer = b""
+        with contextlib.suppress(TimeoutError, OSError):
+            while b"-ERR" not in answer:  # until refused, closed or quiet for 2 s
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        return answer.decode(errors="replace")
+
+
+def test_only_nodes_with_the_route_password_may_join() -> None:
+    """A rogue route (it would see every call's audio) is refused on the cluster port."""
+    with _tmpdir() as tmp:
+        cluster = NatsCluster(tmp)
+        try:
+            cluster.start(0)
+            refused = _route_connect(cluster.route[0], user="route", password="guessed")
+            assert "Authorization Violation" in refused, refused
+            assert "Authorization Violation" in _route_connect(
+                cluster.route[0], user="", password=""
+            )
+            accepted = _route_connect(cluster.route[0], user="route", password=ROUTE_PASSWORD)
+            assert "-ERR" not in accepted, accepted
+        finally:
+            cluster.stop()

@@ -23,6 +23,7 @@ def test_cluster_conf_has_authenticated_routes_jetstream_and_the_service_users()
     code = _code(CONF)
     assert re.search(r"cluster\s*{[^}]*authorization\s*{\s*user:\s*route", code)
     assert "password: $NATS_ROUTE_PASSWORD" in code
+    assert "listen: $NATS_CLUSTER_LISTEN" in code  # not a -cluster flag: it drops the auth
     assert re.findall(r"\$NATS_ROUTE_\d", code) == [
         "$NATS_ROUTE_1",
         "$NATS_ROUTE_2",
