@@ -16,13 +16,11 @@ from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any
-from urllib.parse import parse_qsl
 
 import uvicorn
 from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.datastructures import MultiDict
 
 from services.gateway.admin import Admin, admin_router
 from services.gateway.auth import AdminAuth
@@ -34,6 +32,7 @@ from services.gateway.limits import (
     client_ip,
     forwarded_base,
     parse_networks,
+    read_form,
 )
 from services.gateway.outbound import Outbound, outbound_router
 from services.gateway.runtime import Gateway
@@ -55,7 +54,6 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 SERVICE = "gateway"
-MAX_FORM_BYTES = 64 * 1024
 XML = "application/xml"
 _RATE_LIMITED = BAD_MESSAGES.labels(SERVICE, "rate_limited")
 _REPLAYED = BAD_MESSAGES.labels(SERVICE, "voice_replayed")
@@ -69,21 +67,6 @@ def _voice_urls(settings: Settings, request: Request, trusted: tuple[Network, ..
     fwd = forwarded_base(peer, request.headers, trusted)
     urls = candidate_urls(settings.public_url, "/voice", fwd, ws=False)
     return [u + (f"?{query}" if query else "") for u in urls]
-
-
-async def _read_capped(request: Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it exceeds ``limit`` (never buffers more than that)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def create_app(*, settings: Settings, gateway: Gateway | None = None) -> FastAPI:
@@ -134,10 +117,9 @@ def create_app(*, settings: Settings, gateway: Gateway | None = None) -> FastAPI
         signature = request.headers.get(SIGNATURE_HEADER)
         if check and not signature:
             return refuse_unsigned(client, "no signature")  # the body is not even read
-        body = await _read_capped(request, MAX_FORM_BYTES)
-        if body is None:
+        params = await read_form(request)
+        if params is None:
             return Response("request too large", status_code=413)
-        params = MultiDict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         if check and not signature_valid_any(
             auth_token=settings.twilio_auth_token.get_secret_value(),
             urls=_voice_urls(settings, request, trusted),

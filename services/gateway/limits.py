@@ -11,9 +11,30 @@ import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
+
+from starlette.datastructures import MultiDict
+from starlette.requests import Request
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+MAX_FORM_BYTES = 64 * 1024  # a Twilio webhook's form is a few KiB
+
+
+async def read_form(request: Request, limit: int = MAX_FORM_BYTES) -> MultiDict | None:
+    """A webhook's form body, or None as soon as it exceeds ``limit`` (never buffers more)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    return MultiDict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
 
 
 def parse_networks(raw: str) -> tuple[Network, ...]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
@@ -30,7 +29,7 @@ from twilio.twiml.voice_response import VoiceResponse
 from services.gateway.admin import Admin
 from services.gateway.call_control import CallControl
 from services.gateway.dial_guards import DialGuards, DialRefused
-from services.gateway.limits import candidate_urls, forwarded_base
+from services.gateway.limits import candidate_urls, forwarded_base, read_form
 from services.gateway.outbound_records import OutboundRecord
 from services.gateway.runtime import Gateway
 from services.gateway.security import (
@@ -54,23 +53,9 @@ BASE_PATH = "/outbound"
 TWIML_PATH = BASE_PATH + "/twiml"
 STATUS_PATH = BASE_PATH + "/status"
 AMD_PATH = BASE_PATH + "/amd"
-MAX_FORM_BYTES = 64 * 1024
 RECORD_WAIT_S = 3.0  # Twilio may ask for TwiML before calls.create has returned to us
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
 XML = "application/xml"
-
-
-async def read_form(request: Request, limit: int = MAX_FORM_BYTES) -> MultiDict | None:
-    """A webhook's form body, or None once it exceeds ``limit`` (never buffers more)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return MultiDict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
 
 
 def hangup_twiml() -> str:
