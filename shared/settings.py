@@ -157,6 +157,11 @@ class Settings(BaseSettings):
         description="local whisper: shortest window an utterance is decoded on (the window is "
         "max(this, audio + 1 s)); 30: always whisper's full 30 s window",
     )
+    asr_batch: int = Field(
+        default=4,
+        description="local whisper: short utterances waiting together are decoded in one batch "
+        "of up to this many (1: one at a time)",
+    )
     asr_max_calls: int = Field(
         default=0,
         description="calls one ASR worker holds at once; 0: the provider's default "

@@ -46,10 +46,11 @@ WORDS_BASE = 2
 WORDS_PER_S = 5.0
 COMPRESSION_RATIO_MAX = 2.4  # whisper's own loop detector
 # Clear bands (measured, decision record 0034): speech on a short window decoded at no-speech
-# <= 0.28 and log-probability >= -0.65; silence and noise at no-speech >= 0.61 with
-# log-probability <= -1.0, or no-speech >= 0.95 whatever the words.
+# <= 0.34; silence and noise at no-speech >= 0.61 with log-probability <= -1.0, or no-speech
+# >= 0.95 whatever the words. Words decoded under log-probability -0.5 differed from the full
+# window's now and then (espeak's "Yes." heard as "Yeah" at -0.64): those are decoded again.
 SPEECH_NO_SPEECH_MAX = 0.45
-SPEECH_LOGPROB_MIN = -0.8
+SPEECH_LOGPROB_MIN = -0.5
 NOISE_NO_SPEECH_MIN = 0.6
 NOISE_LOGPROB_MAX = -1.0
 SILENCE_NO_SPEECH_MIN = 0.9
