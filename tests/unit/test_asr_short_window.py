@@ -13,7 +13,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from services.asr.providers.local import HALLUCINATIONS, _Engine, normalize_words
+from services.asr.providers.local import (
+    ANSWER_PHRASES,
+    HALLUCINATIONS,
+    _Engine,
+    normalize_words,
+)
 from services.asr.providers.whisper_window import (
     FULL_FRAMES,
     WHISPER_RATE,
@@ -71,15 +76,16 @@ def test_loops_runaway_output_and_stock_phrases_go_to_the_full_window() -> None:
     stock = HALLUCINATIONS
     looped = "Yes, yes. Yes, yes. " * 20
     capped = WindowDecode(**{**_decode("I'd like to").__dict__, "tokens": token_cap(1.0)})
-    cases = {
-        "token_cap": capped,
-        "compression": _decode(looped, audio_s=30),
-        "repetition": _decode("No? No?"),
-        "words_per_second": _decode("one two three four five six seven eight nine", audio_s=1),
-        "stock_phrase": _decode("Thank you."),
-        "uncertain": _decode("Tuesday.", ns=0.5),
-    }
-    for reason, d in cases.items():
+    cases = [
+        ("token_cap", capped),
+        ("compression", _decode(looped, audio_s=30)),
+        ("repetition", _decode("No? No?")),
+        ("words_per_second", _decode("one two three four five six seven eight nine", audio_s=1)),
+        ("stock_phrase", _decode("Thank you.", lp=-0.6)),
+        ("uncertain", _decode("Tuesday.", ns=0.5)),
+        ("uncertain", _decode("Tuesday.", lp=-0.9)),
+    ]
+    for reason, d in cases:
         assert judge(d, stock_phrases=stock) == ("unsure", reason)
 
 
@@ -88,6 +94,20 @@ def test_clear_silence_and_noise_are_dropped_and_clear_speech_is_kept() -> None:
     assert judge(_decode("you", ns=0.99, lp=-0.8), stock_phrases=stock)[0] == "not_speech"
     assert judge(_decode("I'm", ns=0.7, lp=-2.0), stock_phrases=stock)[0] == "not_speech"
     assert judge(_decode("Yes.", ns=0.04, lp=-0.23), stock_phrases=stock) == ("speech", "ok")
+
+
+def test_an_answer_whisper_also_invents_is_kept_only_when_clearly_speech() -> None:
+    stock, answers = HALLUCINATIONS, ANSWER_PHRASES
+    assert judge(_decode("Okay.", ns=0.03, lp=-0.4), stock_phrases=stock, answers=answers) == (
+        "speech",
+        "ok",
+    )
+    for d in (_decode("Okay.", ns=0.3, lp=-0.4), _decode("Thank you.", ns=0.05, lp=-0.6)):
+        assert judge(d, stock_phrases=stock, answers=answers) == ("unsure", "stock_phrase")
+    # not an answer callers give: always the full window's call
+    assert judge(_decode("you", ns=0.02, lp=-0.1), stock_phrases=stock, answers=answers)[0] == (
+        "unsure"
+    )
 
 
 def test_a_phrase_said_twice_is_speech_three_times_is_a_loop() -> None:

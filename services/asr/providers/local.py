@@ -386,7 +386,7 @@ class _Engine:
             decoded = self.short.decode([audio[i] for i in live]) if live else []
             retry = [i for i in retry if not len(audio[i])]
             for i, d in zip(live, decoded, strict=True):
-                verdict, why = judge(d, stock_phrases=HALLUCINATIONS)
+                verdict, why = judge(d, stock_phrases=HALLUCINATIONS, answers=ANSWER_PHRASES)
                 if verdict == "not_speech":
                     self._count("not_speech")
                     jobs[i].future.set_result(None)

@@ -45,12 +45,19 @@ TOKENS_PER_S = 8.0
 WORDS_BASE = 2
 WORDS_PER_S = 5.0
 COMPRESSION_RATIO_MAX = 2.4  # whisper's own loop detector
-# Clear bands (measured, decision record 0034): speech on a short window decoded at no-speech
-# <= 0.34; silence and noise at no-speech >= 0.61 with log-probability <= -1.0, or no-speech
-# >= 0.95 whatever the words. Words decoded under log-probability -0.5 differed from the full
-# window's now and then (espeak's "Yes." heard as "Yeah" at -0.64): those are decoded again.
+# Clear bands (measured, decision record 0034, `python -m voiceagent.bench_asr`): speech on a
+# short window decoded at no-speech <= 0.34; silence and noise at no-speech >= 0.61 with
+# log-probability <= -1.0, or no-speech >= 0.95 whatever the words. Between -1.0 (the filter's
+# own bar) and -0.8 lies a margin decoded again on the full window: on 122 utterances the words
+# kept then had the full window's WER (0.229 both).
 SPEECH_NO_SPEECH_MAX = 0.45
-SPEECH_LOGPROB_MIN = -0.5
+SPEECH_LOGPROB_MIN = -0.8
+# Answers whisper also invents on noise ("Okay.", "Thank you."): their acceptance bars were
+# measured on the full window, where noise gave them no-speech >= 0.55 or confidence <= 0.58.
+# On the short window callers' answers decoded at no-speech <= 0.08 and log-probability >= -0.43
+# (confidence >= 0.65), noise at no-speech >= 0.61: kept only well inside that gap.
+ANSWER_NO_SPEECH_MAX = 0.15
+ANSWER_LOGPROB_MIN = -0.45
 NOISE_NO_SPEECH_MIN = 0.6
 NOISE_LOGPROB_MAX = -1.0
 SILENCE_NO_SPEECH_MIN = 0.9
@@ -101,11 +108,14 @@ def repeats(words: Sequence[str], *, max_n: int = MAX_REPEAT_NGRAM) -> bool:
     return False
 
 
-def judge(d: WindowDecode, *, stock_phrases: Collection[str]) -> tuple[Verdict, str]:
+def judge(
+    d: WindowDecode, *, stock_phrases: Collection[str], answers: Collection[str] = ()
+) -> tuple[Verdict, str]:
     """Whether a short-window decode can be trusted, and why not.
 
-    ``stock_phrases``: normalized phrases whisper also invents on noise; they are always
-    re-decoded on the full window, where their acceptance bars were measured.
+    ``stock_phrases``: normalized phrases whisper also invents on noise; they are re-decoded on
+    the full window, where their acceptance bars were measured, except the callers' ``answers``
+    among them decoded clearly as speech.
     """
     words = _WORD.findall(d.text.lower().replace("’", "'"))
     if d.tokens >= d.token_cap:
@@ -122,8 +132,10 @@ def judge(d: WindowDecode, *, stock_phrases: Collection[str]) -> tuple[Verdict, 
         return "not_speech", "no_speech"
     if not words:
         return "unsure", "no_words"
-    if " ".join(words) in stock_phrases:
-        return "unsure", "stock_phrase"
+    phrase = " ".join(words)
+    if phrase in stock_phrases:
+        clear = d.no_speech_prob <= ANSWER_NO_SPEECH_MAX and d.avg_logprob >= ANSWER_LOGPROB_MIN
+        return ("speech", "ok") if phrase in answers and clear else ("unsure", "stock_phrase")
     if d.no_speech_prob > SPEECH_NO_SPEECH_MAX or d.avg_logprob < SPEECH_LOGPROB_MIN:
         return "unsure", "uncertain"
     return "speech", "ok"
