@@ -82,8 +82,9 @@ def test_loops_runaway_output_and_stock_phrases_go_to_the_full_window() -> None:
         ("repetition", _decode("No? No?")),
         ("words_per_second", _decode("one two three four five six seven eight nine", audio_s=1)),
         ("stock_phrase", _decode("Thank you.", lp=-0.6)),
-        ("uncertain", _decode("Tuesday.", ns=0.5)),
-        ("uncertain", _decode("Tuesday.", lp=-0.9)),
+        ("uncertain", _decode("On Tuesday.", ns=0.5)),
+        ("uncertain", _decode("On Tuesday.", lp=-0.9)),
+        ("few_words", _decode("Thank.", ns=0.21, lp=-0.73)),
     ]
     for reason, d in cases:
         assert judge(d, stock_phrases=stock) == ("unsure", reason)
@@ -102,7 +103,7 @@ def test_an_answer_whisper_also_invents_is_kept_only_when_clearly_speech() -> No
         "speech",
         "ok",
     )
-    for d in (_decode("Okay.", ns=0.3, lp=-0.4), _decode("Thank you.", ns=0.05, lp=-0.6)):
+    for d in (_decode("Okay.", ns=0.25, lp=-0.4), _decode("Thank you.", ns=0.05, lp=-0.6)):
         assert judge(d, stock_phrases=stock, answers=answers) == ("unsure", "stock_phrase")
     # not an answer callers give: always the full window's call
     assert judge(_decode("you", ns=0.02, lp=-0.1), stock_phrases=stock, answers=answers)[0] == (
