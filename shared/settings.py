@@ -260,6 +260,16 @@ class Settings(BaseSettings):
     asr_decoders: int = Field(
         default=2, description="local whisper decodes run at once per ASR process (queue beyond)"
     )
+    asr_min_window_s: float = Field(
+        default=10.0,
+        description="local whisper: shortest window an utterance is decoded on (the window is "
+        "max(this, audio + 1 s)); 30: always whisper's full 30 s window",
+    )
+    asr_batch: int = Field(
+        default=4,
+        description="local whisper: short utterances waiting together are decoded in one batch "
+        "of up to this many (1: one at a time)",
+    )
     asr_max_calls: int = Field(
         default=0,
         description="calls one ASR worker holds at once; 0: the provider's default "

@@ -29,9 +29,10 @@ import itertools
 import json
 import math
 import os
+import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -146,6 +147,7 @@ class CpuMeter:
         self._t0 = 0.0
         self._start: dict[str, int] = {}
         self.percent: dict[str, float] = {}
+        self.cpu_ms: dict[str, float] = {}  # CPU time over the step, per service
 
     def start(self) -> None:
         self._t0 = time.monotonic()
@@ -160,6 +162,8 @@ class CpuMeter:
                 continue
             svc = service_of(name)
             out[svc] = out.get(svc, 0.0) + cpu_percent(now - self._start[name], seconds)
+            ms = (now - self._start[name]) * 1000.0 / os.sysconf("SC_CLK_TCK")
+            self.cpu_ms[svc] = self.cpu_ms.get(svc, 0.0) + ms
         self.percent = out
         return out
 
@@ -193,6 +197,9 @@ class Row:
     asr_lost: int = 0  # gateway: ASR heartbeats missed, call claimed again (asr.lost Events)
     in_gateway_p50: float | None = None  # caller send -> gateway's Va-Sent stamp (socket + ours)
     in_gateway_p99: float | None = None
+    label: str = ""  # which variant of an A/B run (``voiceagent bench --ab``)
+    utterances: int = 0  # finals the ASR workers published (each one decode or more)
+    asr_cpu_ms: float | None = None  # ASR workers' CPU time over the step per utterance
 
 
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -211,6 +218,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("v2v_p95", "p95"),
     ("endpointing_p50", "endpt"),
     ("asr_p50", "asr"),
+    ("asr_cpu_ms", "asr cpu/utt"),
     ("agent_p50", "agent"),
     ("tts_p50", "tts"),
     ("overhead_p50", "ours p50"),
@@ -681,9 +689,18 @@ def build_row(
     observer: BusObserver,
     cpu: dict[str, float],
     lead_frames: int,
+    cpu_ms: dict[str, float] | None = None,
 ) -> Row:
     """Aggregate one step's calls into a :class:`Row`."""
     row = Row(mode=mode, calls=len(calls), cpu=cpu)
+    row.utterances = sum(
+        1
+        for st in calls
+        for ev in observer.events.get(st.call_sid, [])
+        if ev.name == "asr.final" and ev.service == "asr"
+    )
+    if cpu_ms and "asr" in cpu_ms and row.utterances:
+        row.asr_cpu_ms = cpu_ms["asr"] / row.utterances
     jitter: list[float] = []
     splits: list[Split] = []
     for st in calls:
@@ -744,6 +761,8 @@ class BenchOptions:
     soak_waves: int = 0  # after the steps: waves of soak_calls calls, memory sampled after each
     soak_calls: int = 20
     verbose: bool = False  # print the services' logs
+    env: Mapping[str, str] = field(default_factory=dict)  # more settings for every service
+    label: str = ""  # names this variant in the rows (A/B runs)
 
 
 def steps_for(opts: BenchOptions) -> list[int]:
@@ -837,7 +856,14 @@ async def run_step(
         await asyncio.sleep(0.3)  # the last frames and events reach the observer
     finally:
         await observer.stop()
-    return build_row(mode=mode, calls=results, observer=observer, cpu=cpu, lead_frames=lead_frames)
+    return build_row(
+        mode=mode,
+        calls=results,
+        observer=observer,
+        cpu=cpu,
+        lead_frames=lead_frames,
+        cpu_ms=meter.cpu_ms,
+    )
 
 
 async def run_bench(opts: BenchOptions, *, out: Output = print) -> list[Row]:
@@ -869,6 +895,7 @@ async def run_bench(opts: BenchOptions, *, out: Output = print) -> list[Row]:
             env.update(fake_env(urls))
         else:
             env["ASR_MAX_CALLS"] = str(max(opts.max_calls, 10))
+        env.update(opts.env)
         out(f"bench: preparing the caller's sentence ({UTTERANCE!r})")
         utterance = await caller_audio()
         stack = Stack(
@@ -905,6 +932,7 @@ async def run_bench(opts: BenchOptions, *, out: Output = print) -> list[Row]:
                     lead_frames=lead_frames,
                     progress=out,
                 )
+                row.label = opts.label
                 rows.append(row)
                 if baseline is None:
                     baseline = row.v2v_p95
@@ -1043,6 +1071,48 @@ def capacity_line(rows: Sequence[Row]) -> str:
     last = f"N={good[-1]}" if good else "no N"
     why = "; ".join(missed_targets(bad, baseline_v2v_p95=baseline))
     return f"meets the targets up to {last}; stops meeting them at N={bad.calls} ({why})"
+
+
+AB_FIELDS = (
+    ("v2v_p50", "v2v p50"),
+    ("v2v_p95", "v2v p95"),
+    ("asr_p50", "ASR ms p50"),
+    ("asr_cpu_ms", "ASR CPU-ms/utt"),
+)
+
+
+def ab_table(rows: Sequence[Row], *, before: str, after: str) -> str:
+    """Markdown: per N and variant, medians over rounds, then after/before ratios."""
+
+    def med(rs: Sequence[Row], key: str) -> float | None:
+        vals = [v for r in rs if (v := getattr(r, key)) is not None]
+        return statistics.median(vals) if vals else None
+
+    def cell(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f}"
+
+    head = "| N | variant | rounds | " + " | ".join(h for _, h in AB_FIELDS)
+    lines = [head + " | calls answered |", "|" + "---|" * (len(AB_FIELDS) + 4)]
+    for n in sorted({r.calls for r in rows}):
+        medians: dict[str, dict[str, float | None]] = {}
+        for label in (before, after):
+            rs = [r for r in rows if r.calls == n and r.label == label]
+            if not rs:
+                continue
+            medians[label] = {k: med(rs, k) for k, _ in AB_FIELDS}
+            answered = sum(r.calls - r.calls_failed for r in rs)
+            lines.append(
+                f"| {n} | {label} | {len(rs)} | "
+                + " | ".join(cell(medians[label][k]) for k, _ in AB_FIELDS)
+                + f" | {answered}/{sum(r.calls for r in rs)} |"
+            )
+        if len(medians) == 2:
+            ratios = []
+            for k, _ in AB_FIELDS:
+                a, b = medians[before][k], medians[after][k]
+                ratios.append("-" if not a or b is None else f"{b / a:.2f}")
+            lines.append(f"| {n} | ratio after/before | | " + " | ".join(ratios) + " | |")
+    return "\n".join(lines)
 
 
 def summary(rows: Sequence[Row], *, mode: str) -> str:

@@ -92,7 +92,32 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     b.add_argument(
         "--no-extras", action="store_true", help="skip the turn-taking / endpointing tables"
     )
+    b.add_argument(
+        "--ab",
+        type=_settings,
+        default=None,
+        metavar="KEY=VALUE,...",
+        help="A/B: run every step twice, first on a stack with these settings (the 'before', "
+        "e.g. ASR_MIN_WINDOW_S=30), then on the defaults, and print both with their ratios",
+    )
+    b.add_argument(
+        "--ab-rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --ab: rounds per step (A B, then B A, ...); the table gives medians",
+    )
     return b
+
+
+def _settings(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep or not key or not key.isupper():
+            raise argparse.ArgumentTypeError("settings are KEY=VALUE,... (upper-case keys)")
+        out[key] = value
+    return out
 
 
 async def _extra(module: str, out: Output) -> None:
@@ -113,6 +138,36 @@ async def _extra(module: str, out: Output) -> None:
         out(result)
 
 
+async def _run_ab(args: argparse.Namespace, mode: Any, *, out: Output) -> None:
+    """Each step on a stack with ``--ab``'s settings and on the defaults, interleaved (a busy
+    machine's load drifts: both variants of a step run minutes apart at most)."""
+    from dataclasses import replace
+
+    from voiceagent.bench import BenchOptions, ab_table, run_bench, steps_for
+
+    cap = args.max_calls if mode == "instant" else args.embedded_max_calls
+    base = BenchOptions(
+        mode=mode,
+        steps=args.steps,
+        max_calls=cap,
+        asr=args.asr,
+        agent=args.agent,
+        tts=args.tts,
+        keep_going=True,
+    )
+    before = ",".join(f"{k}={v}" for k, v in args.ab.items())
+    variants = [(dict(args.ab), f"before ({before})"), ({}, "defaults")]
+    rows = []
+    for n in steps_for(base):
+        for r in range(max(1, args.ab_rounds)):
+            for env, label in variants if r % 2 == 0 else variants[::-1]:
+                out(f"\n=== bench A/B: {mode}, N={n}, {label}, round {r + 1} ===")
+                opts = replace(base, steps=(n,), max_calls=n, env=env, label=label)
+                rows += await run_bench(opts, out=out)
+    out(f"\n=== bench A/B: {mode} ===")
+    out(ab_table(rows, before=variants[0][1], after=variants[1][1]))
+
+
 async def run_bench_command(args: argparse.Namespace, *, out: Output) -> int:
     """Run what ``voiceagent bench`` was asked for; exit code 0 when it completed."""
     from voiceagent.bench import BenchOptions, Mode, run_bench
@@ -129,6 +184,9 @@ async def run_bench_command(args: argparse.Namespace, *, out: Output) -> int:
         out("\n=== bench: one gateway process, one core ===")
         out((await gateway_capacity(calls=args.gateway_calls, out=out)).describe())
     for mode in modes:
+        if args.ab:
+            await _run_ab(args, mode, out=out)
+            continue
         cap = args.max_calls if mode == "instant" else args.embedded_max_calls
         opts = BenchOptions(
             mode=mode,

@@ -272,7 +272,9 @@ def evaluate(
     if decode is None:
         from services.asr.providers.local import _get_engine
 
-        engine = _get_engine(threads=max(1, s.asr_threads), decoders=1)
+        engine = _get_engine(
+            threads=max(1, s.asr_threads), decoders=1, min_window_s=s.asr_min_window_s
+        )
         decode = engine.transcribe
     plain, smart, long = [], [], []
     patient = s.model_copy(update={"endpointing_ms": s.endpointing_max_ms})

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -402,13 +401,17 @@ def render(c: Condition, u: Utterance, *, offset: int = 0) -> Samples:
 # ---------------------------------------------------------------- scoring
 
 
-_NORM = re.compile(r"[^a-z0-9' ]+")
-_NUMBERS = {"2": "two", "1": "one", "0": "zero", "9": "nine"}
+@lru_cache(maxsize=1)
+def _normalizer() -> Callable[[str], str]:
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    return cast(Callable[[str], str], EnglishTextNormalizer())
 
 
 def words(text: str) -> list[str]:
-    """Lower-case words, punctuation dropped, a few digits spelled out."""
-    return [_NUMBERS.get(w, w) for w in _NORM.sub(" ", text.lower().replace("-", " ")).split()]
+    """Words as whisper's English normalizer writes them ("Dr." = "doctor", "fourth" = "4th",
+    "nineteen eighty two" = "1982"): spelling is not an error."""
+    return _normalizer()(text).split()
 
 
 def wer(ref: str, hyp: str) -> float:

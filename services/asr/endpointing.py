@@ -264,10 +264,7 @@ class SmartTurns:
                     SpeechEvent(kind="speech_started", audio_ms=ms, speech_start_ms=ms)
                 )
             elif isinstance(a, Speculate):
-                loop = asyncio.get_running_loop()
-                fut = loop.run_in_executor(
-                    self._engine.executor, self._engine.transcribe, self._samples(a.start, a.end)
-                )
+                fut = asyncio.wrap_future(self._engine.submit(self._samples(a.start, a.end)))
                 self._attempts[a.gen] = fut
                 fut.add_done_callback(partial(self._done, a.gen))
             elif isinstance(a, Drop):

