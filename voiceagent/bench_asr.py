@@ -1,5 +1,5 @@
 """The local recognizer's window, A/B: words and CPU of whisper's full 30 s window against the
-window sized to the utterance (``ASR_MIN_WINDOW_S``, decision record 0034).
+window sized to the utterance (``ASR_MIN_WINDOW_S``, decision record 0039).
 
 Every sample goes through both paths of one model in this process, one after the other (the
 order alternates), so a busy machine slows both alike; CPU is this process's CPU time per

@@ -1,5 +1,5 @@
 """The whisper decode queue of one ASR process: ``ASR_DECODERS`` threads, FIFO, with short
-utterances decoded together in one batch (decision record 0034).
+utterances decoded together in one batch (decision record 0039).
 
 Measured on the 2-core machine (8 mixed utterances, 7 interleaved rounds, process CPU per
 utterance, p50): one at a time 257 ms, two parallel decoders 228 ms, batches of 2 216 ms,

@@ -1,4 +1,4 @@
-"""Whisper on a window sized to the utterance, with guards (decision record 0034).
+"""Whisper on a window sized to the utterance, with guards (decision record 0039).
 
 faster-whisper pads every segment to whisper's 30 s window (3000 feature frames): most of the
 cost of a 1-3 s utterance is the encoder running over silence. CTranslate2's
@@ -10,7 +10,7 @@ extractor and tokenizer.
 The window is ``max(ASR_MIN_WINDOW_S, audio + 1 s)``, the *audio* zero-padded before the
 log-Mel (what whisper was trained on; padding the features with zeros, as faster-whisper does,
 pushed no-speech probabilities up and confidences down on short windows). Measured
-(docs/decisions/0034): windows under 10 s loop on one-word answers ("Hi. Hi. Hi. ..." at 7 s,
+(docs/decisions/0039): windows under 10 s loop on one-word answers ("Hi. Hi. Hi. ..." at 7 s,
 "No. No. ..." at 5 s); at 10 s none of the samples looped.
 
 Short windows still hallucinate now and then, so :func:`judge` sorts each short decode into
@@ -45,7 +45,7 @@ TOKENS_PER_S = 8.0
 WORDS_BASE = 2
 WORDS_PER_S = 5.0
 COMPRESSION_RATIO_MAX = 2.4  # whisper's own loop detector
-# Clear bands (measured, decision record 0034, `python -m voiceagent.bench_asr`): speech on a
+# Clear bands (measured, decision record 0039, `python -m voiceagent.bench_asr`): speech on a
 # short window decoded at no-speech <= 0.34; silence and noise at no-speech >= 0.61 with
 # log-probability <= -1.0, or no-speech >= 0.95 whatever the words. Between -1.0 (the filter's
 # own bar) and -0.8 lies a margin decoded again on the full window: on 122 utterances the words
