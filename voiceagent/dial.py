@@ -58,9 +58,19 @@ async def run_dial(args: argparse.Namespace, *, out: Callable[[str], None]) -> i
         out(f"dial refused: {e}")
         return 2
     gateway = args.gateway or read_state().get("gateway_url") or f"http://127.0.0.1:{settings.port}"
-    token = args.admin_token or settings.admin_token.get_secret_value()
-    if "=" in token and "," not in token:  # name=token: the token part
-        token = token.split("=", 1)[1]
+    token = args.admin_token
+    if not token:  # the gateway's own setting, in the gateway's one form (services.gateway.auth)
+        from services.gateway.auth import parse_tokens
+
+        try:
+            tokens = parse_tokens(settings.admin_token.get_secret_value())
+        except ValueError as e:
+            out(f"dial refused: {e}")
+            return 2
+        if len(tokens) != 1:
+            out("dial refused: give --admin-token (ADMIN_TOKEN names none or several people)")
+            return 2
+        (token,) = tokens.values()
     try:
         async with httpx.AsyncClient(timeout=15.0) as client:
             resp = await client.post(

@@ -88,7 +88,7 @@ async def stack(
         "TWILIO_AUTH_TOKEN": TOKEN,
         "TWILIO_ACCOUNT_SID": ACCOUNT,
         "TWILIO_API_BASE_URL": fake.base_url,
-        "ADMIN_TOKEN": f"ops={ADMIN}",
+        "ADMIN_TOKEN": f"ops:{ADMIN}",
         "OUTBOUND_FROM_NUMBER": FROM,
         "OUTBOUND_ALLOWED_PREFIXES": "+1212",
         "OUTBOUND_HOURS": "",
