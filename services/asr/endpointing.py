@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from services.asr.providers.base import SpeechEvent
+from services.asr.providers.base import CpuMeter, SpeechEvent
 from services.asr.providers.local import (
     MAX_UTTERANCE_MS,
     PROVIDER,
@@ -227,8 +227,10 @@ class SmartTurns:
         buf: SampleBuffer,
         engine: _Engine,
         out: asyncio.Queue[Any],
+        meter: CpuMeter | None = None,
     ) -> None:
         self.ender = TurnEnder(max_ms=max_ms)
+        self._meter = meter  # the call's CPU account (its decodes add to it)
         self._ep = endpointer
         self._buf = buf
         self._engine = engine
@@ -264,7 +266,9 @@ class SmartTurns:
                     SpeechEvent(kind="speech_started", audio_ms=ms, speech_start_ms=ms)
                 )
             elif isinstance(a, Speculate):
-                fut = asyncio.wrap_future(self._engine.submit(self._samples(a.start, a.end)))
+                fut = asyncio.wrap_future(
+                    self._engine.submit(self._samples(a.start, a.end), meter=self._meter)
+                )
                 self._attempts[a.gen] = fut
                 fut.add_done_callback(partial(self._done, a.gen))
             elif isinstance(a, Drop):
@@ -298,7 +302,8 @@ class SmartTurns:
         if attempt is not None:  # the last pause's decode is the final: no second decode
             final = _reuse(attempt, start_ms, end_ms)
         else:
-            final = _decode(self._engine, self._samples(a.start, a.end), start_ms, end_ms)
+            samples = self._samples(a.start, a.end)
+            final = _decode(self._engine, samples, start_ms, end_ms, self._meter)
         self._out.put_nowait(asyncio.ensure_future(final))
 
     def _done(self, gen: int, fut: asyncio.Future[Decoded]) -> None:

@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
-from services.asr.providers.base import AsrProvider, SpeechEvent
+from services.asr.providers.base import CALL_CPU, AsrProvider, CpuMeter, SpeechEvent
 from services.asr.utterances import AudioClock, Utterance, UtteranceTracker
 from shared import headers as H
 from shared import subjects
@@ -100,6 +100,7 @@ class _Call:
     fallback: AsrProvider | None = None  # the local recognizer, once the cloud one gave up
     stage_failed: bool = False  # StageFailed already published (the agent apologized)
     traceparent: str | None = None  # the call's trace context (from the gateway's frames)
+    cpu: CpuMeter = field(default_factory=CpuMeter)  # embedded recognizers' CPU for this call
 
 
 def frame_meta(headers: dict[str, str] | None, now: float) -> tuple[int | None, int | None, float]:
@@ -356,6 +357,7 @@ class AsrWorker:
             provider = recognizer.name
             failure: Exception | None = None
             started = time.monotonic()
+            CALL_CPU.set(call.cpu)  # this call's task: the recognizer's CPU goes on its account
             try:
                 async for ev in recognizer.stream(self._frames(call)):
                     await self._on_speech(call, ev)
@@ -604,7 +606,13 @@ class AsrWorker:
         """The call's audio on the recognizer that took it (shared.usage), for its cost."""
         name = self._provider.name
         model = self._settings.deepgram_model if name == "deepgram" else ""
-        usage = Usage(stage="asr", provider=name, model=model, audio_s=call.clock.total_ms / 1000)
+        usage = Usage(
+            stage="asr",
+            provider=name,
+            model=model,
+            audio_s=call.clock.total_ms / 1000,
+            cpu_s=round(call.cpu.seconds, 4),
+        )
         ev = usage_event(call_sid=call.sid, service=SERVICE, usage=usage)
         await self._publish(subjects.events(call.sid), ev.to_bytes())
 

@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal
 
 SpeechKind = Literal["speech_started", "speech_stopped", "interim", "final"]
+
+
+class CpuMeter:
+    """CPU seconds one call's recognition cost on this machine (embedded engines add to it
+    from any thread; the call's usage report reads it, :mod:`shared.usage`)."""
+
+    def __init__(self) -> None:
+        self._seconds = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self._seconds += max(0.0, seconds)
+
+    @property
+    def seconds(self) -> float:
+        return self._seconds
+
+
+#: The meter of the call being recognized, set by the worker around :meth:`AsrProvider.stream`
+#: (a context variable, so the one-method provider interface stays as it is; cloud providers
+#: leave it alone: their cost is the audio they were sent).
+CALL_CPU: ContextVar[CpuMeter | None] = ContextVar("asr_call_cpu", default=None)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from services.asr.providers.base import CpuMeter
+
 
 @dataclass(eq=False)
 class Job:
@@ -30,6 +32,7 @@ class Job:
     samples: npt.NDArray[np.float32]
     batchable: bool
     future: Future[Any] = field(default_factory=Future)
+    meter: CpuMeter | None = None  # the call's CPU account: the runner adds this job's share
 
 
 Runner = Callable[[Sequence[Job]], None]  # decodes jobs and sets each one's future
@@ -51,9 +54,11 @@ class DecodePool:
         for t in self._threads:
             t.start()
 
-    def submit(self, samples: npt.NDArray[np.float32], *, batchable: bool) -> Future[Any]:
+    def submit(
+        self, samples: npt.NDArray[np.float32], *, batchable: bool, meter: CpuMeter | None = None
+    ) -> Future[Any]:
         """Queue one decode; cancel the returned future to drop it while it still waits."""
-        job = Job(samples=samples, batchable=batchable)
+        job = Job(samples=samples, batchable=batchable, meter=meter)
         with self._cond:
             if self._closed:
                 raise RuntimeError("decode pool is closed")

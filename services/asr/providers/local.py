@@ -41,12 +41,13 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from services.asr.providers.base import AsrProvider, SpeechEvent
+from services.asr.providers.base import CALL_CPU, AsrProvider, CpuMeter, SpeechEvent
 from services.asr.providers.decode_pool import DecodePool, Job
 from services.asr.providers.whisper_window import (
     FULL_WINDOW_S,
     WHISPER_RATE,
     ShortWindow,
+    WindowDecode,
     judge,
     window_frames,
 )
@@ -362,13 +363,15 @@ class _Engine:
         with self._outcomes_lock:
             self.outcomes[outcome] += 1
 
-    def submit(self, samples8k: npt.NDArray[np.float32]) -> Future[tuple[str, float] | None]:
+    def submit(
+        self, samples8k: npt.NDArray[np.float32], *, meter: CpuMeter | None = None
+    ) -> Future[tuple[str, float] | None]:
         """Queue one utterance's decode (:meth:`transcribe`'s result); cancel the future to drop
-        it while it waits."""
+        it while it waits. Its CPU time goes to ``meter``."""
         batchable = self.short is not None and window_frames(
             2 * len(samples8k), min_window_s=self.short.min_window_s
         ) <= window_frames(0, min_window_s=self.short.min_window_s)
-        return self.pool.submit(samples8k, batchable=batchable)
+        return self.pool.submit(samples8k, batchable=batchable, meter=meter)
 
     def transcribe(self, samples8k: npt.NDArray[np.float32]) -> tuple[str, float] | None:
         """Whisper on one utterance, blocking: a window sized to the utterance, or the full 30 s
@@ -381,32 +384,42 @@ class _Engine:
 
     def _run_jobs(self, jobs: Sequence[Job]) -> None:
         """Decode ``jobs`` (one batch on the short window), setting each future as soon as its
-        words are known; the ones that need the full window are decoded after."""
+        words are known; the ones that need the full window are decoded after. Each job's
+        meter gets its CPU time (a batch's shared) before its result is set."""
+        started = time.thread_time()
         audio = [resample(j.samples, from_rate=SAMPLE_RATE, to_rate=WHISPER_RATE) for j in jobs]
         retry = list(range(len(jobs)))
+        live: list[int] = []
+        decoded: list[WindowDecode] = []
         if self.short is not None:
             live = [i for i in retry if len(audio[i])]
             decoded = self.short.decode([audio[i] for i in live]) if live else []
             retry = [i for i in retry if not len(audio[i])]
-            for i, d in zip(live, decoded, strict=True):
-                verdict, why = judge(d, stock_phrases=HALLUCINATIONS, answers=ANSWER_PHRASES)
-                if verdict == "not_speech":
-                    self._count("not_speech")
-                    jobs[i].future.set_result(None)
-                    continue
-                if verdict == "speech" and (kept := accept_transcript([d])) is not None:
-                    self._count("short")
-                    jobs[i].future.set_result(kept)
-                    continue
-                self._count(f"full:{why if verdict != 'speech' else 'rejected'}")
-                retry.append(i)
+        _credit(jobs, time.thread_time() - started)
+        for i, d in zip(live, decoded, strict=True):
+            verdict, why = judge(d, stock_phrases=HALLUCINATIONS, answers=ANSWER_PHRASES)
+            if verdict == "not_speech":
+                self._count("not_speech")
+                jobs[i].future.set_result(None)
+                continue
+            if verdict == "speech" and (kept := accept_transcript([d])) is not None:
+                self._count("short")
+                jobs[i].future.set_result(kept)
+                continue
+            self._count(f"full:{why if verdict != 'speech' else 'rejected'}")
+            retry.append(i)
         for i in retry:
             if self.short is None:
                 self._count("full")
+            started = time.thread_time()
             try:
-                jobs[i].future.set_result(self.transcribe_full(audio[i]))
+                result = self.transcribe_full(audio[i])
             except Exception as e:
                 jobs[i].future.set_exception(e)
+                continue
+            finally:
+                _credit(jobs[i : i + 1], time.thread_time() - started)
+            jobs[i].future.set_result(result)
 
     def transcribe_full(self, audio16k: npt.NDArray[np.float32]) -> tuple[str, float] | None:
         """Whisper on the full 30 s window (faster-whisper's own decode)."""
@@ -465,6 +478,13 @@ def _get_engine(
 _END = object()
 
 
+def _credit(jobs: Sequence[Job], cpu_s: float) -> None:
+    """Share ``cpu_s`` of this thread's time evenly among the calls of ``jobs``."""
+    for j in jobs:
+        if j.meter is not None:
+            j.meter.add(cpu_s / len(jobs))
+
+
 class LocalAsr(AsrProvider):
     """Offline recognizer (VAD endpointing + whisper tiny.en), one stream per call."""
 
@@ -502,7 +522,8 @@ class LocalAsr(AsrProvider):
         engine = await self._engine()
         vad = await asyncio.to_thread(_new_vad)
         out: asyncio.Queue[Any] = asyncio.Queue()
-        reader = asyncio.create_task(self._read(audio, vad, engine, out))
+        meter = CALL_CPU.get()
+        reader = asyncio.create_task(self._read(audio, vad, engine, out, meter))
         try:
             while True:
                 item = await out.get()
@@ -523,9 +544,15 @@ class LocalAsr(AsrProvider):
                         left.exception()  # retrieved: no "never retrieved" warning
 
     async def _read(
-        self, audio: AsyncIterator[bytes], vad: Any, engine: _Engine, out: asyncio.Queue[Any]
+        self,
+        audio: AsyncIterator[bytes],
+        vad: Any,
+        engine: _Engine,
+        out: asyncio.Queue[Any],
+        meter: CpuMeter | None = None,
     ) -> None:
-        """Consume the call's audio: VAD, boundaries, and decode tasks, in order, on ``out``."""
+        """Consume the call's audio: VAD, boundaries, and decode tasks, in order, on ``out``;
+        the CPU time of the VAD and of the call's decodes goes to ``meter``."""
         s = self._settings
         smart = s.smart_endpointing
         ep = Endpointer(
@@ -543,7 +570,9 @@ class LocalAsr(AsrProvider):
             from services.asr.endpointing import SmartTurns
 
             max_ms = max(s.endpointing_max_ms, s.endpointing_min_ms)
-            turns = SmartTurns(max_ms=max_ms, endpointer=ep, buf=buf, engine=engine, out=out)
+            turns = SmartTurns(
+                max_ms=max_ms, endpointer=ep, buf=buf, engine=engine, out=out, meter=meter
+            )
         pending = np.zeros(0, dtype=np.float32)
         try:
             async for chunk in audio:
@@ -553,6 +582,7 @@ class LocalAsr(AsrProvider):
                 buf.append(samples)
                 pending = np.concatenate((pending, samples)) if len(pending) else samples
                 n = len(pending) - len(pending) % WINDOW
+                started = time.thread_time()
                 for i in range(0, n, WINDOW):
                     window = np.array(pending[i : i + WINDOW], dtype=np.float32)  # writable
                     prob = float(vad.process(memoryview(window.data)))  # always: VAD state
@@ -562,7 +592,9 @@ class LocalAsr(AsrProvider):
                             turns.boundary(b)
                         turns.tick()
                     elif b is not None:
-                        self._boundary(b, buf, engine, out)
+                        self._boundary(b, buf, engine, out, meter)
+                if meter is not None:
+                    meter.add(time.thread_time() - started)
                 pending = pending[n:]
                 buf.trim(ep.keep_from if turns is None else turns.keep_from(ep.keep_from))
             b = ep.flush()
@@ -571,7 +603,7 @@ class LocalAsr(AsrProvider):
                     turns.boundary(b)
                 turns.flush()
             elif b is not None:
-                self._boundary(b, buf, engine, out)
+                self._boundary(b, buf, engine, out, meter)
             out.put_nowait(_END)
         except asyncio.CancelledError:
             raise
@@ -583,7 +615,12 @@ class LocalAsr(AsrProvider):
             )
 
     def _boundary(
-        self, b: Boundary, buf: SampleBuffer, engine: _Engine, out: asyncio.Queue[Any]
+        self,
+        b: Boundary,
+        buf: SampleBuffer,
+        engine: _Engine,
+        out: asyncio.Queue[Any],
+        meter: CpuMeter | None,
     ) -> None:
         start_ms, end_ms = samples_to_ms(b.start), samples_to_ms(b.end)
         if b.kind == "start":
@@ -601,14 +638,18 @@ class LocalAsr(AsrProvider):
         )
         pad = ms_to_samples(SPEECH_PAD_MS)
         samples = buf.slice(b.start - pad, b.end + pad).copy()
-        out.put_nowait(asyncio.ensure_future(_decode(engine, samples, start_ms, end_ms)))
+        out.put_nowait(asyncio.ensure_future(_decode(engine, samples, start_ms, end_ms, meter)))
 
 
 async def _decode(
-    engine: _Engine, samples: npt.NDArray[np.float32], start_ms: int, end_ms: int
+    engine: _Engine,
+    samples: npt.NDArray[np.float32],
+    start_ms: int,
+    end_ms: int,
+    meter: CpuMeter | None,
 ) -> SpeechEvent:
     try:
-        result = await asyncio.wrap_future(engine.submit(samples))
+        result = await asyncio.wrap_future(engine.submit(samples, meter=meter))
     except Exception as e:
         raise ProviderError(
             f"whisper decode failed: {type(e).__name__}", provider=PROVIDER, retryable=False
