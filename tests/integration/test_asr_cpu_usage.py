@@ -44,8 +44,8 @@ async def test_each_call_is_charged_the_cpu_its_own_recognition_took() -> None:
     spent = time.process_time() - cpu0
     assert any("appointment" in t.lower() for t in finals), finals
     assert not any(t.strip() for t in nothing), nothing
-    # The caller who spoke paid for a decode (tens of ms at least); the silent one only for
-    # its VAD; together never more than the process spent.
-    assert talker.seconds > 0.02, talker.seconds
-    assert 0 < silent.seconds < talker.seconds / 2, (silent.seconds, talker.seconds)
+    # Both paid for their VAD (the same length of audio); the caller who spoke also for a
+    # decode (whisper's encoder alone is tens of ms); together never more than the process spent.
+    assert silent.seconds > 0, silent.seconds
+    assert talker.seconds > silent.seconds + 0.01, (talker.seconds, silent.seconds)
     assert talker.seconds + silent.seconds <= spent + 0.01, (talker.seconds, silent.seconds, spent)
