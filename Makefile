@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run demo test lint typecheck bench asyncapi clean browser
+.PHONY: install run demo test test-cluster lint typecheck bench asyncapi clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -35,7 +35,10 @@ browser:
 	  || { echo "ERROR: could not install chromium: run 'apt-get install chromium' as root"; exit 1; }; }
 
 test: install lint typecheck browser  ## the whole suite, unit and integration
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not cluster_failover"
+
+test-cluster: install  ## a call through three clustered nats-servers losing two nodes mid-call
+	$(PY) -m pytest -q -m cluster_failover
 
 bench: install  ## capacity and latency table
 	$(VENV)/bin/voiceagent bench

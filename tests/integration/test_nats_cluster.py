@@ -281,6 +281,7 @@ async def _export(faults: Faults, call_sid: str) -> int:
     return resp.status_code
 
 
+@pytest.mark.cluster_failover
 async def test_call_survives_losing_the_gateways_node_then_an_asr_workers_node(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
