@@ -22,7 +22,9 @@ def now() -> float:
     return time.time()
 
 
-class _Msg(BaseModel):
+class BusMessage(BaseModel):
+    """Base of every JSON message on the bus: schema version, call SID, timestamp."""
+
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     v: int = SCHEMA_VERSION
@@ -37,7 +39,7 @@ class _Msg(BaseModel):
 # ---------------------------------------------------------------- voice.<call>.transcript
 
 
-class SpeechStarted(_Msg):
+class SpeechStarted(BusMessage):
     """The recognizer's VAD heard the caller start speaking."""
 
     type: Literal["speech_started"] = "speech_started"
@@ -45,7 +47,7 @@ class SpeechStarted(_Msg):
     audio_ms: int = Field(description="position in the call's inbound audio")
 
 
-class SpeechStopped(_Msg):
+class SpeechStopped(BusMessage):
     """The caller stopped speaking (end of utterance by VAD / endpointing)."""
 
     type: Literal["speech_stopped"] = "speech_stopped"
@@ -54,7 +56,7 @@ class SpeechStopped(_Msg):
     speech_ms: int = Field(description="length of the utterance's speech")
 
 
-class Transcript(_Msg):
+class Transcript(BusMessage):
     """Interim or final words of one utterance."""
 
     type: Literal["transcript"] = "transcript"
@@ -78,7 +80,7 @@ TranscriptMsg = Annotated[SpeechStarted | SpeechStopped | Transcript, Field(disc
 # ---------------------------------------------------------------- voice.<call>.reply
 
 
-class ReplySegment(_Msg):
+class ReplySegment(BusMessage):
     """One sentence of an agent reply; TTS turns it into one audio segment."""
 
     type: Literal["segment"] = "segment"
@@ -99,7 +101,7 @@ ReplyMsg = Annotated[ReplySegment, Field(discriminator="type")]
 # ---------------------------------------------------------------- voice.<call>.control
 
 
-class CallStarted(_Msg):
+class CallStarted(BusMessage):
     """Gateway: the Twilio stream started; workers may set up state for the call."""
 
     type: Literal["call_started"] = "call_started"
@@ -111,21 +113,21 @@ class CallStarted(_Msg):
     )
 
 
-class CallEnded(_Msg):
+class CallEnded(BusMessage):
     """Gateway: the call is over; every service forgets it."""
 
     type: Literal["call_ended"] = "call_ended"
     reason: str = "stop"
 
 
-class Interrupt(_Msg):
+class Interrupt(BusMessage):
     """The caller barged in on ``turn``: stop generating, synthesizing and playing it."""
 
     type: Literal["interrupt"] = "interrupt"
     turn: int
 
 
-class Played(_Msg):
+class Played(BusMessage):
     """Gateway: what the caller actually heard of one segment (from Twilio marks)."""
 
     type: Literal["played"] = "played"
@@ -135,7 +137,7 @@ class Played(_Msg):
     complete: bool
 
 
-class Hangup(_Msg):
+class Hangup(BusMessage):
     """Agent: end the call once ``after_turn`` has been played."""
 
     type: Literal["hangup"] = "hangup"
@@ -143,7 +145,7 @@ class Hangup(_Msg):
     reason: str = "agent"
 
 
-class Transfer(_Msg):
+class Transfer(BusMessage):
     """Agent: transfer the caller to ``to`` once ``after_turn`` has been played."""
 
     type: Literal["transfer"] = "transfer"
@@ -151,14 +153,14 @@ class Transfer(_Msg):
     after_turn: int | None = None
 
 
-class Dtmf(_Msg):
+class Dtmf(BusMessage):
     """Gateway: the caller pressed a key."""
 
     type: Literal["dtmf"] = "dtmf"
     digit: str = Field(pattern=r"^[0-9*#A-Da-dw]$")
 
 
-class Prompt(_Msg):
+class Prompt(BusMessage):
     """Gateway: the agent should speak now without caller input.
 
     ``silence``: nobody spoke for ``SILENCE_REPROMPT_S`` (ask "are you still there?");
@@ -171,7 +173,7 @@ class Prompt(_Msg):
     silence_s: float = Field(default=0.0, ge=0, description="seconds of silence so far")
 
 
-class StageFailed(_Msg):
+class StageFailed(BusMessage):
     """A stage gave up on its provider for this call: the agent apologizes out loud."""
 
     type: Literal["stage_failed"] = "stage_failed"
@@ -179,7 +181,7 @@ class StageFailed(_Msg):
     reason: str = ""
 
 
-class AmdResult(_Msg):
+class AmdResult(BusMessage):
     """Gateway: Twilio's answering-machine detection answered for an outbound call.
 
     Published by whichever gateway replica received Twilio's AMD callback; the replica holding
@@ -210,7 +212,7 @@ ControlMsg = Annotated[
 EventValue = str | int | float | bool | None
 
 
-class Event(_Msg):
+class Event(BusMessage):
     """Lifecycle and timing record for tailing and dashboards. Never carries PHI."""
 
     type: Literal["event"] = "event"
@@ -225,7 +227,7 @@ EventMsg = Annotated[Event, Field(discriminator="type")]
 # ---------------------------------------------------------------- voice._sys.asr.* (claims)
 
 
-class AsrClaim(_Msg):
+class AsrClaim(BusMessage):
     """Gateway -> ASR queue group (request): please recognize this call."""
 
     type: Literal["asr_claim"] = "asr_claim"
@@ -239,7 +241,7 @@ class AsrClaim(_Msg):
     )
 
 
-class AsrClaimReply(_Msg):
+class AsrClaimReply(BusMessage):
     """ASR worker -> gateway (reply): accepted (and by whom) or refused (at capacity)."""
 
     type: Literal["asr_claim_reply"] = "asr_claim_reply"
@@ -247,14 +249,14 @@ class AsrClaimReply(_Msg):
     accepted: bool
 
 
-class AsrHeartbeat(_Msg):
+class AsrHeartbeat(BusMessage):
     """ASR worker -> gateway, every ``HEARTBEAT_S``: this worker still holds the call."""
 
     type: Literal["asr_heartbeat"] = "asr_heartbeat"
     worker_id: str
 
 
-class TurnHeartbeat(_Msg):
+class TurnHeartbeat(BusMessage):
     """Agent replica -> gateway, every ``HEARTBEAT_S`` while it answers an utterance."""
 
     type: Literal["turn_heartbeat"] = "turn_heartbeat"

@@ -71,6 +71,7 @@ from shared.bus import audio_client, make_broker
 from shared.errors import ProviderError, ProviderTimeout
 from shared.logging import kv
 from shared.messages import (
+    BusMessage,
     CallEnded,
     CallStarted,
     Dtmf,
@@ -84,7 +85,6 @@ from shared.messages import (
     Transcript,
     Transfer,
     TurnHeartbeat,
-    _Msg,
     event,
     parse_control,
     parse_transcript,
@@ -173,7 +173,7 @@ class ReplyOut:
     def __init__(
         self,
         *,
-        publish: Callable[[_Msg], Any],
+        publish: Callable[[BusMessage], Any],
         job: TurnJob,
         turn: int,
         cacheable: Callable[[str], bool],
@@ -720,7 +720,7 @@ class AgentWorker:
 
     # ------------------------------------------------------------------ bus
 
-    async def _send(self, message: _Msg) -> None:
+    async def _send(self, message: BusMessage) -> None:
         """Publish a reply segment or control message on the call's subject."""
         sid = message.call_sid
         is_reply = isinstance(message, ReplySegment)
@@ -802,13 +802,13 @@ async def _produce(
                 pass
 
 
-def _action_message(call_sid: str, turn: int, action: HangupAction | TransferAction) -> _Msg:
+def _action_message(call_sid: str, turn: int, action: HangupAction | TransferAction) -> BusMessage:
     if isinstance(action, HangupAction):
         return Hangup(call_sid=call_sid, after_turn=turn, reason=action.reason)
     return Transfer(call_sid=call_sid, to=action.to, after_turn=turn)
 
 
-def _check_subject(message: _Msg, msg: NatsMessage) -> None:
+def _check_subject(message: BusMessage, msg: NatsMessage) -> None:
     # A body naming another call than its subject is forged or broken: never act on it.
     if message.call_sid != subjects.call_sid_of(msg.raw_message.subject):
         raise ValueError("call sid does not match the subject")
