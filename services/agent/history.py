@@ -1,8 +1,10 @@
 """Conversation history per call, in Redis (``va:`` keys), so any agent replica takes any turn.
 
 Stored entries are chat-completions messages plus private ``_``-prefixed fields (the turn, and
-for spoken replies the segments as published). :meth:`History.load` returns clean messages
-with truncations applied and private fields removed, ready for a provider.
+for spoken replies the segments as published): the schema is :mod:`shared.history_entry`
+(the gateway's transcript export reads the same entries). In memory an entry is its dict
+(:meth:`HistoryEntry.as_dict`). :meth:`History.load` returns clean messages with truncations
+applied and private fields removed, ready for a provider.
 
 Truncation (barge-in): ``Played(complete=False)`` for segment ``seq`` of ``turn`` is recorded
 in a separate hash and applied when history is read: that turn's reply becomes the segments
@@ -24,6 +26,7 @@ from typing import Any
 
 from services.agent.store import Store, call_key
 from shared.callstate import PHI_LOOKUPS, VERIFIED, VERIFY_ATTEMPTS
+from shared.history_entry import PRIVATE_PREFIX, BargeInCut, HistoryEntry, read_cuts
 from shared.logging import kv
 from shared.outbound import OutboundContext
 
@@ -39,23 +42,17 @@ SPEAKING_TTL_S = 60.0  # a lost Played must not mute backchannel-like answers fo
 
 def user_message(text: str, *, turn: int) -> dict[str, Any]:
     """A caller message (what ASR heard, or a key press) for ``turn``."""
-    return {"role": "user", "content": text, "_turn": turn}
+    return HistoryEntry.user(text, turn=turn).as_dict()
 
 
 def spoken_message(segments: list[str], *, turn: int, seq0: int) -> dict[str, Any]:
     """An assistant reply as spoken: ``segments`` were published as seq ``seq0``, ``seq0+1``..."""
-    return {
-        "role": "assistant",
-        "content": " ".join(segments),
-        "_turn": turn,
-        "_seq0": seq0,
-        "_segs": list(segments),
-    }
+    return HistoryEntry.spoken(segments, turn=turn, seq0=seq0).as_dict()
 
 
 def item_message(message: dict[str, Any], *, turn: int) -> dict[str, Any]:
     """A non-spoken item (a tool call or result) produced during ``turn``."""
-    return {**message, "_turn": turn}
+    return HistoryEntry.item(message, turn=turn).as_dict()
 
 
 def truncate_spoken(
@@ -68,38 +65,42 @@ def truncate_spoken(
     """
     if not heard:
         return entries
+    parsed = [_entry(e) for e in entries]
     out: list[dict[str, Any]] = []
-    for e in entries:
-        turn = e.get("_turn")
-        segs = e.get("_segs")
-        if not isinstance(turn, int) or turn not in heard or not isinstance(segs, list):
+    for e, entry in zip(entries, parsed, strict=True):
+        if entry is None or entry.turn is None or entry.turn not in heard or entry.segs is None:
             out.append(e)
             continue
-        cut, heard_text = heard[turn]
-        seq0 = int(e.get("_seq0", 0))
-        prior = " ".join(str(s) for s in _turn_segments(entries, turn)[:cut])
+        cut, heard_text = heard[entry.turn]
+        prior = " ".join(_turn_segments(parsed, entry.turn)[:cut])
         if prior and heard_text.startswith(prior):
             heard_text = heard_text[len(prior) :].strip()
         kept: list[str] = []
-        for i, s in enumerate(segs):
-            seq = seq0 + i
+        for i, s in enumerate(entry.segs):
+            seq = entry.seq0 + i
             if seq < cut:
-                kept.append(str(s))
+                kept.append(s)
             elif seq == cut and heard_text.strip():
                 kept.append(heard_text.strip())
         if kept:
-            out.append({**e, "content": " ".join(kept), "_segs": kept})
+            out.append(entry.cut_to(kept).as_dict())
     return out
 
 
-def _turn_segments(entries: list[dict[str, Any]], turn: int) -> list[str]:
+def _entry(e: dict[str, Any]) -> HistoryEntry | None:
+    try:
+        return HistoryEntry.model_validate(e)
+    except ValueError:
+        return None  # not one of ours: kept as it is
+
+
+def _turn_segments(entries: list[HistoryEntry | None], turn: int) -> list[str]:
     """All segments of ``turn`` in seq order (a turn may span several spoken entries)."""
     by_seq: dict[int, str] = {}
     for e in entries:
-        if e.get("_turn") == turn and isinstance(e.get("_segs"), list):
-            seq0 = int(e.get("_seq0", 0))
-            for i, s in enumerate(e["_segs"]):
-                by_seq[seq0 + i] = str(s)
+        if e is not None and e.turn == turn and e.segs is not None:
+            for i, s in enumerate(e.segs):
+                by_seq[e.seq0 + i] = s
     return [by_seq[k] for k in sorted(by_seq)]
 
 
@@ -172,7 +173,7 @@ def within_budget(messages: list[dict[str, Any]], max_tokens: int) -> list[dict[
 
 def public(entry: dict[str, Any]) -> dict[str, Any]:
     """A stored entry without its private fields."""
-    return {k: v for k, v in entry.items() if not k.startswith("_")}
+    return {k: v for k, v in entry.items() if not k.startswith(PRIVATE_PREFIX)}
 
 
 class History:
@@ -205,19 +206,11 @@ class History:
         entries: list[dict[str, Any]] = []
         for item in raw:
             try:
-                value = json.loads(item)
+                entries.append(HistoryEntry.from_stored(item).as_dict())
             except ValueError:
                 log.warning("unreadable history entry dropped", **kv(call=call_sid))
-                continue
-            if isinstance(value, dict):
-                entries.append(value)
-        heard: dict[int, tuple[int, str]] = {}
-        for turn_s, data in (await self.store.hgetall(call_key("heard", call_sid))).items():
-            try:
-                rec = json.loads(data)
-                heard[int(turn_s)] = (int(rec["seq"]), str(rec["text"]))
-            except (ValueError, KeyError, TypeError):
-                continue
+        cuts = read_cuts(await self.store.hgetall(call_key("heard", call_sid)))
+        heard = {turn: (cut.seq, cut.text) for turn, cut in cuts.items()}
         return truncate_spoken(entries, heard)
 
     async def load(self, call_sid: str) -> list[dict[str, Any]]:
@@ -228,7 +221,7 @@ class History:
         """Append entries (built with :func:`user_message`, :func:`spoken_message`, ...)."""
         await self.store.rpush(
             call_key("hist", call_sid),
-            [json.dumps(m, separators=(",", ":")) for m in messages],
+            [HistoryEntry.model_validate(m).stored() for m in messages],
             ttl_s=self.ttl_s,
             max_len=self.max_messages,
         )
@@ -239,7 +232,7 @@ class History:
         """Apply a ``Played``: an incomplete segment truncates its turn's reply."""
         if complete:
             return
-        rec = json.dumps({"seq": seq, "text": heard_text})
+        rec = BargeInCut(seq=seq, text=heard_text).stored()
         # The first barge-in of a turn wins: later cuts of the same turn are its echoes.
         await self.store.hset(
             call_key("heard", call_sid), str(turn), rec, ttl_s=self.ttl_s, only_new=True

@@ -3,13 +3,13 @@
 Every route needs ``Authorization: Bearer <ADMIN_TOKEN>`` (401 without, also when no token is
 configured). Exports (``/calls/{sid}/transcript``, ``/calls/{sid}/recording``) first write an
 audit record to JetStream and are refused (503) when it cannot be stored: no audit, no export.
-Transcripts are read from the agent's Redis history (key layout in ``shared/callstate.py``).
+Transcripts are read from the agent's Redis history (key layout in ``shared/callstate.py``,
+entries in ``shared/history_entry.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -23,6 +23,7 @@ from services.gateway.recording import RecordingStore
 from services.gateway.runtime import Gateway
 from shared import callstate
 from shared.audit import AuditLog, Outcome
+from shared.history_entry import BargeInCut, HistoryEntry, read_cuts
 from shared.logging import kv
 from shared.settings import Settings
 from shared.subjects import call_root
@@ -42,26 +43,17 @@ def _valid_sid(call_sid: str) -> bool:
 
 
 def transcript_from_entries(
-    entries: list[dict[str, Any]], heard: dict[str, str]
+    entries: list[HistoryEntry], cuts: dict[int, BargeInCut]
 ) -> list[dict[str, Any]]:
     """The spoken conversation: user and assistant turns, with where barge-in cut a reply."""
-    cuts: dict[int, dict[str, Any]] = {}
-    for turn_s, raw in heard.items():
-        try:
-            rec = json.loads(raw)
-            cuts[int(turn_s)] = {"seq": int(rec["seq"]), "heard": str(rec["text"])}
-        except (ValueError, KeyError, TypeError):
-            continue
     out: list[dict[str, Any]] = []
     for e in entries:
-        role = e.get("role")
-        content = e.get("content")
-        if role not in ("user", "assistant") or not isinstance(content, str) or not content:
+        if e.role not in ("user", "assistant") or not isinstance(e.content, str) or not e.content:
             continue
-        item: dict[str, Any] = {"role": role, "turn": e.get("_turn"), "text": content}
-        turn = e.get("_turn")
-        if role == "assistant" and isinstance(turn, int) and turn in cuts:
-            item["interrupted"] = cuts[turn]
+        item: dict[str, Any] = {"role": e.role, "turn": e.turn, "text": e.content}
+        cut = cuts.get(e.turn) if e.turn is not None else None
+        if e.role == "assistant" and cut is not None:
+            item["interrupted"] = {"seq": cut.seq, "heard": cut.text}
         out.append(item)
     return out
 
@@ -137,15 +129,13 @@ class Admin:
         heard = await r.hgetall(callstate.call_key(callstate.HEARD, call_sid))
         if not raw:
             return None
-        entries: list[dict[str, Any]] = []
+        entries: list[HistoryEntry] = []
         for item in raw:
             try:
-                value = json.loads(item)
+                entries.append(HistoryEntry.from_stored(item))
             except ValueError:
                 continue
-            if isinstance(value, dict):
-                entries.append(value)
-        return transcript_from_entries(entries, heard)
+        return transcript_from_entries(entries, read_cuts(heard))
 
     async def aclose(self) -> None:
         if self._redis is not None:
