@@ -17,6 +17,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from prometheus_client import REGISTRY
 
+from services.agent.control import STAGE_APOLOGY
 from services.agent.digits import KeysWhileTalking
 from services.agent.history import History
 from services.agent.providers.base import (
@@ -28,7 +29,8 @@ from services.agent.providers.base import (
     TurnInput,
 )
 from services.agent.store import Store
-from services.agent.worker import FALLBACK_TEXT, STAGE_APOLOGY, AgentWorker
+from services.agent.turn import FALLBACK_TEXT
+from services.agent.worker import AgentWorker
 from shared import subjects
 from shared.bus import make_broker
 from shared.errors import ProviderError

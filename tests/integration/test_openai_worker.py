@@ -20,7 +20,8 @@ from services.agent.history import History
 from services.agent.providers.select import start_provider
 from services.agent.store import Store
 from services.agent.tools import CallTools
-from services.agent.worker import FALLBACK_TEXT, AgentWorker, TurnJob
+from services.agent.turn import FALLBACK_TEXT, TurnJob
+from services.agent.worker import AgentWorker
 from shared import subjects
 from shared.bus import connect, make_broker
 from shared.messages import Hangup, ReplySegment, parse_control, parse_reply
