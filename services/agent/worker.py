@@ -75,7 +75,7 @@ class AgentWorker:
     ) -> None:
         self._history = history
         self._broker = broker
-        digits = digits if digits is not None else DigitCollector(store=history.store)
+        self._digits = digits if digits is not None else DigitCollector(store=history.store)
         self._held_keys = KeysWhileTalking(store=history.store)
         self._work_subs: list[CoreSubscriber] = []
         owner = worker_id(settings.service_name or SERVICE)
@@ -89,9 +89,8 @@ class AgentWorker:
             leases=self._leases,
             publisher=self._publish,
         )
-        self._digits = digits
         self._control = ControlRouter(
-            turns=self._turns, history=history, digits=digits, held_keys=self._held_keys
+            turns=self._turns, history=history, digits=self._digits, held_keys=self._held_keys
         )
 
     def attach(self) -> None:
