@@ -33,9 +33,9 @@ import numpy as np
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from services.gateway.bargein import VadPool
 from services.gateway.call import CallSession
 from services.gateway.call_control import CallControl
+from services.gateway.turntaking.voice_activity import VadPool
 from shared import headers as H
 from shared import subjects
 from shared.audio import (

@@ -3,6 +3,8 @@ call: ASR claim, caller audio to the bus, reply playback in order, marks, barge-
 
 Modules: ``app`` (FastAPI app, uvicorn server, drain), ``stream`` (the Twilio socket),
 ``call`` (one call's bus side), ``playback`` (ordering and pacing logic), ``asr_link`` (claim
-protocol), ``bargein`` (VAD), ``security`` (signatures, call tokens), ``twiml``, ``runtime``
-(process state).
+protocol), ``transcripts`` (the call's one transcript subscription), ``turntaking`` (VAD
+barge-in, confirm or revert, silence and call-length guards), ``redelivery`` (work lost with a
+dying agent or TTS replica, sent again), ``security`` (signatures, call tokens), ``twiml``,
+``runtime`` (process state).
 """

@@ -28,9 +28,10 @@ from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
 from services.gateway.audio_batch import batcher_for
-from shared import headers as H
+from services.gateway.transcripts import TranscriptFeed, TranscriptMessage
 from shared import subjects
 from shared.audio import FRAME_MS
+from shared.headers import audio_in_headers
 from shared.logging import kv
 from shared.messages import (
     HEARTBEAT_MISSES,
@@ -39,7 +40,6 @@ from shared.messages import (
     AsrClaimReply,
     AsrHeartbeat,
     Transcript,
-    parse_transcript,
 )
 from shared.metrics import BAD_MESSAGES, FRAMES, FRAMES_DROPPED, STAGE_LATENCY
 
@@ -104,6 +104,7 @@ class AsrLink:
         claim_timeout_s: float = CLAIM_TIMEOUT_S,
         heartbeat_s: float = HEARTBEAT_S,
         heartbeat_misses: int = HEARTBEAT_MISSES,
+        transcripts: TranscriptFeed | None = None,
     ) -> None:
         self._nc = nc
         self._call = call_sid
@@ -129,6 +130,11 @@ class AsrLink:
         self._task: asyncio.Task[None] | None = None
         self._subs: list[Subscription] = []
         self._closed = False
+        # The call's one transcript subscription; a link used on its own subscribes a feed.
+        self._own_feed: TranscriptFeed | None = None
+        if transcripts is None:
+            transcripts = self._own_feed = TranscriptFeed(nc=nc, call_sid=call_sid)
+        transcripts.add(self.on_transcript)
 
     @property
     def claimed(self) -> bool:
@@ -137,10 +143,9 @@ class AsrLink:
 
     async def start(self) -> None:
         """Listen for heartbeats and start claiming in the background."""
-        self._subs = [
-            await self._nc.subscribe(subjects.asr_heartbeat(self._call), cb=self._on_hb),
-            await self._nc.subscribe(subjects.transcript(self._call), cb=self._on_transcript),
-        ]
+        self._subs = [await self._nc.subscribe(subjects.asr_heartbeat(self._call), cb=self._on_hb)]
+        if self._own_feed is not None:
+            self._subs.append(await self._own_feed.subscribe())
         self._task = asyncio.create_task(self._run(), name=f"asr-link-{id(self):x}")
 
     async def close(self) -> None:
@@ -173,13 +178,9 @@ class AsrLink:
             await self._publish(frame, seq, ts)
 
     async def _publish(self, frame: bytes, seq: str, ts: str) -> None:
-        hdrs = {
-            H.SEQ: seq,
-            H.TS_MS: ts,
-            H.SENT_NS: str(time.time_ns()),
-        }
-        if self.traceparent:
-            hdrs[H.TRACEPARENT] = self.traceparent
+        hdrs = audio_in_headers(
+            seq=seq, ts_ms=ts, sent_ns=time.time_ns(), traceparent=self.traceparent
+        )
         # Coalesced with other calls' frames: one socket write per batch (audio_batch.py).
         batcher_for(self._nc).add(self._subject, frame, hdrs)
 
@@ -207,11 +208,8 @@ class AsrLink:
         if hb.worker_id == self.worker_id:
             self._last_hb = time.monotonic()
 
-    async def _on_transcript(self, msg: Msg) -> None:
-        try:
-            tr = parse_transcript(msg.data)
-        except ValidationError:
-            return  # the agent counts bad transcripts; we only need the ids
+    async def on_transcript(self, tr: TranscriptMessage, raw: bytes) -> None:
+        """A message of the call's transcript subject: only its ids and positions are used."""
         if tr.utterance_id > self.last_utterance_id:
             self.last_utterance_id = tr.utterance_id
         if isinstance(tr, Transcript) and tr.is_final and tr.speech_end_ms is not None:

@@ -20,9 +20,7 @@ from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
 from services.gateway.asr_link import AsrLink
-from services.gateway.bargein import BargeInDetector, VadPool
 from services.gateway.call_control import CallControl
-from services.gateway.guards import AskPrompt, CallGuards, EndCall
 from services.gateway.playback import (
     FirstAudio,
     Heard,
@@ -31,11 +29,15 @@ from services.gateway.playback import (
     SendMedia,
     Skipped,
 )
-from services.gateway.retries import StageRetries
-from services.gateway.turntaking import BargeInArbiter, BargeInPolicy, Decision, parse_backchannels
-from shared import headers as H
+from services.gateway.redelivery import Redelivery
+from services.gateway.transcripts import TranscriptFeed, TranscriptMessage
+from services.gateway.turntaking.barge_in import BargeInArbiter, BargeInPolicy, Decision
+from services.gateway.turntaking.call_guards import AskPrompt, CallGuards, EndCall
+from services.gateway.turntaking.voice_activity import BargeInDetector, VadPool
 from shared import subjects
+from shared.backchannel import parse_backchannels
 from shared.cost import COST_EVENT, price_call, price_table
+from shared.headers import parse_audio_out
 from shared.logging import kv
 from shared.messages import (
     AmdResult,
@@ -55,7 +57,6 @@ from shared.messages import (
     parse_control,
     parse_event,
     parse_reply,
-    parse_transcript,
 )
 from shared.metrics import BAD_MESSAGES, FRAMES, FRAMES_DROPPED, SPEND, STAGE_LATENCY
 from shared.outbound import OutboundContext
@@ -114,14 +115,25 @@ class CallSession:
         self._parameters = parameters or {}
         timeout = {} if segment_timeout_s is None else {"segment_timeout_s": segment_timeout_s}
         self.playback = PlaybackQueue(lead_s=settings.playback_lead_ms / 1000, **timeout)
-        self.asr = AsrLink(nc=nc, call_sid=call_sid, gateway_id=gateway_id, event=self._event_named)
+        # One transcript subscription for the call; its readers, in order: the ASR link's ids,
+        # redelivery's owed turn, then turn-taking (_on_transcript).
+        self._transcripts = TranscriptFeed(nc=nc, call_sid=call_sid)
+        self.asr = AsrLink(
+            nc=nc,
+            call_sid=call_sid,
+            gateway_id=gateway_id,
+            event=self._event_named,
+            transcripts=self._transcripts,
+        )
         # Re-sends turns and segments lost with a dying agent or TTS replica (failover.md).
-        self.retries = StageRetries(
+        self.redelivery = Redelivery(
             nc=nc,
             call_sid=call_sid,
             event=self._event_named,
             done_turn=lambda: self.playback.done_turn,
         )
+        self._transcripts.add(self.redelivery.on_message)
+        self._transcripts.add(self._on_transcript)
         # One trace per call: every stage's spans hang under this one (off: a no-op span).
         self.trace = start_span("call", call_sid=call_sid, service=SERVICE)
         self.asr.traceparent = self.trace.traceparent
@@ -200,7 +212,7 @@ class CallSession:
             ),
             await nc.subscribe(subjects.reply(self.call_sid), cb=self._on_reply),
             await nc.subscribe(subjects.control(self.call_sid), cb=self._on_control),
-            await nc.subscribe(subjects.transcript(self.call_sid), cb=self._on_transcript),
+            await self._transcripts.subscribe(),
         ]
         self._usage_sub = await nc.subscribe(subjects.events(self.call_sid), cb=self._on_event)
         self._player = asyncio.create_task(self._play(), name=f"player-{id(self):x}")
@@ -232,7 +244,7 @@ class CallSession:
         )
         await self._event_named("call.started", gateway=self._gateway_id)
         await self.asr.start()
-        await self.retries.start()
+        await self.redelivery.start()
         self._guard_task = asyncio.create_task(self._guard(), name=f"guard-{id(self):x}")
 
     async def _amd_wait(self) -> None:
@@ -267,7 +279,7 @@ class CallSession:
                 await sub.unsubscribe()
         self._subs = []
         await self.asr.close()
-        await self.retries.close()
+        await self.redelivery.close()
         if self._bargein is not None:
             self._bargein.stop()
         duration = round(time.monotonic() - self._started_at, 3)
@@ -374,7 +386,7 @@ class CallSession:
     async def barge_in(self) -> None:
         """The caller talks over the agent: ``clear`` Twilio's buffer now and pause the turn.
 
-        Nothing crosses the bus yet: :mod:`services.gateway.turntaking` then confirms the
+        Nothing crosses the bus yet: :mod:`services.gateway.turntaking.barge_in` confirms the
         interruption (``Interrupt`` + ``Played``, see :meth:`_confirm`) or reverts it (the
         unheard remainder plays, see :meth:`_revert`).
         """
@@ -442,21 +454,16 @@ class CallSession:
 
     async def _on_audio(self, msg: Msg) -> None:
         try:
-            hdrs = msg.headers or {}
-            turn, seq = int(hdrs[H.TURN]), int(hdrs[H.SEG])
-            chunk = int(hdrs.get(H.CHUNK, "0"))
-            last = hdrs.get(H.LAST) == "1"
-        except (KeyError, ValueError):
+            meta = parse_audio_out(msg.headers)
+        except ValueError:
             BAD_MESSAGES.labels(SERVICE, "audio_out").inc()
             return
-        if turn < 0 or seq < 0 or chunk < 0:
-            BAD_MESSAGES.labels(SERVICE, "audio_out").inc()
-            return
-        if chunk == 0 and turn not in self._turn_trace and H.TRACEPARENT in hdrs:
-            self._turn_trace[turn] = hdrs[H.TRACEPARENT]
+        turn, seq, chunk, last = meta.turn, meta.seg, meta.chunk, meta.last
+        if chunk == 0 and turn not in self._turn_trace and meta.traceparent is not None:
+            self._turn_trace[turn] = meta.traceparent
         self._max_turn = max(self._max_turn, turn)
         now = time.monotonic()
-        self.retries.on_chunk(turn, seq, last, now)
+        self.redelivery.on_chunk(turn, seq, last, now)
         ok = self.playback.add_chunk(
             turn=turn, seq=seq, chunk=chunk, data=msg.data, last=last, now=now
         )
@@ -473,7 +480,7 @@ class CallSession:
             return
         self._max_turn = max(self._max_turn, seg.turn)
         self._guards.agent_activity(time.monotonic())
-        self.retries.on_segment(seg, msg.data, time.monotonic())
+        self.redelivery.on_segment(seg, msg.data, time.monotonic())
         if self.playback.add_reply(
             turn=seg.turn,
             seq=seg.seq,
@@ -605,12 +612,8 @@ class CallSession:
 
     # ------------------------------------------------------------------ turn-taking, guards
 
-    async def _on_transcript(self, msg: Msg) -> None:
+    async def _on_transcript(self, tr: TranscriptMessage, raw: bytes) -> None:
         """The recognizer's view of the caller: confirms or reverts a paused barge-in."""
-        try:
-            tr = parse_transcript(msg.data)
-        except ValidationError:
-            return  # the agent counts bad transcripts
         try:
             now = time.monotonic()
             arb = self._arbiter

@@ -11,11 +11,11 @@ import uuid
 
 from nats.aio.client import Client as NATS
 
-from services.gateway.bargein import VadPool
 from services.gateway.call import CallSession
 from services.gateway.outbound_records import OutboundRecords
 from services.gateway.recording import recording_store
 from services.gateway.security import CallAdmissions, CallTokens, SharedTokenLedger
+from services.gateway.turntaking.voice_activity import VadPool
 from shared import audit, bus, callevents
 from shared.logging import kv
 from shared.metrics import ACTIVE_CALLS

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from services.asr.providers.local import LocalAsr, normalize_words
-from services.gateway.bargein import BargeInDetector, VadPool
+from services.gateway.turntaking.voice_activity import BargeInDetector, VadPool
 from shared.audio import SAMPLE_RATE, frames
 from shared.settings import Settings
 from voiceagent.bench_robustness import (

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from services.gateway.bargein import VadPool
 from services.gateway.pacing import pacing_stats
+from services.gateway.turntaking.voice_activity import VadPool
 from shared.messages import CallEnded
 from shared.settings import Settings
 from tests.integration.agent_bus import private_nats_server

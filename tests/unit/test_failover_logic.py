@@ -6,7 +6,7 @@ from collections import deque
 from typing import Any
 
 from services.gateway.asr_link import REPLAY_MARGIN_MS, replay_start
-from services.gateway.retries import SEGMENT_RETRIES, StageRetries
+from services.gateway.redelivery import SEGMENT_RETRIES, Redelivery
 from shared.messages import ReplySegment, Transcript
 
 SID = "CAfailover"
@@ -34,11 +34,11 @@ class Clock:
         self.done_turn = -1
 
 
-def watcher(clock: Clock) -> StageRetries:
+def watcher(clock: Clock) -> Redelivery:
     async def event(*_: Any, **__: Any) -> None:
         return None
 
-    return StageRetries(
+    return Redelivery(
         nc=None,  # type: ignore[arg-type]  # due() and the on_* hooks never touch the bus
         call_sid=SID,
         event=event,

@@ -7,7 +7,7 @@ import asyncio
 
 import numpy as np
 
-from services.gateway.bargein import BargeInDetector, VadPool
+from services.gateway.turntaking.voice_activity import BargeInDetector, VadPool
 
 
 class StandIn:
@@ -25,9 +25,8 @@ class StandIn:
 
 
 def pool_of(n: int, **kw: float) -> tuple[VadPool, list[StandIn]]:
-    pool = VadPool(threads=1, **kw)  # type: ignore[arg-type]
     models = [StandIn() for _ in range(n)]
-    pool._new = models.pop  # type: ignore[method-assign]
+    pool = VadPool(threads=1, load=models.pop, **kw)  # type: ignore[arg-type]
     return pool, models
 
 

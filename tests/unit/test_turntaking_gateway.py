@@ -3,16 +3,11 @@ playback queue, silence and call-length guards, pacing measurement."""
 
 from __future__ import annotations
 
-from services.gateway.guards import AskPrompt, CallGuards, EndCall
 from services.gateway.pacing import pacing_stats
 from services.gateway.playback import SendMark, SendMedia
-from services.gateway.turntaking import (
-    BargeInArbiter,
-    BargeInPolicy,
-    Decision,
-    content_words,
-    parse_backchannels,
-)
+from services.gateway.turntaking.barge_in import BargeInArbiter, BargeInPolicy, Decision
+from services.gateway.turntaking.call_guards import AskPrompt, CallGuards, EndCall
+from shared.backchannel import content_words, parse_backchannels
 from shared.settings import Settings
 
 BACK = parse_backchannels(Settings(_env_file=None).backchannel_words)

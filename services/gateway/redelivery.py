@@ -1,4 +1,4 @@
-"""The gateway's watchdog for work lost with a dying agent or TTS replica (docs/failover.md).
+"""Redelivery of work lost with a dying agent or TTS replica: the gateway's watchdog (failover.md).
 
 Agent and TTS work travels as core NATS queue-group messages: if the replica that got one
 dies, the message dies with it. The gateway owns the call, so it notices and sends the work
@@ -31,9 +31,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
+from services.gateway.transcripts import TranscriptMessage
 from shared import subjects
 from shared.logging import kv
-from shared.messages import ReplySegment, Transcript, TurnHeartbeat, parse_transcript
+from shared.messages import ReplySegment, Transcript, TurnHeartbeat
 from shared.metrics import BAD_MESSAGES
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,12 @@ class _Segment:
     retries: int = 0
 
 
-class StageRetries:
-    """Watches one call's replies and re-sends lost agent and TTS work. See module docstring."""
+class Redelivery:
+    """Watches one call's replies and re-sends lost agent and TTS work. See module docstring.
+
+    It reads the call's transcripts through :class:`~services.gateway.transcripts.TranscriptFeed`
+    (:meth:`on_message`).
+    """
 
     def __init__(
         self,
@@ -94,12 +99,11 @@ class StageRetries:
         self.segment_retries = 0
 
     async def start(self) -> None:
-        """Watch the call's transcripts and start the retry loop."""
+        """Watch the agents' heartbeats and start the redelivery loop."""
         self._subs = [
-            await self._nc.subscribe(subjects.transcript(self._call), cb=self._on_msg),
             await self._nc.subscribe(subjects.turn_heartbeat(self._call), cb=self._on_beat),
         ]
-        self._task = asyncio.create_task(self._run(), name=f"retries-{id(self):x}")
+        self._task = asyncio.create_task(self._run(), name=f"redelivery-{id(self):x}")
 
     async def close(self) -> None:
         """Stop watching."""
@@ -114,13 +118,10 @@ class StageRetries:
 
     # ------------------------------------------------------------------ input
 
-    async def _on_msg(self, msg: Msg) -> None:
-        try:
-            tr = parse_transcript(msg.data)
-        except ValidationError:
-            return  # counted by the agent
-        if isinstance(tr, Transcript):
-            self.on_transcript(tr, msg.data, time.monotonic())
+    async def on_message(self, message: TranscriptMessage, raw: bytes) -> None:
+        """A message of the call's transcript subject (a reader of its ``TranscriptFeed``)."""
+        if isinstance(message, Transcript):
+            self.on_transcript(message, raw, time.monotonic())
 
     async def _on_beat(self, msg: Msg) -> None:
         try:

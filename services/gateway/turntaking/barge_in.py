@@ -22,12 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from shared.backchannel import content_words, parse_backchannels
+from shared.backchannel import content_words
 
 ASR_GRACE_S = 2.5  # extra wait for the final text of an utterance the recognizer has started
 SPEECH_STARTED_SLACK_S = 1.0  # an ASR speech start this recent belongs to the barge-in
-
-__all__ = ["BargeInArbiter", "BargeInPolicy", "Decision", "content_words", "parse_backchannels"]
 
 
 @dataclass(frozen=True, slots=True)
