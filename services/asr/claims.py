@@ -2,8 +2,8 @@
 
 The protocol is the one in ``docs/subjects.md``: the gateway claims a call through the ``asr``
 queue group, the worker that accepts holds it and heartbeats it every ``HEARTBEAT_S``; a
-worker refuses when it is draining, not started yet, at capacity, or when the call ended (a
-late claim for an ended call must not start a recognizer nobody will stop).
+worker refuses when it is draining, not started yet, at capacity, or when the call ended
+(:class:`EndedCalls`: a late claim for one is refused).
 """
 
 from __future__ import annotations
