@@ -120,10 +120,10 @@ def run(
     cases: Sequence[Sample], *, min_window_s: float, threads: int = 1
 ) -> tuple[PathResult, PathResult, Counter[str]]:
     """Both paths over ``cases`` (blocking): (full window, short window, short outcomes)."""
-    from services.asr.providers.local import _Engine
-    from services.asr.providers.whisper_window import WHISPER_RATE
+    from services.asr.whisper_engine import WhisperEngine
+    from services.asr.whisper_window import WHISPER_RATE
 
-    engine = _Engine(threads=threads, decoders=1, min_window_s=min_window_s)
+    engine = WhisperEngine(threads=threads, decoders=1, min_window_s=min_window_s)
     warm = cases[0].audio
     engine.transcribe(warm)  # first decodes allocate buffers
     engine.transcribe_full(resample(warm, from_rate=SAMPLE_RATE, to_rate=WHISPER_RATE))

@@ -139,9 +139,9 @@ def _case_audio(case: Case, synth: Synth) -> npt.NDArray[np.float32]:
 
 
 def _vad_scores(audio: npt.NDArray[np.float32]) -> list[float]:
-    from services.asr.providers.local import WINDOW, _new_vad
+    from services.asr.segmenter import WINDOW, new_vad
 
-    vad = _new_vad()
+    vad = new_vad()
     n = len(audio) - len(audio) % WINDOW
     return [
         float(vad.process(memoryview(np.array(audio[i : i + WINDOW], dtype=np.float32).data)))
@@ -167,7 +167,7 @@ class _Decoder:
         self.count = 0
 
     def __call__(self, start: int, end: int) -> tuple[str, tuple[str, float] | None, int]:
-        from services.asr.providers.local import SPEECH_PAD_MS, ms_to_samples
+        from services.asr.segmenter import SPEECH_PAD_MS, ms_to_samples
 
         self.count += 1
         if (start, end) not in self.memo:
@@ -186,7 +186,7 @@ def run_plain(
     case: Case, audio: npt.NDArray[np.float32], scores: list[float], dec: _Decoder, s: Settings
 ) -> CaseResult:
     """The single silence timer (``ENDPOINTING_MS``): every VAD stop is a turn."""
-    from services.asr.providers.local import Endpointer
+    from services.asr.segmenter import Endpointer
 
     ep = Endpointer(
         threshold=s.vad_threshold, min_speech_ms=s.min_speech_ms, endpointing_ms=s.endpointing_ms
@@ -205,8 +205,14 @@ def run_smart(
     case: Case, audio: npt.NDArray[np.float32], scores: list[float], dec: _Decoder, s: Settings
 ) -> CaseResult:
     """:class:`TurnEnder` as the provider runs it, decodes landing on a virtual clock."""
-    from services.asr.endpointing import Action, Drop, EndTurn, Speculate, TurnEnder
-    from services.asr.providers.local import Endpointer
+    from services.asr.segmenter import Endpointer
+    from services.asr.turntaking.smart_endpointing import (
+        Action,
+        Drop,
+        EndTurn,
+        Speculate,
+        TurnEnder,
+    )
 
     ep = Endpointer(
         threshold=s.vad_threshold,
@@ -270,9 +276,9 @@ def evaluate(
 
         synth = synthesize
     if decode is None:
-        from services.asr.providers.local import _get_engine
+        from services.asr.whisper_engine import get_engine
 
-        engine = _get_engine(
+        engine = get_engine(
             threads=max(1, s.asr_threads), decoders=1, min_window_s=s.asr_min_window_s
         )
         decode = engine.transcribe

@@ -17,25 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
-from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from faststream.nats import NatsBroker, NatsMessage
-from nats.aio.client import Client as NATS
-from pydantic import ValidationError
 
+from services.tts.calls import CallRegistry
 from services.tts.prompt_cache import PromptCache
 from services.tts.providers.base import TtsProvider
-from shared import headers as H
+from services.tts.providers.fallback import FallbackProvider
+from services.tts.segment_out import SegmentOut
 from shared import subjects
 from shared.asyncapi import contract_app
 from shared.bus import audio_client, make_broker
 from shared.errors import ProviderError
+from shared.handler import parse_for_subject
 from shared.logging import kv
 from shared.messages import (
     CallEnded,
@@ -45,7 +42,7 @@ from shared.messages import (
     parse_control,
     parse_reply,
 )
-from shared.metrics import BAD_MESSAGES, FRAMES, PROVIDER_ERRORS, STAGE_LATENCY
+from shared.metrics import PROVIDER_ERRORS, STAGE_LATENCY
 from shared.retry import stream_with_retries
 from shared.service import Health, run_service, serve_metrics, stop_event, worker_id
 from shared.settings import Settings
@@ -55,134 +52,7 @@ from shared.usage import Usage, usage_event
 log = logging.getLogger(__name__)
 
 SERVICE = "tts"
-WORKER_ID = f"{SERVICE}-{socket.gethostname()}-{os.getpid()}"
-CANCELLED_TURNS_PER_CALL = 32  # interrupted turns remembered per call (oldest forgotten)
-MAX_CALLS = 10_000  # per-call records kept (least recently used forgotten first)
 DRAIN_TIMEOUT_S = 30.0
-
-
-def audio_headers(*, turn: int, seq: int, chunk: int, last: bool) -> dict[str, str]:
-    """NATS headers of one ``audio.out`` chunk."""
-    h = {
-        H.SCHEMA: H.AUDIO_OUT_SCHEMA,
-        H.TURN: str(turn),
-        H.SEG: str(seq),
-        H.CHUNK: str(chunk),
-        H.ENCODING: H.MULAW_8K,
-        H.SERVICE: SERVICE,
-        H.SENT_NS: str(time.time_ns()),
-    }
-    if last:
-        h[H.LAST] = "1"
-    return h
-
-
-@dataclass
-class _Call:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    cancelled: deque[int] = field(default_factory=lambda: deque(maxlen=CANCELLED_TURNS_PER_CALL))
-    tasks: dict[int, set[asyncio.Task[None]]] = field(default_factory=dict)
-
-
-class CallRegistry:
-    """Bounded per-call state: interrupted turns, in-flight segment tasks, ended calls."""
-
-    def __init__(self, *, max_calls: int = MAX_CALLS) -> None:
-        self._calls: OrderedDict[str, _Call] = OrderedDict()
-        self._ended: OrderedDict[str, None] = OrderedDict()
-        self._max = max_calls
-
-    def get(self, call_sid: str) -> _Call:
-        """The call's record, created on first use (evicting the least recent idle one)."""
-        state = self._calls.get(call_sid)
-        if state is None:
-            state = self._calls[call_sid] = _Call()
-            if len(self._calls) > self._max:
-                for sid, old in self._calls.items():
-                    if not old.tasks and sid != call_sid:
-                        del self._calls[sid]
-                        break
-        else:
-            self._calls.move_to_end(call_sid)
-        return state
-
-    def is_cancelled(self, call_sid: str, turn: int) -> bool:
-        """True when the call ended or ``turn`` was interrupted."""
-        if call_sid in self._ended:
-            return True
-        state = self._calls.get(call_sid)
-        return state is not None and turn in state.cancelled
-
-    def interrupt(self, call_sid: str, turn: int) -> int:
-        """Remember ``turn`` as cancelled and cancel its tasks; returns how many were running."""
-        state = self.get(call_sid)
-        if turn not in state.cancelled:
-            state.cancelled.append(turn)
-        tasks = state.tasks.get(turn, set())
-        for task in tasks:
-            task.cancel()
-        return len(tasks)
-
-    def end(self, call_sid: str) -> None:
-        """Forget the call; cancel what it still has in flight."""
-        state = self._calls.pop(call_sid, None)
-        self._ended[call_sid] = None
-        if len(self._ended) > self._max:
-            self._ended.popitem(last=False)
-        if state is not None:
-            for tasks in state.tasks.values():
-                for task in tasks:
-                    task.cancel()
-
-    def track(self, call_sid: str, turn: int, task: asyncio.Task[None]) -> None:
-        """Register a segment task until it finishes."""
-        state = self.get(call_sid)
-        state.tasks.setdefault(turn, set()).add(task)
-
-        def done(t: asyncio.Task[None]) -> None:
-            running = state.tasks.get(turn)
-            if running is not None:
-                running.discard(t)
-                if not running:
-                    del state.tasks[turn]
-
-        task.add_done_callback(done)
-
-    def __len__(self) -> int:
-        return len(self._calls)
-
-
-_FRAMES_OUT = FRAMES.labels(SERVICE, "out")  # audio chunks sent (any size)
-
-
-class _SegmentOut:
-    """Publishes the chunks of one segment, numbered, and its final ``Va-Last`` marker."""
-
-    def __init__(self, *, nc: NATS, seg: ReplySegment, traceparent: str | None = None) -> None:
-        self._nc = nc
-        self._traceparent = traceparent
-        self._subject = subjects.audio_out(seg.call_sid)
-        self._seg = seg
-        self.chunks = 0
-        self.audio_bytes = 0
-        self.closed = False
-
-    async def send(self, data: bytes) -> None:
-        await self._publish(data, last=False)
-        self.audio_bytes += len(data)
-        _FRAMES_OUT.inc()
-
-    async def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            await self._publish(b"", last=True)
-
-    async def _publish(self, data: bytes, *, last: bool) -> None:
-        hdrs = audio_headers(turn=self._seg.turn, seq=self._seg.seq, chunk=self.chunks, last=last)
-        self.chunks += 1
-        if self._traceparent:
-            hdrs[H.TRACEPARENT] = self._traceparent
-        await self._nc.publish(self._subject, data, headers=hdrs)
 
 
 async def _raw_body(msg: NatsMessage) -> bytes:
@@ -206,7 +76,8 @@ class TtsWorker:
         self.worker_id = worker_id(settings.service_name or SERVICE)
         self._provider = provider
         self._cache = cache  # prompt audio cache (services/tts/prompt_cache.py); None: off
-        self._fallback = fallback if fallback is not provider else None
+        # ``fallback`` speaks the sentences the provider fails before their first audio.
+        self._voice = FallbackProvider(primary=provider, fallback=fallback)
         self._broker = broker
         self._calls = CallRegistry()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -241,13 +112,10 @@ class TtsWorker:
     async def on_reply(self, body: bytes, msg: NatsMessage) -> None:
         """Start synthesizing one segment (returns at once; the work runs in a task)."""
         received = time.perf_counter()
-        try:
-            seg = parse_reply(body)
-            if seg.call_sid != subjects.call_sid_of(msg.raw_message.subject):
-                raise ValueError("call sid does not match the subject")
-        except (ValidationError, ValueError) as e:
-            BAD_MESSAGES.labels(SERVICE, "reply").inc()
-            log.warning("bad reply message dropped", **kv(error=type(e).__name__))
+        seg = parse_for_subject(
+            parse_reply, body, msg.raw_message.subject, service=SERVICE, source="reply"
+        )
+        if seg is None:
             return
         task = asyncio.create_task(self._segment(seg, received, traceparent_of(msg.headers)))
         self._tasks.add(task)
@@ -256,15 +124,12 @@ class TtsWorker:
 
     async def on_control(self, body: bytes, msg: NatsMessage) -> None:
         """Interrupt: drop the turn's pending and running segments. CallEnded: forget it."""
-        try:
-            ctl = parse_control(body)
-            call_sid = subjects.call_sid_of(msg.raw_message.subject)
-            if ctl.call_sid != call_sid:
-                raise ValueError("call sid does not match the subject")
-        except (ValidationError, ValueError) as e:
-            BAD_MESSAGES.labels(SERVICE, "control").inc()
-            log.warning("bad control message dropped", **kv(error=type(e).__name__))
+        ctl = parse_for_subject(
+            parse_control, body, msg.raw_message.subject, service=SERVICE, source="control"
+        )
+        if ctl is None:
             return
+        call_sid = ctl.call_sid
         if isinstance(ctl, Interrupt):
             running = self._calls.interrupt(call_sid, ctl.turn)
             log.info("turn interrupted", **kv(call=call_sid, turn=ctl.turn, cancelled=running))
@@ -284,14 +149,14 @@ class TtsWorker:
             seq=seg.seq,
             provider=self._provider.name,
         )
-        out = _SegmentOut(nc=audio_client(self._broker), seg=seg, traceparent=span.traceparent)
+        out = SegmentOut(nc=audio_client(self._broker), seg=seg, traceparent=span.traceparent)
         try:
             await self._segment_out(seg, out, received)
         finally:
             span.set(chunks=out.chunks, audio_bytes=out.audio_bytes)
             span.end()
 
-    async def _segment_out(self, seg: ReplySegment, out: _SegmentOut, received: float) -> None:
+    async def _segment_out(self, seg: ReplySegment, out: SegmentOut, received: float) -> None:
         try:
             async with self._calls.get(seg.call_sid).lock:
                 if not self._calls.is_cancelled(seg.call_sid, seg.turn):
@@ -304,35 +169,33 @@ class TtsWorker:
             log.exception("segment failed", **kv(call=seg.call_sid, turn=seg.turn, seq=seg.seq))
         await self._close(out, seg)
 
-    async def _close(self, out: _SegmentOut, seg: ReplySegment) -> None:
+    async def _close(self, out: SegmentOut, seg: ReplySegment) -> None:
         try:
             await out.close()
         except Exception as e:  # connection closed at shutdown: nothing left to tell
             log.warning("could not end segment", **kv(call=seg.call_sid, error=type(e).__name__))
 
-    async def _speak(self, seg: ReplySegment, out: _SegmentOut, received: float) -> None:
+    async def _speak(self, seg: ReplySegment, out: SegmentOut, received: float) -> None:
         start = time.perf_counter()
         used = self._provider.name
         fallback = False
         first_at: float | None = None
         if seg.text.strip():
-            try:
-                async for chunk in self._primary(seg.text, cacheable=seg.cacheable):
-                    first_at = first_at or self._first_audio(seg, received, used)
-                    await out.send(chunk)
-            except Exception as e:
+
+            def failed(provider: str, e: Exception) -> None:
                 if not isinstance(e, ProviderError):  # ProviderErrors are counted by the retrier
-                    PROVIDER_ERRORS.labels(SERVICE, used, "unexpected").inc()
+                    PROVIDER_ERRORS.labels(SERVICE, provider, "unexpected").inc()
                 log.warning(
                     "tts provider failed",
-                    **kv(call=seg.call_sid, provider=used, error=type(e).__name__),
+                    **kv(call=seg.call_sid, provider=provider, error=type(e).__name__),
                 )
-                # Replaying the sentence after some of it was sent would repeat words.
-                if out.audio_bytes == 0 and self._fallback is not None:
-                    used, fallback = self._fallback.name, True
-                    async for chunk in self._fallback.synthesize(seg.text):
-                        first_at = first_at or self._first_audio(seg, received, used)
-                        await out.send(chunk)
+
+            first = self._primary(seg.text, cacheable=seg.cacheable)
+            speech = self._voice.speak(seg.text, first=first, on_failure=failed)
+            async for chunk in speech:
+                first_at = first_at or self._first_audio(seg, received, speech.provider)
+                await out.send(chunk)
+            used, fallback = speech.provider, speech.fell_back
         synth_s = time.perf_counter() - start
         STAGE_LATENCY.labels(SERVICE, "tts_segment").observe(synth_s)
         await self._event(
@@ -364,7 +227,7 @@ class TtsWorker:
         except Exception as e:  # usage is best effort, like every event
             log.debug("usage not published", **kv(error=type(e).__name__))
 
-    def _primary(self, text: str, *, cacheable: bool = False) -> Any:
+    def _primary(self, text: str, *, cacheable: bool = False) -> AsyncIterator[bytes]:
         s = self._settings
         attempts = max(1, s.provider_retries + 1)
         cache, provider = self._cache, self._provider
@@ -392,7 +255,7 @@ class TtsWorker:
             "ms": round((now - received) * 1000, 1),
             "provider": provider,
             "seq": seg.seq,
-            "worker": WORKER_ID,  # which replica made it (failover tests, tail)
+            "worker": self.worker_id,  # which replica made it (failover tests, tail)
         }
         if seg.speech_ended_at is not None:  # end of caller speech -> first reply audio
             data["since_speech_end_ms"] = round((time.time() - seg.speech_ended_at) * 1000, 1)
@@ -432,21 +295,13 @@ class TtsWorker:
 
 async def run(settings: Settings) -> int:
     """Run the worker until SIGTERM/SIGINT, then drain and return the exit code."""
-    from services.tts.providers.espeak import EspeakTts
-    from services.tts.providers.select import start_provider
+    from services.tts.providers.select import start_fallback, start_provider
 
     stop = stop_event()
     health = Health(service=settings.service_name or SERVICE)
     serve_metrics(settings.metrics_port, health=health)
     provider = await start_provider(settings)
-    fallback: TtsProvider | None = None
-    if provider.name != "espeak":
-        fallback = EspeakTts(settings=settings)
-        try:
-            await fallback.warm_up()
-        except Exception as e:
-            log.error("espeak fallback unavailable", **kv(error=str(e)))
-            fallback = None
+    fallback = await start_fallback(settings, provider=provider)
     broker = make_broker(settings, name=settings.service_name or SERVICE)
     health.watch_broker(broker)
     cache = PromptCache.from_settings(settings)

@@ -20,8 +20,9 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 
 from services.asr.providers.base import AsrProvider, SpeechEvent
-from services.asr.providers.local import normalize_words
-from services.asr.worker import MAX_RESTARTS, AsrWorker
+from services.asr.recognition import MAX_RESTARTS
+from services.asr.transcript_filter import normalize_words
+from services.asr.worker import AsrWorker
 from shared import headers as H
 from shared import subjects
 from shared.audio import frames

@@ -15,7 +15,7 @@ import pytest
 from services.asr.providers import deepgram as deepgram_mod
 from services.asr.providers.base import SpeechEvent
 from services.asr.providers.deepgram import DeepgramAsr
-from services.asr.providers.local import normalize_words
+from services.asr.transcript_filter import normalize_words
 from shared.audio import frames
 from shared.errors import ProviderAuthError, ProviderError, ProviderTimeout
 from shared.settings import Settings

@@ -22,7 +22,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from services.asr.providers.local import normalize_words
+from services.asr.transcript_filter import normalize_words
 from shared import headers as H
 from shared import subjects
 from shared.audio import frames

@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from services.asr.providers.local import LocalAsr, normalize_words
+from services.asr.providers.local import LocalAsr
+from services.asr.transcript_filter import normalize_words
 from services.gateway.turntaking.voice_activity import BargeInDetector, VadPool
 from shared.audio import SAMPLE_RATE, frames
 from shared.settings import Settings

@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.asr.providers.local import LocalAsr, normalize_words
+from services.asr.providers.local import LocalAsr
+from services.asr.transcript_filter import normalize_words
 from shared.audio import frames
 from shared.settings import Settings
 from tests.speech import silence_mulaw

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from services.asr.providers.decode_pool import DecodePool, Job
+from services.asr.decode_pool import DecodePool, Job
 
 WAIT_S = 10.0
 

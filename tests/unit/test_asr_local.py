@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from services.asr.providers.base import SpeechEvent
-from services.asr.providers.local import LocalAsr, normalize_words
+from services.asr.providers.local import LocalAsr
+from services.asr.transcript_filter import normalize_words
 from shared.audio import frames, ulaw_to_float
 from shared.settings import Settings
 from tests.speech import noise_mulaw, silence_mulaw, synthesize_mulaw

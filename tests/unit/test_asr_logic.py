@@ -11,14 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from services.asr.providers.local import (
-    Boundary,
-    Endpointer,
-    SampleBuffer,
-    accept_transcript,
-)
+from services.asr.intake import FrameQueue, frame_meta
+from services.asr.segmenter import Boundary, Endpointer, SampleBuffer
+from services.asr.transcript_filter import accept_transcript
 from services.asr.utterances import AudioClock, UtteranceTracker
-from services.asr.worker import FrameQueue, frame_meta
 from shared import headers as H
 
 WIN_MS = 32  # one Silero window at 8 kHz

@@ -13,13 +13,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from services.asr.providers.local import (
-    ANSWER_PHRASES,
-    HALLUCINATIONS,
-    _Engine,
-    normalize_words,
-)
-from services.asr.providers.whisper_window import (
+from services.asr.transcript_filter import ANSWER_PHRASES, HALLUCINATIONS, normalize_words
+from services.asr.whisper_engine import WhisperEngine
+from services.asr.whisper_window import (
     FULL_FRAMES,
     WHISPER_RATE,
     WindowDecode,
@@ -121,21 +117,21 @@ def test_a_phrase_said_twice_is_speech_three_times_is_a_loop() -> None:
 
 
 @pytest.fixture(scope="module")
-def engine() -> _Engine:
-    return _Engine(threads=1, decoders=1, min_window_s=10.0)
+def engine() -> WhisperEngine:
+    return WhisperEngine(threads=1, decoders=1, min_window_s=10.0)
 
 
 @pytest.fixture(scope="module")
-def too_short() -> _Engine:
+def too_short() -> WhisperEngine:
     """Windows of 5 s: under the measured minimum, where one-word answers loop."""
-    return _Engine(threads=1, decoders=1, min_window_s=5.0)
+    return WhisperEngine(threads=1, decoders=1, min_window_s=5.0)
 
 
 SHORT_ANSWERS = ("Yes.", "No.", "Hi.", "Seven.", "Bye.", "Correct.")
 
 
 def test_short_answers_on_a_too_short_window_hallucinate_and_the_guards_catch_it(
-    too_short: _Engine,
+    too_short: WhisperEngine,
 ) -> None:
     assert too_short.short is not None
     hallucinated = 0
@@ -153,7 +149,9 @@ def test_short_answers_on_a_too_short_window_hallucinate_and_the_guards_catch_it
     assert hallucinated >= 3  # the known failure is really exercised (loops like "No. No. ...")
 
 
-def test_silence_and_noise_are_not_speech_without_a_full_window_decode(engine: _Engine) -> None:
+def test_silence_and_noise_are_not_speech_without_a_full_window_decode(
+    engine: WhisperEngine,
+) -> None:
     before = engine.outcomes["not_speech"]
     for audio in (
         ulaw_to_float(silence_mulaw(300)),
@@ -178,7 +176,7 @@ SENTENCES = (
 RECORDINGS = ("beckett.wav", "clone-test.wav")
 
 
-def test_speech_on_the_short_window_has_the_full_windows_words(engine: _Engine) -> None:
+def test_speech_on_the_short_window_has_the_full_windows_words(engine: WhisperEngine) -> None:
     cases = [(t, _said(t)) for t in SENTENCES] + [(n, _recording(n)) for n in RECORDINGS]
     for name, audio in cases:
         before = engine.outcomes["short"]

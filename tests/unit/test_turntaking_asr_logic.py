@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from services.asr.endpointing import (
+from services.asr.segmenter import Boundary, ms_to_samples
+from services.asr.turntaking.smart_endpointing import (
     Begin,
     Drop,
     EndTurn,
@@ -11,7 +12,6 @@ from services.asr.endpointing import (
     TurnEnder,
     looks_complete,
 )
-from services.asr.providers.local import Boundary, ms_to_samples
 
 
 def test_complete_sentences_and_unfinished_ones() -> None:

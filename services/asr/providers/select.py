@@ -5,6 +5,9 @@
 (``cloud`` extra); ``null``: consumes audio, recognizes nothing (capacity benchmarks); asked
 for by name without the extra, the worker refuses to start, while
 ``auto`` says so in one log line and runs the local recognizer.
+
+The worker runs every provider but the local one behind :func:`with_fallback`: the local
+recognizer takes over the calls it gives up on (:mod:`.fallback`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,16 @@ def make_local(settings: Settings) -> AsrProvider:
     from services.asr.providers.local import LocalAsr
 
     return LocalAsr(settings=settings)
+
+
+def with_fallback(provider: AsrProvider, *, settings: Settings) -> AsrProvider:
+    """``provider`` with the local recognizer (loaded on first need) behind it; the local
+    recognizer itself, and a provider that has a fallback already, as they are."""
+    from services.asr.providers.fallback import FallbackProvider
+
+    if provider.name == "local" or isinstance(provider, FallbackProvider):
+        return provider
+    return FallbackProvider(primary=provider, make_fallback=lambda: make_local(settings))
 
 
 def _make_deepgram(settings: Settings) -> AsrProvider:

@@ -2,6 +2,8 @@
 
 ``TTS_PROVIDER=auto`` (default): ElevenLabs when ``ELEVENLABS_API_KEY`` is set, else local.
 ``local``: Piper, or espeak-ng when ``LOCAL_TTS_ENGINE=espeak`` or when Piper cannot load.
+Any provider but espeak-ng has espeak-ng behind it (:func:`start_fallback`): it speaks the
+sentences the provider fails before their first audio (:mod:`.fallback`).
 """
 
 from __future__ import annotations
@@ -71,3 +73,18 @@ async def start_provider(settings: Settings) -> TtsProvider:
             await provider.warm_up()
     log.info("tts provider ready", **kv(provider=provider.name))
     return provider
+
+
+async def start_fallback(settings: Settings, *, provider: TtsProvider) -> TtsProvider | None:
+    """espeak-ng, warmed up, behind any provider but itself (``None``: it would not start)."""
+    if provider.name == "espeak":
+        return None
+    from services.tts.providers.espeak import EspeakTts
+
+    fallback = EspeakTts(settings=settings)
+    try:
+        await fallback.warm_up()
+    except Exception as e:
+        log.error("espeak fallback unavailable", **kv(error=str(e)))
+        return None
+    return fallback

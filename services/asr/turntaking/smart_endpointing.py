@@ -1,5 +1,7 @@
 """Smart end of turn for the local recognizer: a short pause ends a complete sentence, a long
-one ends anything (``SMART_ENDPOINTING``, decision record 0013).
+one ends anything (``SMART_ENDPOINTING``, decision record 0013). It sits above the VAD
+segmenter (:mod:`services.asr.segmenter`) and the whisper engine
+(:mod:`services.asr.whisper_engine`), below the provider that runs it.
 
 A single silence timer has to choose between cutting callers off mid-sentence ("I'd like to
 book an appointment for ... next Tuesday") and making every answer wait. Here the VAD endpointer
@@ -30,19 +32,16 @@ import numpy as np
 import numpy.typing as npt
 
 from services.asr.providers.base import CpuMeter, SpeechEvent
-from services.asr.providers.local import (
+from services.asr.segmenter import (
     MAX_UTTERANCE_MS,
-    PROVIDER,
     SPEECH_PAD_MS,
     Boundary,
     Endpointer,
     SampleBuffer,
-    _decode,
-    _Engine,
     ms_to_samples,
     samples_to_ms,
 )
-from shared.errors import ProviderError
+from services.asr.whisper_engine import Decoded, WhisperEngine, decode_final, final_event
 
 MAX_SPECULATIONS = 3
 
@@ -115,7 +114,6 @@ class EndTurn:
 
 
 Action = Begin | Speculate | Drop | Interim | EndTurn
-Decoded = tuple[str, float] | None  # (text, confidence), or None: not speech
 
 
 class TurnEnder:
@@ -217,7 +215,7 @@ class TurnEnder:
 
 class SmartTurns:
     """Runs :class:`TurnEnder` inside :class:`~services.asr.providers.local.LocalAsr`: decodes
-    in the shared whisper pool, events on the call's ordered output queue."""
+    in the shared whisper engine, events on the call's ordered output queue."""
 
     def __init__(
         self,
@@ -225,7 +223,7 @@ class SmartTurns:
         max_ms: int,
         endpointer: Endpointer,
         buf: SampleBuffer,
-        engine: _Engine,
+        engine: WhisperEngine,
         out: asyncio.Queue[Any],
         meter: CpuMeter | None = None,
     ) -> None:
@@ -300,10 +298,10 @@ class SmartTurns:
         )
         attempt = self._attempts.pop(a.gen, None) if a.gen is not None else None
         if attempt is not None:  # the last pause's decode is the final: no second decode
-            final = _reuse(attempt, start_ms, end_ms)
+            final = final_event(attempt, start_ms, end_ms)
         else:
             samples = self._samples(a.start, a.end)
-            final = _decode(self._engine, samples, start_ms, end_ms, self._meter)
+            final = decode_final(self._engine, samples, start_ms, end_ms, self._meter)
         self._out.put_nowait(asyncio.ensure_future(final))
 
     def _done(self, gen: int, fut: asyncio.Future[Decoded]) -> None:
@@ -312,21 +310,3 @@ class SmartTurns:
         # A failed decode ends the turn; the final then raises the error, in order.
         result = None if fut.exception() is not None else fut.result()
         self._apply(self.ender.decoded(gen, result, onset_pending=self._ep.onset_pending))
-
-
-async def _reuse(attempt: asyncio.Future[Decoded], start_ms: int, end_ms: int) -> SpeechEvent:
-    try:
-        result = await attempt
-    except Exception as e:
-        raise ProviderError(
-            f"whisper decode failed: {type(e).__name__}", provider=PROVIDER, retryable=False
-        ) from e
-    text, confidence = result if result is not None else ("", None)
-    return SpeechEvent(
-        kind="final",
-        audio_ms=end_ms,
-        text=text,
-        confidence=confidence,
-        speech_start_ms=start_ms,
-        speech_end_ms=end_ms,
-    )
