@@ -1,0 +1,213 @@
+"""Joins a recognizer's segments into turns by the end-of-turn decision (pure logic, no clock).
+
+Every recognizer runs with a short pause (``ENDPOINTING_MIN_MS``): each pause closes a segment,
+with its words. The gate holds the turn open across segments and asks
+:mod:`services.asr.turntaking.end_of_turn` how long the pause must last before the turn is
+over: a finished answer ends at once, a fragment ("my date of birth is") waits up to
+``END_OF_TURN_MAX_WAIT_MS``. Speech that resumes within the wait continues the same turn (one
+transcript). A turn that had to end on a fragment (the longest wait ran out) stays joinable
+for ``END_OF_TURN_REJOIN_MS``: if the caller goes on, the next turn is published as its
+continuation (``continues``), with the words of both, and the agent withdraws its reply to the
+fragment.
+
+Positions are ms of the recognizer's input stream; the caller of :meth:`TurnGate.tick` says how
+far the audio has advanced, so the gate runs on virtual time in tests and benches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from services.asr.providers.base import SpeechEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Words the recognizer closed at one pause (stream positions in ms)."""
+
+    text: str
+    confidence: float | None
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How long the pause after the words so far must last before the turn is over."""
+
+    wait_ms: int  # pause (from the end of speech) that ends the turn; 0: at once
+    reason: str  # why, for the ``end_of_turn`` event ("complete", "trailing_word", ...)
+    complete: bool  # the words read as finished (a fragment ended by the wait stays joinable)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEnded:
+    """Why a turn ended: published as the call's ``end_of_turn`` event."""
+
+    reason: str
+    wait_ms: int
+    pause_ms: int
+    segments: int
+    continues: bool  # this turn goes on from the previous one (its reply is withdrawn)
+
+
+Decide = Callable[[Sequence[Segment]], Verdict]
+Out = SpeechEvent | TurnEnded
+
+
+@dataclass(slots=True)
+class _Ended:
+    segments: list[Segment]
+    ended_ms: int  # when the turn was ended (the rejoin window runs from there)
+    joinable: bool
+
+
+class TurnGate:
+    """One call's turns, from a recognizer's segments and the end-of-turn decision."""
+
+    def __init__(self, *, decide: Decide, rejoin_ms: int) -> None:
+        self._decide = decide
+        self._rejoin_ms = rejoin_ms
+        self._segs: list[Segment] = []  # the open turn's words so far
+        self._open = False  # a turn is open (its speech_started published)
+        self._speaking = False  # the recognizer has a segment in progress
+        self._seg_start: int | None = None
+        self._verdict: Verdict | None = None
+        self._continues = False
+        self._own = 0  # segments of words the open turn added (a continuation starts with old ones)
+        self._last: _Ended | None = None
+
+    @property
+    def holding(self) -> bool:
+        """Words are held, waiting for the pause to end the turn."""
+        return bool(self._segs) and not self._speaking
+
+    def on_event(self, ev: SpeechEvent, *, position_ms: int) -> list[Out]:
+        """A recognizer event (``position_ms``: audio consumed so far)."""
+        out: list[Out] = []
+        if ev.kind == "speech_started":
+            start = ev.speech_start_ms if ev.speech_start_ms is not None else ev.audio_ms
+            self._speaking, self._seg_start, self._verdict = True, start, None
+            if not self._open:
+                out.extend(self._open_turn(start, ev))
+        elif ev.kind == "interim":
+            if not self._open:
+                out.extend(self._open_turn(self._start_of(ev), None))
+            out.append(replace(ev, text=self._joined(ev.text), speech_start_ms=self._turn_start()))
+        elif ev.kind == "final":
+            out.extend(self._on_final(ev, position_ms))
+        # speech_stopped: the segment's end comes with its final; published when the turn ends
+        return out
+
+    def tick(self, *, position_ms: int) -> list[Out]:
+        """The audio advanced to ``position_ms``: end the turn when its pause is long enough."""
+        if not self.holding or self._verdict is None:
+            return []
+        pause = position_ms - self._segs[-1].end_ms
+        if pause < self._verdict.wait_ms:
+            return []
+        return self._end(self._verdict, pause)
+
+    def flush(self, *, position_ms: int) -> list[Out]:
+        """The stream ended: close a held turn."""
+        if not self._own:  # nothing new since the last turn ended
+            self._segs, self._open, self._continues = [], False, False
+            return []
+        verdict = Verdict(wait_ms=0, reason="stream_end", complete=True)
+        return self._end(verdict, position_ms - self._segs[-1].end_ms)
+
+    # ------------------------------------------------------------------ internals
+
+    def _start_of(self, ev: SpeechEvent) -> int:
+        return ev.speech_start_ms if ev.speech_start_ms is not None else ev.audio_ms
+
+    def _open_turn(self, start: int, ev: SpeechEvent | None) -> list[Out]:
+        self._open, self._own = True, 0
+        last = self._last
+        self._continues = bool(
+            last and last.joinable and start - last.ended_ms <= self._rejoin_ms and last.segments
+        )
+        if self._continues and last is not None:
+            self._segs = list(last.segments)  # the decision sees the whole sentence
+        self._last = None
+        return [ev] if ev is not None else []
+
+    def _on_final(self, ev: SpeechEvent, position_ms: int) -> list[Out]:
+        out: list[Out] = []
+        start = ev.speech_start_ms if ev.speech_start_ms is not None else self._seg_start
+        end = ev.speech_end_ms if ev.speech_end_ms is not None else ev.audio_ms
+        self._speaking, self._seg_start = False, None
+        if not ev.text.strip():
+            if not self._own:
+                # not speech (a cough, noise): end at once, as an empty final, so a paused
+                # barge-in reverts without waiting; a fragment before it stays joinable
+                return self._empty(ev)
+            return self.tick(position_ms=position_ms)  # noise inside a held turn: words stand
+        if not self._open:
+            out.extend(self._open_turn(start if start is not None else end, None))
+        self._own += 1
+        self._segs.append(
+            Segment(
+                text=ev.text.strip(),
+                confidence=ev.confidence,
+                start_ms=start if start is not None else end,
+                end_ms=end,
+            )
+        )
+        self._verdict = self._decide(self._segs)
+        out.extend(self.tick(position_ms=position_ms))
+        return out
+
+    def _empty(self, ev: SpeechEvent) -> list[Out]:
+        end = ev.speech_end_ms if ev.speech_end_ms is not None else ev.audio_ms
+        start = ev.speech_start_ms if ev.speech_start_ms is not None else end
+        if self._continues and self._segs:  # the fragment before stays joinable
+            self._last = _Ended(segments=self._segs, ended_ms=end, joinable=True)
+        self._segs, self._open, self._continues, self._verdict = [], False, False, None
+        return [
+            TurnEnded(reason="not_speech", wait_ms=0, pause_ms=0, segments=0, continues=False),
+            SpeechEvent(
+                kind="speech_stopped", audio_ms=end, speech_start_ms=start, speech_end_ms=end
+            ),
+            replace(ev, speech_start_ms=start, speech_end_ms=end),
+        ]
+
+    def _end(self, verdict: Verdict, pause_ms: int) -> list[Out]:
+        segs = self._segs
+        start, end = segs[0].start_ms, segs[-1].end_ms
+        confidences = [s.confidence for s in segs if s.confidence is not None]
+        text = " ".join(s.text for s in segs)
+        ended = TurnEnded(
+            reason=verdict.reason,
+            wait_ms=verdict.wait_ms,
+            pause_ms=pause_ms,
+            segments=len(segs),
+            continues=self._continues,
+        )
+        self._last = _Ended(
+            segments=list(segs), ended_ms=end + pause_ms, joinable=not verdict.complete
+        )
+        self._segs, self._open, self._verdict, self._continues = [], False, None, False
+        self._own = 0
+        return [
+            ended,  # first: the worker attaches it to the final that follows
+            SpeechEvent(
+                kind="speech_stopped", audio_ms=end, speech_start_ms=start, speech_end_ms=end
+            ),
+            SpeechEvent(
+                kind="final",
+                audio_ms=end,
+                text=text,
+                confidence=min(confidences) if confidences else None,
+                speech_start_ms=start,
+                speech_end_ms=end,
+            ),
+        ]
+
+    def _joined(self, text: str) -> str:
+        held = " ".join(s.text for s in self._segs)
+        return f"{held} {text}".strip() if held else text
+
+    def _turn_start(self) -> int | None:
+        return self._segs[0].start_ms if self._segs else self._seg_start

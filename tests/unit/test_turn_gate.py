@@ -1,0 +1,106 @@
+"""The turn gate on virtual time: segments joined into one turn, ended by the pause it needs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from services.asr.providers.base import SpeechEvent
+from services.asr.turntaking.turn_gate import Segment, TurnEnded, TurnGate, Verdict
+
+
+def _decide(segs: Sequence[Segment]) -> Verdict:
+    # A stand-in decision: words ending in "for" or "is" are a fragment.
+    last = segs[-1].text.rstrip(".").split()[-1].lower()
+    if last in {"for", "is"}:
+        return Verdict(wait_ms=2000, reason="trailing_word", complete=False)
+    return Verdict(wait_ms=300, reason="complete", complete=True)
+
+
+def _start(ms: int) -> SpeechEvent:
+    return SpeechEvent(kind="speech_started", audio_ms=ms, speech_start_ms=ms)
+
+
+def _final(text: str, start: int, end: int) -> SpeechEvent:
+    return SpeechEvent(
+        kind="final", audio_ms=end, text=text, speech_start_ms=start, speech_end_ms=end
+    )
+
+
+def _run(gate: TurnGate, script: list[tuple[int, SpeechEvent | None]], until: int) -> list[object]:
+    """Feed events at positions, ticking every 20 ms up to ``until``."""
+    out: list[object] = []
+    events = dict(script)
+    for pos in range(0, until + 1, 20):
+        if pos in events and events[pos] is not None:
+            ev = events[pos]
+            assert ev is not None
+            out.extend(gate.on_event(ev, position_ms=pos))
+        out.extend(gate.tick(position_ms=pos))
+    return out
+
+
+def _finals(out: list[object]) -> list[tuple[str, int]]:
+    return [
+        (o.text, o.speech_start_ms or 0)
+        for o in out
+        if isinstance(o, SpeechEvent) and o.kind == "final"
+    ]
+
+
+def test_a_complete_answer_ends_after_the_short_wait() -> None:
+    gate = TurnGate(decide=_decide, rejoin_ms=1500)
+    out = _run(gate, [(0, _start(0)), (1300, _final("Yes.", 0, 1000))], until=1600)
+    assert _finals(out) == [("Yes.", 0)]
+    ended = [o for o in out if isinstance(o, TurnEnded)]
+    assert ended and ended[0].reason == "complete" and ended[0].pause_ms == 300
+
+
+def test_a_fragment_waits_and_resumed_speech_makes_one_transcript() -> None:
+    gate = TurnGate(decide=_decide, rejoin_ms=1500)
+    script = [
+        (0, _start(0)),
+        (1600, _final("My date of birth is.", 0, 1300)),  # whisper's period on a fragment
+        (2500, _start(2500)),  # 1.2 s pause, then the sentence goes on
+        (3900, _final("March fourth.", 2500, 3600)),
+    ]
+    out = _run(gate, script, until=4500)
+    assert _finals(out) == [("My date of birth is. March fourth.", 0)]
+    starts = [o for o in out if isinstance(o, SpeechEvent) and o.kind == "speech_started"]
+    assert len(starts) == 1  # one utterance for the listener
+
+
+def test_a_fragment_ends_at_the_longest_wait_and_a_late_continuation_is_joined() -> None:
+    gate = TurnGate(decide=_decide, rejoin_ms=1500)
+    script = [
+        (0, _start(0)),
+        (1100, _final("I'd like to book an appointment for", 0, 1000)),
+        (3600, _start(3600)),  # 2.6 s later: the wait (2 s) ran out, within the rejoin window
+        (4800, _final("Tuesday.", 3600, 4500)),
+    ]
+    out = _run(gate, script, until=5200)
+    assert [t for t, _ in _finals(out)] == [
+        "I'd like to book an appointment for",
+        "I'd like to book an appointment for Tuesday.",
+    ]
+    ended = [o for o in out if isinstance(o, TurnEnded)]
+    assert [e.continues for e in ended] == [False, True]
+
+
+def test_noise_alone_ends_at_once_as_an_empty_final() -> None:
+    gate = TurnGate(decide=_decide, rejoin_ms=1500)
+    out = _run(gate, [(0, _start(0)), (500, _final("", 0, 300))], until=600)
+    assert _finals(out) == [("", 0)]
+    assert [o.reason for o in out if isinstance(o, TurnEnded)] == ["not_speech"]
+
+
+def test_a_complete_sentence_after_the_rejoin_window_is_a_new_turn() -> None:
+    gate = TurnGate(decide=_decide, rejoin_ms=1500)
+    script = [
+        (0, _start(0)),
+        (1100, _final("Thanks.", 0, 1000)),
+        (1800, _start(1800)),
+        (2600, _final("Bye.", 1800, 2400)),
+    ]
+    out = _run(gate, script, until=3000)
+    assert [t for t, _ in _finals(out)] == ["Thanks.", "Bye."]
+    assert not any(o.continues for o in out if isinstance(o, TurnEnded))
