@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.asr.providers.base import SpeechEvent
-from services.asr.turntaking.turn_gate import Segment, TurnEnded, TurnGate, Verdict
+from services.asr.providers.base import EndOfTurn, SpeechEvent
+from services.asr.turntaking.turn_gate import Segment, TurnGate, Verdict
 
 
 def _decide(segs: Sequence[Segment]) -> Verdict:
@@ -47,11 +47,15 @@ def _finals(out: list[object]) -> list[tuple[str, int]]:
     ]
 
 
+def _ended(out: list[object]) -> list[EndOfTurn]:
+    return [o.end_of_turn for o in out if isinstance(o, SpeechEvent) and o.end_of_turn]
+
+
 def test_a_complete_answer_ends_after_the_short_wait() -> None:
     gate = TurnGate(decide=_decide, rejoin_ms=1500)
     out = _run(gate, [(0, _start(0)), (1300, _final("Yes.", 0, 1000))], until=1600)
     assert _finals(out) == [("Yes.", 0)]
-    ended = [o for o in out if isinstance(o, TurnEnded)]
+    ended = _ended(out)
     assert ended and ended[0].reason == "complete" and ended[0].pause_ms == 300
 
 
@@ -82,7 +86,7 @@ def test_a_fragment_ends_at_the_longest_wait_and_a_late_continuation_is_joined()
         "I'd like to book an appointment for",
         "I'd like to book an appointment for Tuesday.",
     ]
-    ended = [o for o in out if isinstance(o, TurnEnded)]
+    ended = _ended(out)
     assert [e.continues for e in ended] == [False, True]
 
 
@@ -90,7 +94,11 @@ def test_noise_alone_ends_at_once_as_an_empty_final() -> None:
     gate = TurnGate(decide=_decide, rejoin_ms=1500)
     out = _run(gate, [(0, _start(0)), (500, _final("", 0, 300))], until=600)
     assert _finals(out) == [("", 0)]
-    assert [o.reason for o in out if isinstance(o, TurnEnded)] == ["not_speech"]
+    assert [e.reason for e in _ended(out)] == ["not_speech"]
+
+
+def _ended(out: list[object]) -> list[EndOfTurn]:
+    return [o.end_of_turn for o in out if isinstance(o, SpeechEvent) and o.end_of_turn]
 
 
 def test_a_complete_sentence_after_the_rejoin_window_is_a_new_turn() -> None:
@@ -103,4 +111,4 @@ def test_a_complete_sentence_after_the_rejoin_window_is_a_new_turn() -> None:
     ]
     out = _run(gate, script, until=3000)
     assert [t for t, _ in _finals(out)] == ["Thanks.", "Bye."]
-    assert not any(o.continues for o in out if isinstance(o, TurnEnded))
+    assert not any(e.continues for e in _ended(out))

@@ -36,6 +36,17 @@ CALL_CPU: ContextVar[CpuMeter | None] = ContextVar("asr_call_cpu", default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
+class EndOfTurn:
+    """Why a turn ended (the ``end_of_turn`` event of the call): set on a turn's final."""
+
+    reason: str  # "complete", "trailing word 'for'", "not_speech", "stream_end", ...
+    wait_ms: int  # the pause the words needed before the turn could end
+    pause_ms: int  # the pause when it ended
+    segments: int  # recognizer segments joined into this turn
+    continues: bool  # it goes on from the previous turn (whose reply is withdrawn)
+
+
+@dataclass(frozen=True, kw_only=True)
 class SpeechEvent:
     """What a recognizer noticed in the caller's audio.
 
@@ -49,6 +60,7 @@ class SpeechEvent:
     confidence: float | None = None
     speech_start_ms: int | None = None
     speech_end_ms: int | None = None
+    end_of_turn: EndOfTurn | None = None  # on a final: why the turn ended (the turn gate's)
 
 
 class AsrProvider(ABC):

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from services.asr.providers.base import SpeechEvent
+from services.asr.providers.base import EndOfTurn, SpeechEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,19 +41,7 @@ class Verdict:
     complete: bool  # the words read as finished (a fragment ended by the wait stays joinable)
 
 
-@dataclass(frozen=True, slots=True)
-class TurnEnded:
-    """Why a turn ended: published as the call's ``end_of_turn`` event."""
-
-    reason: str
-    wait_ms: int
-    pause_ms: int
-    segments: int
-    continues: bool  # this turn goes on from the previous one (its reply is withdrawn)
-
-
 Decide = Callable[[Sequence[Segment]], Verdict]
-Out = SpeechEvent | TurnEnded
 
 
 @dataclass(slots=True)
@@ -83,9 +71,9 @@ class TurnGate:
         """Words are held, waiting for the pause to end the turn."""
         return bool(self._segs) and not self._speaking
 
-    def on_event(self, ev: SpeechEvent, *, position_ms: int) -> list[Out]:
+    def on_event(self, ev: SpeechEvent, *, position_ms: int) -> list[SpeechEvent]:
         """A recognizer event (``position_ms``: audio consumed so far)."""
-        out: list[Out] = []
+        out: list[SpeechEvent] = []
         if ev.kind == "speech_started":
             start = ev.speech_start_ms if ev.speech_start_ms is not None else ev.audio_ms
             self._speaking, self._seg_start, self._verdict = True, start, None
@@ -100,7 +88,7 @@ class TurnGate:
         # speech_stopped: the segment's end comes with its final; published when the turn ends
         return out
 
-    def tick(self, *, position_ms: int) -> list[Out]:
+    def tick(self, *, position_ms: int) -> list[SpeechEvent]:
         """The audio advanced to ``position_ms``: end the turn when its pause is long enough."""
         if not self.holding or self._verdict is None:
             return []
@@ -109,7 +97,7 @@ class TurnGate:
             return []
         return self._end(self._verdict, pause)
 
-    def flush(self, *, position_ms: int) -> list[Out]:
+    def flush(self, *, position_ms: int) -> list[SpeechEvent]:
         """The stream ended: close a held turn."""
         if not self._own:  # nothing new since the last turn ended
             self._segs, self._open, self._continues = [], False, False
@@ -122,7 +110,7 @@ class TurnGate:
     def _start_of(self, ev: SpeechEvent) -> int:
         return ev.speech_start_ms if ev.speech_start_ms is not None else ev.audio_ms
 
-    def _open_turn(self, start: int, ev: SpeechEvent | None) -> list[Out]:
+    def _open_turn(self, start: int, ev: SpeechEvent | None) -> list[SpeechEvent]:
         self._open, self._own = True, 0
         last = self._last
         self._continues = bool(
@@ -133,8 +121,8 @@ class TurnGate:
         self._last = None
         return [ev] if ev is not None else []
 
-    def _on_final(self, ev: SpeechEvent, position_ms: int) -> list[Out]:
-        out: list[Out] = []
+    def _on_final(self, ev: SpeechEvent, position_ms: int) -> list[SpeechEvent]:
+        out: list[SpeechEvent] = []
         start = ev.speech_start_ms if ev.speech_start_ms is not None else self._seg_start
         end = ev.speech_end_ms if ev.speech_end_ms is not None else ev.audio_ms
         self._speaking, self._seg_start = False, None
@@ -159,26 +147,26 @@ class TurnGate:
         out.extend(self.tick(position_ms=position_ms))
         return out
 
-    def _empty(self, ev: SpeechEvent) -> list[Out]:
+    def _empty(self, ev: SpeechEvent) -> list[SpeechEvent]:
         end = ev.speech_end_ms if ev.speech_end_ms is not None else ev.audio_ms
         start = ev.speech_start_ms if ev.speech_start_ms is not None else end
         if self._continues and self._segs:  # the fragment before stays joinable
             self._last = _Ended(segments=self._segs, ended_ms=end, joinable=True)
         self._segs, self._open, self._continues, self._verdict = [], False, False, None
+        ended = EndOfTurn(reason="not_speech", wait_ms=0, pause_ms=0, segments=0, continues=False)
         return [
-            TurnEnded(reason="not_speech", wait_ms=0, pause_ms=0, segments=0, continues=False),
             SpeechEvent(
                 kind="speech_stopped", audio_ms=end, speech_start_ms=start, speech_end_ms=end
             ),
-            replace(ev, speech_start_ms=start, speech_end_ms=end),
+            replace(ev, speech_start_ms=start, speech_end_ms=end, end_of_turn=ended),
         ]
 
-    def _end(self, verdict: Verdict, pause_ms: int) -> list[Out]:
+    def _end(self, verdict: Verdict, pause_ms: int) -> list[SpeechEvent]:
         segs = self._segs
         start, end = segs[0].start_ms, segs[-1].end_ms
         confidences = [s.confidence for s in segs if s.confidence is not None]
         text = " ".join(s.text for s in segs)
-        ended = TurnEnded(
+        ended = EndOfTurn(
             reason=verdict.reason,
             wait_ms=verdict.wait_ms,
             pause_ms=pause_ms,
@@ -191,7 +179,6 @@ class TurnGate:
         self._segs, self._open, self._verdict, self._continues = [], False, None, False
         self._own = 0
         return [
-            ended,  # first: the worker attaches it to the final that follows
             SpeechEvent(
                 kind="speech_stopped", audio_ms=end, speech_start_ms=start, speech_end_ms=end
             ),
@@ -202,6 +189,7 @@ class TurnGate:
                 confidence=min(confidences) if confidences else None,
                 speech_start_ms=start,
                 speech_end_ms=end,
+                end_of_turn=ended,
             ),
         ]
 
