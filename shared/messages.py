@@ -73,6 +73,11 @@ class Transcript(BusMessage):
     speech_ended_at: float | None = Field(
         default=None, description="wall clock of the end of caller speech (latency origin)"
     )
+    continues: int | None = Field(
+        default=None,
+        description="on a final: the utterance this one goes on from (a fragment ended by the "
+        "end-of-turn wait); its words are included and its reply is withdrawn",
+    )
 
 
 TranscriptMsg = Annotated[SpeechStarted | SpeechStopped | Transcript, Field(discriminator="type")]

@@ -211,7 +211,15 @@ class History:
                 log.warning("unreadable history entry dropped", **kv(call=call_sid))
         cuts = read_cuts(await self.store.hgetall(call_key("heard", call_sid)))
         heard = {turn: (cut.seq, cut.text) for turn, cut in cuts.items()}
+        withdrawn = await self.store.hgetall(call_key("withdrawn", call_sid))
+        if withdrawn:
+            entries = [e for e in entries if str(e.get(f"{PRIVATE_PREFIX}turn")) not in withdrawn]
         return truncate_spoken(entries, heard)
+
+    async def withdraw(self, call_sid: str, *, turn: int) -> None:
+        """Leave ``turn`` (the caller's words and the reply) out of the conversation: the caller
+        went on after a fragment, and the next turn answers the whole sentence."""
+        await self.store.hset(call_key("withdrawn", call_sid), str(turn), "1", ttl_s=self.ttl_s)
 
     async def load(self, call_sid: str) -> list[dict[str, Any]]:
         """The conversation so far, as clean chat messages, truncated to what was heard."""
@@ -308,7 +316,7 @@ class History:
             *(
                 call_key(k, call_sid)
                 for k in (
-                    *("hist", "heard", "turn", "gen", "appt", "seen", OUTBOUND),
+                    *("hist", "heard", "withdrawn", "turn", "gen", "appt", "seen", OUTBOUND),
                     *_VERIFICATION_KEYS,
                 )
             )

@@ -65,6 +65,7 @@ class TurnJob:
     received: float = field(default_factory=time.perf_counter)
     traceparent: str | None = None  # trace context of the message that started the turn
     outbound: OutboundContext | None = None  # on the opening turn of a call we placed
+    continues: int | None = None  # the utterance these words go on from: withdraw its turn
 
 
 @dataclass(eq=False)
@@ -249,6 +250,13 @@ class Turns:
     ) -> list[dict[str, Any]]:
         """The history the provider answers from; the caller's words are stored once."""
         sid = job.call_sid
+        if job.continues is not None and resume is None:
+            # The caller went on after a fragment: its turn (words, reply) leaves the history,
+            # these words include it. Its task was superseded, so it has stored what it said.
+            with contextlib.suppress(Exception):
+                fragment = await self._leases.progress(sid, job.continues)
+                if fragment is not None:
+                    await self._history.withdraw(sid, turn=fragment.turn)
         history = await self._history.load(sid)
         if resume is not None and history and history[-1] == {"role": "user", "content": job.text}:
             history = history[:-1]  # the dead holder stored the words: they are the input

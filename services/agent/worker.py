@@ -163,6 +163,7 @@ class AgentWorker:
                 keys=await self._held_keys.take(tr.call_sid),
                 utterance_id=tr.utterance_id,
                 speech_ended_at=tr.speech_ended_at,
+                continues=tr.continues,
                 traceparent=traceparent_of(msg.headers),
             )
         )

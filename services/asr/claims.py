@@ -36,6 +36,7 @@ class HeldCall:
     stage_failed: bool = False  # StageFailed already published (the agent apologized)
     traceparent: str | None = None  # the call's trace context (from the gateway's frames)
     cpu: CpuMeter = field(default_factory=CpuMeter)  # embedded recognizers' CPU for this call
+    last_final_id: int | None = None  # the last utterance with words (a continuation's origin)
 
 
 class EndedCalls:

@@ -98,6 +98,11 @@ class SpeechPublisher:
             ),
             asr_ms=asr_ms,
             speech_ended_at=u.speech_ended_at if final else None,
+            continues=(
+                call.last_final_id
+                if final and ev.end_of_turn is not None and ev.end_of_turn.continues
+                else None
+            ),
         )
         if not final:
             await self.publish(subjects.transcript(call.sid), msg.to_bytes())
@@ -134,6 +139,20 @@ class SpeechPublisher:
             confidence=ev.confidence,
             provider=self._provider,
         )
+        if ev.text.strip():
+            call.last_final_id = u.id
+        eot = ev.end_of_turn
+        if eot is not None:  # why the turn ended, for an engineer tailing the call
+            await self.event(
+                call.sid,
+                "end_of_turn",
+                utterance_id=u.id,
+                reason=eot.reason,
+                wait_ms=eot.wait_ms,
+                pause_ms=eot.pause_ms,
+                segments=eot.segments,
+                continues=msg.continues,
+            )
 
     async def usage(self, call: HeldCall) -> None:
         """The call's audio on the recognizer that took it (shared.usage), for its cost."""
