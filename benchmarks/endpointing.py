@@ -266,7 +266,7 @@ def evaluate(
     as ``ENDPOINTING_MAX_MS`` (blocking: whisper and Piper run in this thread)."""
     s = settings or Settings()
     if synth is None:
-        from voiceagent.voices import synthesize
+        from devkit.voices import synthesize
 
         synth = synthesize
     if decode is None:
