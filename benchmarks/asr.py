@@ -80,7 +80,7 @@ class PathResult:
 
 def samples(*, voices: Sequence[str] | None = None) -> list[Sample]:
     """The evaluation set (deterministic: Piper without its sampling noise where it can)."""
-    from benchmarks import robustness as rb
+    from devkit import caller_audio as rb
     from devkit.voices import load_wav
 
     pad = np.zeros(SAMPLE_RATE // 5, dtype=np.float32)

@@ -204,7 +204,7 @@ class IntakeResult:
 
 
 def _free_port() -> int:
-    from voiceagent.stack import free_port
+    from voiceagent.ports import free_port
 
     return free_port()
 
@@ -218,7 +218,7 @@ async def _private_nats(tmp: str) -> tuple[ProcessSpec, str]:
 async def _wait_port(url: str, timeout_s: float = 10.0) -> None:
     from urllib.parse import urlsplit
 
-    from voiceagent.stack import reachable
+    from voiceagent.ports import reachable
 
     u = urlsplit(url)
     deadline = time.monotonic() + timeout_s

@@ -871,7 +871,8 @@ async def run_bench(opts: BenchOptions, *, out: Output = print) -> list[Row]:
     import nats
 
     from shared.settings import Settings
-    from voiceagent.stack import Stack, free_port
+    from voiceagent.ports import free_port
+    from voiceagent.stack import Stack
 
     port = free_port()
     env = {

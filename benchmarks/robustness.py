@@ -551,7 +551,8 @@ async def run_calls(
     import tempfile
     from pathlib import Path
 
-    from voiceagent.stack import Stack, free_port
+    from voiceagent.ports import free_port
+    from voiceagent.stack import Stack
 
     say = progress or (lambda _l: None)
     port, nats_port = free_port(), free_port()

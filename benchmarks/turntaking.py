@@ -191,7 +191,8 @@ async def run_bench(*, trials: int = 10) -> str:
     import shutil
     import tempfile
 
-    from voiceagent.stack import free_port, nats_server_binary, reachable
+    from voiceagent.ports import free_port, reachable
+    from voiceagent.stack import nats_server_binary
 
     port = free_port()
     store = tempfile.mkdtemp(prefix="bench-turn-")

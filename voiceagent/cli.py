@@ -443,7 +443,8 @@ def demo_failures(result: Any, script: Sequence[str]) -> list[str]:
 
 async def _demo(args: argparse.Namespace) -> int:
     from devkit.simulator import say
-    from voiceagent.stack import Stack, free_port
+    from voiceagent.ports import free_port
+    from voiceagent.stack import Stack
 
     port = free_port()
     env = {"PORT": str(port), "PUBLIC_URL": f"http://127.0.0.1:{port}", "HOST": "127.0.0.1"}
@@ -490,7 +491,8 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _fakes(args: argparse.Namespace) -> int:
-    from voiceagent.cloud import plan_cloud, preferred_ports, wait_listening
+    from voiceagent.cloud import plan_cloud, preferred_ports
+    from voiceagent.ports import wait_listening
     from voiceagent.supervisor import Supervisor
 
     plan = plan_cloud(ports=preferred_ports(), api_key=args.api_key)
@@ -498,7 +500,7 @@ async def _fakes(args: argparse.Namespace) -> int:
     await sup.start()
     try:
         try:
-            await wait_listening(plan.ports)
+            await wait_listening(plan.ports, what="fakes")
         except TimeoutError as e:
             _out(f"fakes not ready: {e}")
             for line in sup.recent_output()[-20:]:
