@@ -35,7 +35,8 @@ from shared.audio import ulaw_to_float
 from shared.messages import ReplySegment, Transcript, parse_reply, parse_transcript
 from shared.settings import Settings
 from voiceagent.cli import result_summary
-from voiceagent.stack import Stack, free_port, reachable
+from voiceagent.ports import free_port, reachable
+from voiceagent.stack import Stack
 
 pytestmark = pytest.mark.integration
 
