@@ -245,6 +245,18 @@ def _cli_without_dev_packages(*argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_every_voiceagent_module_imports_without_the_dev_packages() -> None:
+    code = _WITHOUT_DEV_PACKAGES.split("sys.argv[0]")[0] + (
+        "import importlib, pkgutil, voiceagent\n"
+        "for m in pkgutil.walk_packages(voiceagent.__path__, 'voiceagent.'):\n"
+        "    importlib.import_module(m.name)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_the_cli_starts_without_the_dev_packages() -> None:
     for argv in (["--help"], ["bench", "--help"], ["up", "--help"]):
         proc = _cli_without_dev_packages(*argv)
