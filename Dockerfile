@@ -10,6 +10,8 @@ FROM python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd6
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
+# The shipped packages only: devkit/ (call simulator, provider fakes) and benchmarks/ are for
+# development (tests/unit/test_image.py checks they stay out).
 COPY shared ./shared
 COPY services ./services
 COPY voiceagent ./voiceagent

@@ -18,7 +18,7 @@ margin applies.
 
 Pure logic, one instance per call: used by the local recognizer's endpointer
 (``services/asr/providers/local.py``) and the gateway's barge-in detector
-(``services/gateway/bargein.py``).
+(``services/gateway/turntaking/voice_activity.py``).
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ from typing import Literal
 
 import uvicorn
 
+from devkit.fakes._server import QuietServer
 from services.gateway.app import create_app, server_options
 from services.gateway.runtime import Gateway
 from shared.settings import Settings
-from voiceagent.fakes._server import QuietServer
 
 
 @dataclass

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from voiceagent.stack import free_port, reachable
+from voiceagent.ports import free_port, reachable
 
 __all__ = ["free_port", "nats_server_binary", "private_nats_server", "reachable", "wait_listening"]
 

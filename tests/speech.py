@@ -6,7 +6,7 @@ Reusable by any test that needs a caller saying something: ``synthesize_mulaw(te
 Rendered without Piper's sampling noise, so a test hears the same audio on every run: with it,
 about one rendering in five of "I'd like to book an appointment for" decodes as "... for it."
 (a complete sentence, so the turn ends at the pause). How the system copes with varied voices
-is measured by the benches (``voiceagent.bench_robustness``, ``bench_endpointing``), not here.
+is measured by the benches (``benchmarks.robustness``, ``bench_endpointing``), not here.
 """
 
 from __future__ import annotations

@@ -1,18 +1,18 @@
-"""``voiceagent bench`` arguments and dispatch (kept out of :mod:`voiceagent.cli`)."""
+"""``voiceagent bench`` arguments, and the hand-over to :mod:`benchmarks.suite`.
+
+The parser is here so ``voiceagent --help`` works where the benchmarks are not installed (the
+production image); running a bench needs them (and :mod:`devkit`).
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
-import time
 from collections.abc import Callable
 from typing import Any
 
-Output = Callable[[str], None]
+from voiceagent.devtools import missing_dev_packages
 
-# Benchmarks other modules contribute: each module's ``run_bench`` is called when present.
-EXTRA_BENCHES = ("voiceagent.bench_turntaking", "voiceagent.bench_endpointing")
+Output = Callable[[str], None]
 
 
 def _steps(text: str) -> tuple[int, ...]:
@@ -27,8 +27,6 @@ def _steps(text: str) -> tuple[int, ...]:
 
 def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``bench`` sub-command to ``voiceagent``'s sub-parsers."""
-    from voiceagent.bench import DEFAULT_STEPS
-
     b: argparse.ArgumentParser = sub.add_parser(
         "bench",
         help="capacity and latency: N concurrent simulated calls against the stack",
@@ -45,7 +43,7 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     b.add_argument(
         "--steps",
         type=_steps,
-        default=DEFAULT_STEPS,
+        default=None,  # benchmarks.load.DEFAULT_STEPS (not importable where they are absent)
         metavar="N,N,...",
         help="concurrent calls per step (default 1,10,50,100,200,300,500,1000)",
     )
@@ -120,90 +118,12 @@ def _settings(text: str) -> dict[str, str]:
     return out
 
 
-async def _extra(module: str, out: Output) -> None:
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        out(f"bench: {module} is not available here: its table is skipped")
-        return
-    fn = getattr(mod, "run_bench", None)
-    if fn is None:
-        out(f"bench: {module} has no run_bench(): its table is skipped")
-        return
-    params = inspect.signature(fn).parameters
-    result = fn(out=out) if "out" in params else fn()
-    if inspect.isawaitable(result):
-        result = await result
-    if isinstance(result, str):
-        out(result)
-
-
-async def _run_ab(args: argparse.Namespace, mode: Any, *, out: Output) -> None:
-    """Each step on a stack with ``--ab``'s settings and on the defaults, interleaved (a busy
-    machine's load drifts: both variants of a step run minutes apart at most)."""
-    from dataclasses import replace
-
-    from voiceagent.bench import BenchOptions, ab_table, run_bench, steps_for
-
-    cap = args.max_calls if mode == "instant" else args.embedded_max_calls
-    base = BenchOptions(
-        mode=mode,
-        steps=args.steps,
-        max_calls=cap,
-        asr=args.asr,
-        agent=args.agent,
-        tts=args.tts,
-        keep_going=True,
-    )
-    before = ",".join(f"{k}={v}" for k, v in args.ab.items())
-    variants = [(dict(args.ab), f"before ({before})"), ({}, "defaults")]
-    rows = []
-    for n in steps_for(base):
-        for r in range(max(1, args.ab_rounds)):
-            for env, label in variants if r % 2 == 0 else variants[::-1]:
-                out(f"\n=== bench A/B: {mode}, N={n}, {label}, round {r + 1} ===")
-                opts = replace(base, steps=(n,), max_calls=n, env=env, label=label)
-                rows += await run_bench(opts, out=out)
-    out(f"\n=== bench A/B: {mode} ===")
-    out(ab_table(rows, before=variants[0][1], after=variants[1][1]))
-
-
 async def run_bench_command(args: argparse.Namespace, *, out: Output) -> int:
     """Run what ``voiceagent bench`` was asked for; exit code 0 when it completed."""
-    from voiceagent.bench import BenchOptions, Mode, run_bench
+    missing = missing_dev_packages("voiceagent bench", ("benchmarks", "devkit"))
+    if missing:
+        out(missing)
+        return 2
+    from benchmarks.suite import run_suite
 
-    began = time.monotonic()
-    modes: tuple[Mode, ...] = ("instant", "embedded") if args.mode == "both" else (args.mode,)
-    mode: Mode
-    if not args.no_capacity:
-        # First, while this process is fresh: its load generators must keep real time.
-        from voiceagent.bench_capacity import asr_intake, gateway_capacity
-
-        out("\n=== bench: one ASR worker's audio intake (recognizer excluded) ===")
-        out((await asr_intake(calls=args.asr_calls, out=out)).describe())
-        out("\n=== bench: one gateway process, one core ===")
-        out((await gateway_capacity(calls=args.gateway_calls, out=out)).describe())
-    for mode in modes:
-        if args.ab:
-            await _run_ab(args, mode, out=out)
-            continue
-        cap = args.max_calls if mode == "instant" else args.embedded_max_calls
-        opts = BenchOptions(
-            mode=mode,
-            steps=args.steps,
-            max_calls=cap,
-            asr=args.asr,
-            agent=args.agent,
-            tts=args.tts,
-            keep_going=args.keep_going,
-            soak_waves=args.soak_waves if mode == "instant" else 0,
-            soak_calls=args.soak_calls,
-        )
-        out(f"\n=== bench: {mode} providers, up to {cap} concurrent calls ===")
-        await run_bench(opts, out=out)
-    if not args.no_extras:
-        for module in EXTRA_BENCHES:
-            out(f"\n=== bench: {module.rsplit('_', 1)[-1]} ===")
-            await _extra(module, out)
-    out(f"\nbench: done in {time.monotonic() - began:.0f} s")
-    return 0
+    return await run_suite(args, out=out)

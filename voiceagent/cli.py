@@ -298,7 +298,7 @@ def _call_target(args: argparse.Namespace) -> dict[str, str]:
 
 
 def result_summary(result: Any) -> dict[str, Any]:
-    """A JSON-able summary of a :class:`~voiceagent.simulator.CallResult`."""
+    """A JSON-able summary of a :class:`~devkit.simulator.CallResult`."""
     return {
         "call_sid": result.call_sid,
         "stream_sid": result.stream_sid,
@@ -326,7 +326,7 @@ def result_summary(result: Any) -> dict[str, Any]:
 async def _place(
     turns: Sequence[Any], target: dict[str, str], args: argparse.Namespace, out: Path | None
 ) -> Any:
-    from voiceagent.simulator import place_call
+    from devkit.simulator import place_call
 
     _out(f"calling {target['gateway_url']} (as Twilio for {target['public_url']}/voice)")
     result = await place_call(
@@ -362,8 +362,8 @@ async def _place(
 
 
 async def _call(args: argparse.Namespace) -> int:
-    from voiceagent.simulator import CallerTurn
-    from voiceagent.voices import VoiceUnavailable
+    from devkit.simulator import CallerTurn
+    from devkit.voices import VoiceUnavailable
 
     turns = [CallerTurn(kind=k, value=v) for k, v in (getattr(args, "turns", None) or [])]
     target = _call_target(args)
@@ -425,7 +425,7 @@ async def _tail(args: argparse.Namespace) -> int:
 
 def demo_failures(result: Any, script: Sequence[str]) -> list[str]:
     """Why a demo call failed (empty when the caller was understood and answered)."""
-    from voiceagent.simulator import word_recall
+    from devkit.simulator import word_recall
 
     problems = list(result.protocol_errors)
     if result.ended_by == "rejected":
@@ -442,8 +442,9 @@ def demo_failures(result: Any, script: Sequence[str]) -> list[str]:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from voiceagent.simulator import say
-    from voiceagent.stack import Stack, free_port
+    from devkit.simulator import say
+    from voiceagent.ports import free_port
+    from voiceagent.stack import Stack
 
     port = free_port()
     env = {"PORT": str(port), "PUBLIC_URL": f"http://127.0.0.1:{port}", "HOST": "127.0.0.1"}
@@ -490,7 +491,8 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _fakes(args: argparse.Namespace) -> int:
-    from voiceagent.cloud import plan_cloud, preferred_ports, wait_listening
+    from voiceagent.cloud import plan_cloud, preferred_ports
+    from voiceagent.ports import wait_listening
     from voiceagent.supervisor import Supervisor
 
     plan = plan_cloud(ports=preferred_ports(), api_key=args.api_key)
@@ -498,7 +500,7 @@ async def _fakes(args: argparse.Namespace) -> int:
     await sup.start()
     try:
         try:
-            await wait_listening(plan.ports)
+            await wait_listening(plan.ports, what="fakes")
         except TimeoutError as e:
             _out(f"fakes not ready: {e}")
             for line in sup.recent_output()[-20:]:
@@ -521,10 +523,29 @@ async def _fakes(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- entry point
 
 
+# Commands that run the call simulator or the provider fakes (devkit, not in the image).
+DEVKIT_COMMANDS = ("call", "demo", "fakes")
+
+
+def _missing_devkit(args: argparse.Namespace) -> str | None:
+    """The line saying ``args``' command needs devkit and it is absent here, else None."""
+    from voiceagent.devtools import missing_dev_packages
+
+    if args.command in DEVKIT_COMMANDS:
+        return missing_dev_packages(f"voiceagent {args.command}")
+    if args.command == "up" and args.providers == "cloud":
+        return missing_dev_packages("voiceagent up --providers cloud")
+    return None  # bench checks for itself (it needs the benchmarks too)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console script ``voiceagent``."""
     args = build_parser().parse_args(argv)
     cmd = args.command
+    missing = _missing_devkit(args)
+    if missing:
+        _out(missing)
+        sys.exit(2)
     if cmd in SERVICE_COMMANDS:
         module = f"services.{cmd}"
         os.execv(sys.executable, [sys.executable, "-m", module])

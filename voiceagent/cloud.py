@@ -1,19 +1,19 @@
 """The cloud providers (Deepgram, OpenAI with MCP tools, ElevenLabs) offline, against our fakes.
 
 ``voiceagent up --providers cloud`` and ``voiceagent demo --providers cloud`` start the four
-wire-protocol fakes of :mod:`voiceagent.fakes` as supervised processes on loopback ports and
+wire-protocol fakes of :mod:`devkit.fakes` as supervised processes on loopback ports and
 point the services' official SDKs at them; ``voiceagent fakes`` runs only the fakes and prints
 the environment lines that select them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from voiceagent.ports import free_port, reachable
 from voiceagent.supervisor import ProcessSpec
 
 Output = Callable[[str], None]
@@ -23,7 +23,7 @@ Output = Callable[[str], None]
 class Fake:
     """One fake: its module, the port its command defaults to, and the provider it stands for."""
 
-    name: str  # process name, and ``voiceagent.fakes.<name>``
+    name: str  # process name, and ``devkit.fakes.<name>``
     label: str
     default_port: int
     keyed: bool  # takes ``--api-key``
@@ -114,8 +114,6 @@ def plan_cloud(
     for a provider that is not faked is kept). ``base_env``: extra environment of the fakes
     (the Deepgram fake's embedded recognizer reads the ASR settings).
     """
-    from voiceagent.stack import free_port
-
     given = dict(given or {})
     key = api_key or "fake-" + secrets.token_hex(8)
     urls: dict[str, str] = {}
@@ -128,7 +126,7 @@ def plan_cloud(
         port = (ports or {}).get(fake.name) or free_port()
         started[fake.name] = port
         urls[fake.name] = fake_url(fake.name, port)
-        argv = [sys.executable, "-m", f"voiceagent.fakes.{fake.name}", "--port", str(port)]
+        argv = [sys.executable, "-m", f"devkit.fakes.{fake.name}", "--port", str(port)]
         if fake.keyed:
             argv += ["--api-key", key]
         specs.append(ProcessSpec(name=f"fake-{fake.name}", argv=argv, env=dict(base_env or {})))
@@ -141,30 +139,10 @@ def plan_cloud(
 
 def preferred_ports() -> dict[str, int]:
     """Each fake's documented port when it is free now (stable ``.env`` lines), else a free one."""
-    from voiceagent.stack import free_port, reachable
-
     return {
         f.name: free_port() if reachable("127.0.0.1", f.default_port) else f.default_port
         for f in FAKES
     }
-
-
-async def wait_listening(ports: Mapping[str, int], *, timeout_s: float = 60.0) -> None:
-    """Until every fake accepts TCP connections; ``TimeoutError`` names the missing ones."""
-    from voiceagent.stack import reachable
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    pending = dict(ports)
-    while pending:
-        for name, port in list(pending.items()):
-            if await asyncio.to_thread(reachable, "127.0.0.1", port, timeout=0.2):
-                del pending[name]
-        if pending:
-            if loop.time() > deadline:
-                missing = ", ".join(sorted(pending))
-                raise TimeoutError(f"fakes not listening after {timeout_s:.0f} s: {missing}")
-            await asyncio.sleep(0.1)
 
 
 __all__ = [
@@ -175,5 +153,4 @@ __all__ = [
     "plan_cloud",
     "preferred_ports",
     "provider_env",
-    "wait_listening",
 ]

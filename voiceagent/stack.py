@@ -12,10 +12,10 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,8 +34,8 @@ from shared.messages import (
     ReplySegment,
 )
 from shared.settings import Settings, nats_servers
-from voiceagent.cloud import CloudPlan, plan_cloud, wait_listening
-from voiceagent.simulator import new_sid
+from voiceagent.cloud import CloudPlan, plan_cloud
+from voiceagent.ports import free_port, reachable, wait_listening
 from voiceagent.supervisor import ProcessSpec, Supervisor
 
 Output = Callable[[str], None]
@@ -45,20 +45,12 @@ _STAGE_VARS = ("ASR_PROVIDER", "AGENT_PROVIDER", "TTS_PROVIDER")
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0", ""}
 
 
-def reachable(host: str, port: int, *, timeout: float = 0.5) -> bool:
-    """A TCP connection to ``host:port`` succeeds."""
-    try:
-        with socket.create_connection((host or "127.0.0.1", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+def new_sid(prefix: str) -> str:
+    """A Twilio-shaped SID (two letters, 32 hex digits) for probe calls and a dev account.
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    The same shape as :func:`devkit.simulator.new_sid`; the shipped CLI does not import devkit.
+    """
+    return prefix + uuid.uuid4().hex
 
 
 def nats_server_binary() -> Path:
@@ -468,7 +460,7 @@ class Stack:
                 stop_timeout_s=self._stop_timeout,
             )
             await self.fakes.start()
-            await wait_listening(self.cloud.ports)
+            await wait_listening(self.cloud.ports, what="fakes")
         self.supervisor = Supervisor(
             specs=specs,
             output=self._service_output,
@@ -539,6 +531,7 @@ __all__ = [
     "StackInfo",
     "free_port",
     "nats_spec",
+    "new_sid",
     "read_state",
     "redis_reachable",
     "service_specs",

@@ -22,6 +22,9 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 
+from devkit.fakes.elevenlabs import FakeElevenLabs
+from devkit.fakes.openai import FakeOpenAI
+from devkit.simulator import CallerTurn, CallResult, SimulatedCall, new_sid, prepare_turns
 from shared import subjects
 from shared.messages import (
     Event,
@@ -31,9 +34,6 @@ from shared.messages import (
     parse_reply,
     parse_transcript,
 )
-from voiceagent.fakes.elevenlabs import FakeElevenLabs
-from voiceagent.fakes.openai import FakeOpenAI
-from voiceagent.simulator import CallerTurn, CallResult, SimulatedCall, new_sid, prepare_turns
 from voiceagent.stack import Stack, free_port
 
 TOKEN = "faults-" + "7" * 25

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
+from devkit.fakes.openai import DEFAULT_ANSWER, FakeOpenAI
 from shared import subjects
 from shared.messages import (
     CallEnded,
@@ -29,7 +30,6 @@ from shared.messages import (
     Transcript,
 )
 from tests.integration.agent_bus import CallTap, connect, new_sid, private_nats_server
-from voiceagent.fakes.openai import DEFAULT_ANSWER, FakeOpenAI
 
 pytestmark = pytest.mark.integration
 

@@ -8,13 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from devkit.call_harness import TurnBench, bench_call
+from devkit.fakes.twilio_rest import FakeTwilioRest
 from services.gateway.call_control import CallControl
 from shared import subjects
 from shared.messages import CallEnded, Hangup, StageFailed, Transfer
 from shared.settings import Settings
 from tests.integration.agent_bus import private_nats_server
-from voiceagent.bench_turntaking import TurnBench, bench_call
-from voiceagent.fakes.twilio_rest import FakeTwilioRest
 
 pytestmark = pytest.mark.integration
 

@@ -18,6 +18,7 @@ import nats
 import numpy as np
 import pytest
 
+from devkit.simulator import SimulatedCall, new_sid, place_call, say, word_recall
 from shared import headers as H
 from shared import subjects
 from shared.audio import ulaw_to_float
@@ -31,7 +32,6 @@ from shared.messages import (
     parse_transcript,
 )
 from voiceagent.cli import result_summary
-from voiceagent.simulator import SimulatedCall, new_sid, place_call, say, word_recall
 from voiceagent.stack import Stack, free_port
 
 pytestmark = pytest.mark.integration

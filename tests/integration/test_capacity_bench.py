@@ -6,7 +6,7 @@ never timings: the machine is shared.
 
 from __future__ import annotations
 
-from voiceagent.bench import COLUMNS, BenchOptions, format_table, run_bench
+from benchmarks.load import COLUMNS, BenchOptions, format_table, run_bench
 
 
 async def test_bench_two_calls_instant_fakes_fill_every_column() -> None:

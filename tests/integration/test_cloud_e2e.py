@@ -26,16 +26,17 @@ import numpy as np
 import pytest
 from openai import AsyncOpenAI
 
+from devkit.fakes.mcp_server import insurance_status
+from devkit.fakes.openai import GOODBYE, GREETING, FakeOpenAI
+from devkit.simulator import CallResult, new_sid, place_call, say, word_recall
 from services.agent.mcp_tools import connect_mcp
 from shared import subjects
 from shared.audio import ulaw_to_float
 from shared.messages import ReplySegment, Transcript, parse_reply, parse_transcript
 from shared.settings import Settings
 from voiceagent.cli import result_summary
-from voiceagent.fakes.mcp_server import insurance_status
-from voiceagent.fakes.openai import GOODBYE, GREETING, FakeOpenAI
-from voiceagent.simulator import CallResult, new_sid, place_call, say, word_recall
-from voiceagent.stack import Stack, free_port, reachable
+from voiceagent.ports import free_port, reachable
+from voiceagent.stack import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -255,11 +256,11 @@ async def test_openai_errors_are_retried_and_the_call_goes_on(cloud: Cloud) -> N
 async def test_a_call_costs_what_the_fakes_counted_to_the_cent(cloud: Cloud) -> None:
     import itertools
 
+    from devkit.fakes.openai import decide
     from shared import callevents
     from shared.cost import COST_EVENT, CallCost
     from shared.usage import USAGE_EVENT
     from voiceagent.calls import format_table
-    from voiceagent.fakes.openai import decide
 
     info = cloud.stack.info
     assert info is not None

@@ -1,4 +1,4 @@
-"""`python -m voiceagent.fakes.deepgram` as a command: the SDK-based provider talks to it."""
+"""`python -m devkit.fakes.deepgram` as a command: the SDK-based provider talks to it."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def fake() -> Iterator[Fake]:
         [
             sys.executable,
             "-m",
-            "voiceagent.fakes.deepgram",
+            "devkit.fakes.deepgram",
             "--port",
             str(port),
             "--api-key",

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from devkit.fakes.deepgram import FakeDeepgram
 from services.asr.providers import deepgram as deepgram_mod
 from services.asr.providers.base import SpeechEvent
 from services.asr.providers.deepgram import DeepgramAsr
@@ -21,7 +22,6 @@ from shared.errors import ProviderAuthError, ProviderError, ProviderTimeout
 from shared.settings import Settings
 from tests.conftest import _free_port
 from tests.speech import silence_mulaw, synthesize_mulaw
-from voiceagent.fakes.deepgram import FakeDeepgram
 
 pytestmark = pytest.mark.integration
 

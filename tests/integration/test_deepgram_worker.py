@@ -22,6 +22,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from devkit.fakes.deepgram import FakeDeepgram
 from services.asr.transcript_filter import normalize_words
 from shared import headers as H
 from shared import subjects
@@ -39,7 +40,6 @@ from shared.messages import (
 )
 from tests.serviceproc import ROOT, ServiceProcess
 from tests.speech import silence_mulaw, synthesize_mulaw
-from voiceagent.fakes.deepgram import FakeDeepgram
 
 pytestmark = pytest.mark.integration
 

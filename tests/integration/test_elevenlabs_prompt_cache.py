@@ -10,6 +10,7 @@ from uuid import uuid4
 import pytest
 from prometheus_client import REGISTRY
 
+from devkit.fakes.elevenlabs import FakeElevenLabs
 from services.tts.prompt_cache import PromptCache, cache_key, normalize
 from services.tts.providers.base import TtsProvider
 from services.tts.providers.elevenlabs import ElevenLabsTts
@@ -18,7 +19,6 @@ from shared.audio import duration_ms
 from shared.errors import ProviderError
 from shared.metrics import TTS_CACHE
 from shared.settings import Settings
-from voiceagent.fakes.elevenlabs import FakeElevenLabs
 
 KEY = "fake-key-456"
 

@@ -12,12 +12,12 @@ import httpx
 import numpy as np
 import pytest
 
+from devkit.fakes.elevenlabs import FakeElevenLabs
 from services.tts.providers.elevenlabs import ElevenLabsTts
 from shared.audio import FRAME_BYTES, duration_ms, ulaw_to_float
 from shared.errors import ProviderAuthError, ProviderError, ProviderTimeout
 from shared.retry import stream_with_retries
 from shared.settings import Settings
-from voiceagent.fakes.elevenlabs import FakeElevenLabs
 
 KEY = "fake-key-123"
 SENTENCE = "Your appointment is confirmed for Tuesday morning."
@@ -184,7 +184,7 @@ async def test_fake_runs_standalone_with_faults_from_flags() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "voiceagent.fakes.elevenlabs",
+        "devkit.fakes.elevenlabs",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,

@@ -17,6 +17,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from devkit.fakes.elevenlabs import FakeElevenLabs
 from services.tts.prompt_cache import PromptCache
 from services.tts.providers.elevenlabs import ElevenLabsTts
 from services.tts.worker import TtsWorker
@@ -26,7 +27,6 @@ from shared.audio import FRAME_BYTES, duration_ms
 from shared.bus import make_broker
 from shared.messages import ReplySegment
 from shared.settings import Settings
-from voiceagent.fakes.elevenlabs import FakeElevenLabs
 
 KEY = "fake-key-789"
 

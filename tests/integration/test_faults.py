@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from devkit.fakes import openai as fake_llm
+from devkit.simulator import CallResult, SimulatedCall, new_sid, say, word_recall
 from shared import subjects
 from shared.messages import (
     Played,
@@ -26,8 +28,6 @@ from shared.messages import (
     parse_reply,
     parse_transcript,
 )
-from voiceagent.fakes import openai as fake_llm
-from voiceagent.simulator import CallResult, SimulatedCall, new_sid, say, word_recall
 from voiceagent.stack import gateway_healthy
 
 from .faults_stack import (

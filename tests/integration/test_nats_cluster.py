@@ -36,12 +36,12 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from devkit.fakes import openai as fake_llm
+from devkit.fakes.elevenlabs import FakeElevenLabs
+from devkit.fakes.openai import FakeOpenAI
+from devkit.simulator import CallResult, SimulatedCall, new_sid, prepare_turns, say
 from shared import audit, subjects
 from shared.messages import parse_reply
-from voiceagent.fakes import openai as fake_llm
-from voiceagent.fakes.elevenlabs import FakeElevenLabs
-from voiceagent.fakes.openai import FakeOpenAI
-from voiceagent.simulator import CallResult, SimulatedCall, new_sid, prepare_turns, say
 from voiceagent.stack import Stack, free_port, gateway_healthy
 
 from ..natsserver import nats_server_binary, wait_listening

@@ -1,6 +1,6 @@
 """The OpenAI agent through the official SDK against local fakes of the OpenAI and MCP protocols.
 
-No internet: the SDK is pointed at ``voiceagent.fakes.openai`` with ``OPENAI_BASE_URL``.
+No internet: the SDK is pointed at ``devkit.fakes.openai`` with ``OPENAI_BASE_URL``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from devkit.fakes.mcp_server import FakeMcpServer, insurance_status, lab_status
+from devkit.fakes.openai import DEFAULT_ANSWER, GOODBYE, FakeOpenAI
 from services.agent.mcp_tools import McpTools
 from services.agent.providers.base import (
     AgentOutput,
@@ -27,8 +29,6 @@ from services.agent.sentences import SentenceSplitter
 from services.agent.tools import CallTools
 from shared.errors import ProviderAuthError, ProviderError, ProviderTimeout
 from shared.settings import Settings
-from voiceagent.fakes.mcp_server import FakeMcpServer, insurance_status, lab_status
-from voiceagent.fakes.openai import DEFAULT_ANSWER, GOODBYE, FakeOpenAI
 
 KEY = "sk-test-fake"
 

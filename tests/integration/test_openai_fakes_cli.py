@@ -1,4 +1,4 @@
-"""``python -m voiceagent.fakes.openai`` and ``python -m voiceagent.fakes.mcp_server`` serve."""
+"""``python -m devkit.fakes.openai`` and ``python -m devkit.fakes.mcp_server`` serve."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 from mcp import Client
 from openai import AsyncOpenAI
 
+from devkit.fakes.mcp_server import insurance_status
+from devkit.fakes.openai import DEFAULT_ANSWER
 from shared import mcp_context
 from tests.natsserver import free_port
-from voiceagent.fakes.mcp_server import insurance_status
-from voiceagent.fakes.openai import DEFAULT_ANSWER
 
 
 async def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
@@ -36,13 +36,13 @@ def fakes() -> Iterator[tuple[int, int, list[subprocess.Popen[bytes]]]]:
     oai, mcp = free_port(), free_port()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "voiceagent.fakes.openai", "--port", str(oai),
+            [sys.executable, "-m", "devkit.fakes.openai", "--port", str(oai),
              "--api-key", "sk-cli", "--fault", "rate_limit:1", "--retry-after", "0.1"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         ),
         subprocess.Popen(
-            [sys.executable, "-m", "voiceagent.fakes.mcp_server", "--port", str(mcp)],
+            [sys.executable, "-m", "devkit.fakes.mcp_server", "--port", str(mcp)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         ),

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from devkit.fakes.mcp_server import MEMBERS, FakeMcpServer, insurance_status, lab_status
 from services.agent.mcp_tools import McpTools, result_text
 from shared import mcp_context
-from voiceagent.fakes.mcp_server import MEMBERS, FakeMcpServer, insurance_status, lab_status
 
 A = "MBR-12345"
 

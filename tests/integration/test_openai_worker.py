@@ -16,6 +16,8 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from devkit.fakes.mcp_server import FakeMcpServer, insurance_status
+from devkit.fakes.openai import GOODBYE, FakeOpenAI
 from services.agent.history import History
 from services.agent.providers.select import start_provider
 from services.agent.store import Store
@@ -26,8 +28,6 @@ from shared import subjects
 from shared.bus import connect, make_broker
 from shared.messages import Hangup, ReplySegment, parse_control, parse_reply
 from shared.settings import Settings
-from voiceagent.fakes.mcp_server import FakeMcpServer, insurance_status
-from voiceagent.fakes.openai import GOODBYE, FakeOpenAI
 
 KEY = "sk-test-fake"
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from voiceagent.simulator import SimulatedCall, new_sid, prepare_turns, say
+from devkit.simulator import SimulatedCall, new_sid, prepare_turns, say
 from voiceagent.stack import Stack, free_port
 
 pytestmark = pytest.mark.integration

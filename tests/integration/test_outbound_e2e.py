@@ -19,11 +19,11 @@ import nats
 import pytest
 from redis.asyncio import Redis
 
+from devkit.fakes.twilio_rest import Answer, FakeTwilioRest, PlacedCall
+from devkit.simulator import prepare_turns, say
 from shared import callevents, subjects
 from shared.audit import query as audit_query
 from shared.messages import CallStarted, Hangup, parse_control, parse_reply
-from voiceagent.fakes.twilio_rest import Answer, FakeTwilioRest, PlacedCall
-from voiceagent.simulator import prepare_turns, say
 from voiceagent.stack import Stack, free_port
 
 pytestmark = pytest.mark.integration

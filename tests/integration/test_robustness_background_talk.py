@@ -1,6 +1,6 @@
 """Background talk (a TV, people in the room) well under the caller no longer holds a turn open.
 
-Found by ``voiceagent.bench_robustness`` (docs/robustness.md): Silero VAD scores distant voices
+Found by ``benchmarks.robustness`` (docs/robustness.md): Silero VAD scores distant voices
 as speech 95-99 % of the time, so with talk behind the caller the recognizer never ended the
 turn (no answer) and the gateway's barge-in detector cut the greeting. The level gate
 (``shared/level.py``, ``VAD_LEVEL_MARGIN_DB``) treats voices far under the caller's own level
@@ -14,12 +14,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from services.asr.providers.local import LocalAsr
-from services.asr.transcript_filter import normalize_words
-from services.gateway.turntaking.voice_activity import BargeInDetector, VadPool
-from shared.audio import SAMPLE_RATE, frames
-from shared.settings import Settings
-from voiceagent.bench_robustness import (
+from devkit.caller_audio import (
     SENTENCE,
     espeak,
     piper,
@@ -28,6 +23,11 @@ from voiceagent.bench_robustness import (
     speech_rms,
     to_mulaw,
 )
+from services.asr.providers.local import LocalAsr
+from services.asr.transcript_filter import normalize_words
+from services.gateway.turntaking.voice_activity import BargeInDetector, VadPool
+from shared.audio import SAMPLE_RATE, frames
+from shared.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """The robustness evaluation measures what it says: its distortions and its scoring.
 
-No stack here (``python -m voiceagent.bench_robustness`` places the calls); these check that
+No stack here (``python -m benchmarks.robustness`` places the calls); these check that
 the caller audio it builds really is band-limited, lossy, quiet or noisy as labelled, and that
 the WER and table report misses and false transcripts.
 """
@@ -9,23 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from benchmarks.robustness import Condition, Row, Utterance, render, summary, table, wer
+from devkit.caller_audio import band_limit, dropouts, hum, pink, set_level, speech_rms, white
 from shared.audio import SAMPLE_RATE
-from voiceagent.bench_robustness import (
-    Condition,
-    Row,
-    Utterance,
-    band_limit,
-    dropouts,
-    hum,
-    pink,
-    render,
-    set_level,
-    speech_rms,
-    summary,
-    table,
-    wer,
-    white,
-)
 
 
 def _band_energy(x: np.ndarray, lo: float, hi: float) -> float:

@@ -1,7 +1,7 @@
 """Short stock answers ("Okay.", "Bye.", "Thanks.", "Thank you.") reach the agent, from voices
 other than the bundled Piper one too; background talk alone still yields no words.
 
-Found by ``voiceagent.bench_robustness`` and the calibration in docs/robustness.md: whisper
+Found by ``benchmarks.robustness`` and the calibration in docs/robustness.md: whisper
 decodes these with a no-speech probability of up to ~0.48, and they are also what whisper invents
 on noise, so the hallucination filter dropped a caller's real answer ("Thank you." always, "Okay."
 from some voices). espeak-ng's output varies slightly with what it synthesized before, like a
@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from devkit.caller_audio import babble, espeak, piper, set_level, to_mulaw
 from services.asr.providers.local import LocalAsr
 from services.asr.transcript_filter import normalize_words
 from shared.audio import frames
 from shared.settings import Settings
 from tests.speech import silence_mulaw
-from voiceagent.bench_robustness import babble, espeak, piper, set_level, to_mulaw
 
 pytestmark = pytest.mark.integration
 

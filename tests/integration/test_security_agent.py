@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 from mcp import Client
 
+from devkit.fakes.mcp_server import NOT_MATCHED, NOT_THEIRS, FakeMcpServer, insurance_status
+from devkit.fakes.openai import ASK_VERIFY, DEFAULT_ANSWER, FakeOpenAI
 from services.agent.history import History, estimate_tokens, spoken_message, user_message
 from services.agent.mcp_tools import McpTools
 from services.agent.providers.openai import load_prompt
@@ -42,8 +44,6 @@ from shared.callstate import VERIFIED
 from shared.messages import CallEnded, Event, ReplySegment, Transcript
 from shared.settings import Settings
 from tests.integration.agent_bus import CallTap, connect, new_sid, private_nats_server
-from voiceagent.fakes.mcp_server import NOT_MATCHED, NOT_THEIRS, FakeMcpServer, insurance_status
-from voiceagent.fakes.openai import ASK_VERIFY, DEFAULT_ANSWER, FakeOpenAI
 
 pytestmark = pytest.mark.integration
 
@@ -176,7 +176,7 @@ async def test_a_reply_is_cut_at_max_tokens(bus: str, redis_url: str) -> None:
 
 # ---------------------------------------------------------------------- PHI tools (item 5)
 
-A, A_BORN = "MBR-12345", "April 12, 1980"  # voiceagent.fakes.mcp_server.MEMBERS
+A, A_BORN = "MBR-12345", "April 12, 1980"  # devkit.fakes.mcp_server.MEMBERS
 B = "MBR-7"
 PHI_TOOLS = {"check_insurance", "get_lab_results_status"}
 

@@ -23,13 +23,13 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from pydantic import SecretStr
 
+from devkit.call_harness import TurnBench
+from devkit.fakes.twilio_rest import FakeTwilioRest
 from shared import audit, bus, callevents, subjects
 from shared.messages import Event, StageFailed, Transcript, Transfer
 from shared.settings import Settings
 from tests.natsserver import private_nats_server
 from voiceagent import ops_cli
-from voiceagent.bench_turntaking import TurnBench
-from voiceagent.fakes.twilio_rest import FakeTwilioRest
 from voiceagent.tail import run_tail
 
 ROOT = Path(__file__).resolve().parents[2]

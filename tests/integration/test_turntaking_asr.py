@@ -3,7 +3,7 @@
 A caller who pauses mid-sentence gets one transcript for the whole sentence (no premature
 reply), fed in real time as the gateway would; and on a fixed set of synthesized turns the
 smart rule cuts off fewer callers than the plain timer, and answers complete sentences sooner
-(:mod:`voiceagent.bench_endpointing`, decode latency fixed so the numbers do not depend on how
+(:mod:`benchmarks.endpointing`, decode latency fixed so the numbers do not depend on how
 busy this machine is).
 """
 
@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from benchmarks.endpointing import CASES, evaluate, table
 from services.asr.providers.base import SpeechEvent
 from services.asr.providers.local import LocalAsr
 from services.asr.transcript_filter import normalize_words
 from shared.audio import frames
 from shared.settings import Settings
 from tests.speech import silence_mulaw, synthesize_mulaw
-from voiceagent.bench_endpointing import CASES, evaluate, table
 
 pytestmark = pytest.mark.integration
 

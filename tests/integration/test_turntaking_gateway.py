@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
+from devkit.call_harness import TurnBench, bench_call, noise_mulaw
 from services.gateway.pacing import pacing_stats
 from services.gateway.turntaking.voice_activity import VadPool
 from shared.messages import CallEnded
 from shared.settings import Settings
 from tests.integration.agent_bus import private_nats_server
 from tests.speech import synthesize_mulaw
-from voiceagent.bench_turntaking import TurnBench, bench_call, noise_mulaw
 
 pytestmark = pytest.mark.integration
 

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from devkit.voices import load_wav
 from services.asr.transcript_filter import ANSWER_PHRASES, HALLUCINATIONS, normalize_words
 from services.asr.whisper_engine import WhisperEngine
 from services.asr.whisper_window import (
@@ -26,7 +27,6 @@ from services.asr.whisper_window import (
 )
 from shared.audio import SAMPLE_RATE, resample, ulaw_to_float
 from tests.speech import noise_mulaw, silence_mulaw, synthesize_mulaw
-from voiceagent.voices import load_wav
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 PAD = np.zeros(SAMPLE_RATE // 5, dtype=np.float32)  # the recognizer's 200 ms around speech

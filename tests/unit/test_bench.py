@@ -6,9 +6,8 @@ import os
 
 import pytest
 
-from services.gateway.audio_batch import AudioBatcher
-from shared.messages import event
-from voiceagent.bench import (
+from benchmarks.capacity import RawPublisher, metric, parse_metrics
+from benchmarks.load import (
     COLUMNS,
     BenchOptions,
     CallStats,
@@ -27,7 +26,8 @@ from voiceagent.bench import (
     split_turns,
     steps_for,
 )
-from voiceagent.bench_capacity import RawPublisher, metric, parse_metrics
+from services.gateway.audio_batch import AudioBatcher
+from shared.messages import event
 
 
 def test_percentile_interpolates_and_handles_edges() -> None:
@@ -225,7 +225,7 @@ def test_soak_flags_a_service_whose_memory_keeps_growing_after_the_first_wave() 
 
 
 def test_ab_table_gives_medians_per_variant_and_the_after_before_ratio() -> None:
-    from voiceagent.bench import ab_table
+    from benchmarks.load import ab_table
 
     def r(label: str, v2v: float, cpu: float, failed: int = 0) -> Row:
         row = _row(calls=10)

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
+from devkit.simulator import CallResult, TurnResult
 from voiceagent.cli import DEMO_SCRIPT, build_parser, demo_failures
-from voiceagent.simulator import CallResult, TurnResult
 from voiceagent.stack import service_specs
 
 

@@ -14,7 +14,7 @@ def test_every_cloud_provider_gets_a_fake_and_the_services_are_pointed_at_it() -
     names = {s.name for s in plan.specs}
     assert names == {"fake-deepgram", "fake-openai", "fake-mcp_server", "fake-elevenlabs"}
     argv = {s.name: list(s.argv) for s in plan.specs}
-    want = ["voiceagent.fakes.deepgram", "--port", "9401", "--api-key", "k"]
+    want = ["devkit.fakes.deepgram", "--port", "9401", "--api-key", "k"]
     assert argv["fake-deepgram"][2:] == want
     assert "--api-key" not in argv["fake-mcp_server"]
     env = plan.env

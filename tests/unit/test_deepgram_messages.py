@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from devkit.fakes import deepgram as fake
 from services.asr.providers.deepgram import (
     DeepgramAsr,
     ResultMapper,
@@ -20,7 +21,6 @@ from services.asr.providers.local import LocalAsr
 from services.asr.providers.select import make_provider
 from shared.errors import ProviderAuthError, ProviderUnavailable
 from shared.settings import Settings
-from voiceagent.fakes import deepgram as fake
 
 pytest.importorskip("deepgram")
 

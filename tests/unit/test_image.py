@@ -8,7 +8,10 @@
   provider, ENV_VARS_ARN's boto3, ElastiCache IAM's botocore, tracing), belongs to a
   distribution that installing ``.[<the image's extras>]`` brings in: the requirement closure
   is walked through the installed distributions' metadata with the image's extras, so a
-  module that only the dev extra (or nothing) installs fails here.
+  module that only the dev extra (or nothing) installs fails here;
+- the development packages (``devkit``: simulator and provider fakes; ``benchmarks``) are not
+  copied into the image, the dev extra installs what they import, and without them the CLI
+  still starts and its dev-only commands say, in one line, what is missing.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PRODUCTION_EXTRAS = {"local", "cloud", "otel", "aws"}  # everything but dev
-FIRST_PARTY = {"shared", "services", "voiceagent", "tests"}
+FIRST_PARTY = {"shared", "services", "voiceagent", "devkit", "benchmarks", "tests"}
+DEV_ONLY = {"devkit", "benchmarks"}  # found by setuptools in a checkout; not in the image
 
 
 def _instructions() -> list[tuple[str, str]]:
@@ -86,7 +90,7 @@ def test_install_line_matches_pyproject() -> None:
         p for ins, args in _instructions() if ins == "COPY" for p in args.split()[:-1]
     }
     find = PYPROJECT["tool"]["setuptools"]["packages"]["find"]
-    packages = {p.rstrip("*") for p in find["include"]}
+    packages = {p.rstrip("*") for p in find["include"]} - DEV_ONLY
     assert packages <= copied, f"not copied into the image: {packages - copied}"
     assert {"pyproject.toml", "constraints.txt"} <= copied
 
@@ -125,10 +129,12 @@ def _closure(extras: set[str]) -> set[str]:
     return seen
 
 
-def _imports() -> dict[str, set[str]]:
+def _imports(*packages: str) -> dict[str, set[str]]:
     """Top-level third-party module -> files importing it, anywhere (lazy imports too)."""
     out: dict[str, set[str]] = {}
-    for path in [*(ROOT / "services").rglob("*.py"), *(ROOT / "shared").rglob("*.py")]:
+    for path in [
+        p for pkg in packages or ("services", "shared") for p in (ROOT / pkg).rglob("*.py")
+    ]:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             names: list[str] = []
@@ -179,3 +185,95 @@ def test_services_start_with_each_provider_selected() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_the_image_has_no_devkit_benchmarks_fakes_or_simulator() -> None:
+    """The simulator, the provider fakes and the benches stay out of the production image."""
+    find = PYPROJECT["tool"]["setuptools"]["packages"]["find"]
+    assert DEV_ONLY <= {p.rstrip("*") for p in find["include"]}  # what a whole-tree COPY takes
+    assert all((ROOT / pkg / "__init__.py").exists() for pkg in DEV_ONLY)
+    sources = [
+        p for ins, args in _instructions() if ins in ("COPY", "ADD") for p in args.split()[:-1]
+    ]
+    assert sources, "no COPY in the Dockerfile"
+    for src in sources:
+        name = src.rstrip("/").lstrip("./")
+        assert name, f"COPY {src} copies the whole tree (devkit and benchmarks with it)"
+        assert name.split("/")[0] not in DEV_ONLY, f"COPY {src}: a development package"
+        assert not re.search(r"fake|simulator|bench", name), f"COPY {src}: development code"
+    runs = [args for ins, args in _instructions() if ins == "RUN"]
+    assert not [r for r in runs if re.search(r"\b(devkit|benchmarks)\b", r)], runs
+
+
+def test_the_dev_extra_installs_what_devkit_and_benchmarks_import() -> None:
+    installed = _closure({"dev"})
+    owners = metadata.packages_distributions()
+    missing = {}
+    for module, files in sorted(_imports(*sorted(DEV_ONLY)).items()):
+        if module == "audioop":
+            continue
+        dists = {canonicalize_name(d) for d in owners.get(module, [])}
+        if not dists & installed:
+            missing[module] = sorted(files)
+    assert not missing, f"devkit/benchmarks import what the dev extra does not install: {missing}"
+
+
+_WITHOUT_DEV_PACKAGES = """
+import sys
+
+class _Absent:  # as in the image: devkit and benchmarks are not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("devkit", "benchmarks"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _Absent())
+sys.argv[0] = "voiceagent"
+from voiceagent.cli import main
+main(sys.argv[1:])
+"""
+
+
+def _cli_without_dev_packages(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _WITHOUT_DEV_PACKAGES, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def test_every_voiceagent_module_imports_without_the_dev_packages() -> None:
+    code = _WITHOUT_DEV_PACKAGES.split("sys.argv[0]")[0] + (
+        "import importlib, pkgutil, voiceagent\n"
+        "for m in pkgutil.walk_packages(voiceagent.__path__, 'voiceagent.'):\n"
+        "    importlib.import_module(m.name)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_the_cli_starts_without_the_dev_packages() -> None:
+    for argv in (["--help"], ["bench", "--help"], ["up", "--help"]):
+        proc = _cli_without_dev_packages(*argv)
+        assert proc.returncode == 0, (argv, proc.stderr[-2000:])
+        assert "usage: voiceagent" in proc.stdout
+
+
+def test_dev_only_commands_say_in_one_line_that_devkit_is_absent() -> None:
+    for argv in (
+        ["call", "--say", "Hello", "--token", "t"],
+        ["fakes"],
+        ["demo"],
+        ["up", "--providers", "cloud"],
+        ["bench", "--no-capacity"],
+    ):
+        proc = _cli_without_dev_packages(*argv)
+        lines = proc.stdout.splitlines()
+        assert proc.returncode == 2, (argv, proc.stdout, proc.stderr[-2000:])
+        assert len(lines) == 1 and "needs the development packages" in lines[0], (argv, lines)
+        assert "Traceback" not in proc.stderr, (argv, proc.stderr[-2000:])

@@ -9,10 +9,10 @@ from typing import Any
 import jsonschema
 import pytest
 
+from devkit.fakes.mcp_server import insurance_status
+from devkit.fakes.openai import DEFAULT_ANSWER, GOODBYE, GREETING, decide
 from services.agent.tools import CallTools
 from shared.settings import Settings
-from voiceagent.fakes.mcp_server import insurance_status
-from voiceagent.fakes.openai import DEFAULT_ANSWER, GOODBYE, GREETING, decide
 
 INSURANCE_TOOL = {
     "type": "function",
@@ -139,7 +139,7 @@ VERIFY_TOOL = {
 
 
 def test_records_asked_before_verification_the_model_asks_to_verify() -> None:
-    from voiceagent.fakes.openai import ASK_VERIFY
+    from devkit.fakes.openai import ASK_VERIFY
 
     decision = decide(
         _user("Is my insurance active? Member MBR-1."), [VERIFY_TOOL], call_ids=itertools.count()
@@ -171,7 +171,7 @@ def test_it_verifies_first_then_does_what_the_caller_asked(born: str) -> None:
 
 
 def test_max_tokens_cuts_the_content_and_finishes_with_length() -> None:
-    from voiceagent.fakes.openai import Decision, limit_tokens
+    from devkit.fakes.openai import Decision, limit_tokens
 
     cut = limit_tokens(Decision(content="one two three four five"), 3)
     assert cut.content == "one two three" and cut.finish_reason == "length"

@@ -16,9 +16,9 @@ from typing import Any
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.server import ServerConnection, serve
 
+from devkit.simulator import CallerTurn, SimulatedCall, StreamTarget
 from shared.audio import FRAME_BYTES
 from shared.twilio import clear_message, mark_message, media_message
-from voiceagent.simulator import CallerTurn, SimulatedCall, StreamTarget
 
 TOKEN = "test-token"
 TONE = bytes([0x10]) * FRAME_BYTES  # a loud mu-law value: clearly not silence (0xFF)

@@ -8,8 +8,7 @@ import json
 import pytest
 from twilio.request_validator import RequestValidator
 
-from shared.twilio import clear_message, mark_message, media_message
-from voiceagent.simulator import (
+from devkit.simulator import (
     CallRejected,
     OutClear,
     OutMark,
@@ -23,6 +22,7 @@ from voiceagent.simulator import (
     twilio_signature,
     word_recall,
 )
+from shared.twilio import clear_message, mark_message, media_message
 
 SID = "MZ" + "0" * 32
 

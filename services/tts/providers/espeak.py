@@ -103,7 +103,7 @@ _engine_lock = threading.Lock()
 _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espeak")
 
 
-def _get_engine() -> _Engine:
+def get_engine() -> _Engine:
     global _engine
     with _engine_lock:
         if _engine is None:
@@ -119,7 +119,7 @@ def _get_engine() -> _Engine:
 
 
 def _synth_mulaw(text: str) -> bytes:
-    engine = _get_engine()
+    engine = get_engine()
     try:
         pcm = engine.synth(text)
     except Exception as e:
@@ -139,7 +139,7 @@ class EspeakTts(TtsProvider):
 
     async def warm_up(self) -> None:
         """Load libespeak-ng and its data (a few ms)."""
-        engine = await asyncio.get_running_loop().run_in_executor(_executor, _get_engine)
+        engine = await asyncio.get_running_loop().run_in_executor(_executor, get_engine)
         log.info("espeak-ng loaded", **kv(rate=engine.sample_rate))
 
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:

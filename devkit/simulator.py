@@ -325,7 +325,7 @@ def dtmf(digits: str) -> CallerTurn:
 
 async def prepare_turns(turns: Sequence[CallerTurn]) -> list[CallerTurn]:
     """Synthesize / load the audio of every turn before the call (off the event loop)."""
-    from voiceagent import voices
+    from devkit import voices
 
     out: list[CallerTurn] = []
     for t in turns:
@@ -439,7 +439,7 @@ class CallResult:
 
     def save_heard(self, path: Path) -> None:
         """Write what the caller heard as an 8 kHz 16-bit mono WAV."""
-        from voiceagent.voices import write_wav
+        from devkit.voices import write_wav
 
         write_wav(path, self.heard_pcm16())
 

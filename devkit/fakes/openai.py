@@ -22,7 +22,7 @@ In process::
     async with FakeOpenAI(api_key="sk-test") as fake:
         client = AsyncOpenAI(base_url=fake.base_url, api_key="sk-test")
 
-Standalone: ``python -m voiceagent.fakes.openai --port 9100``.
+Standalone: ``python -m devkit.fakes.openai --port 9100``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from voiceagent.fakes._server import LoopbackServer, add_fault_option, cli_parser, take_fault
+from devkit.fakes._server import LoopbackServer, add_fault_option, cli_parser, take_fault
 
 log = logging.getLogger(__name__)
 
@@ -683,7 +683,7 @@ logging.getLogger("uvicorn.error").addFilter(_HideCuts())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m voiceagent.fakes.openai --port N [--fault KIND[:TIMES]] ...``."""
+    """``python -m devkit.fakes.openai --port N [--fault KIND[:TIMES]] ...``."""
     parser = cli_parser(__doc__, port=9100)
     parser.add_argument("--api-key", default=None, help="required bearer key (default: any)")
     parser.add_argument("--model", default="gpt-4o-mini")

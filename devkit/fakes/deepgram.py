@@ -31,7 +31,7 @@ In-process::
     with FakeDeepgram(api_key="k") as fake:
         settings = Settings(deepgram_url=fake.url, deepgram_api_key="k")
 
-Standalone: ``python -m voiceagent.fakes.deepgram --port 9400 --api-key k [--fault 429:2]``.
+Standalone: ``python -m devkit.fakes.deepgram --port 9400 --api-key k [--fault 429:2]``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from voiceagent.fakes._server import FaultQueue, add_fault_option, cli_parser, serve_in_thread
+from devkit.fakes._server import FaultQueue, add_fault_option, cli_parser, serve_in_thread
 
 if TYPE_CHECKING:
     from services.asr.providers.base import AsrProvider, SpeechEvent
@@ -826,7 +826,7 @@ class FakeDeepgram:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m voiceagent.fakes.deepgram --port N [--fault KIND[:TIMES]] ...``."""
+    """``python -m devkit.fakes.deepgram --port N [--fault KIND[:TIMES]] ...``."""
     p = cli_parser(__doc__, port=9400)
     p.add_argument("--api-key", default="test-key", help="the key accepted ('' accepts any)")
     add_fault_option(p, FAULT_KINDS, per="connection")

@@ -6,7 +6,7 @@
   Counts what the worker took in (its ``/metrics``), its CPU and memory per call, and checks the
   memory is given back when the calls end.
 - :func:`gateway_capacity`: one gateway process serves N simulated Twilio calls
-  (:class:`~voiceagent.bench.LightCall` in streaming mode) while this process plays the TTS
+  (:class:`~benchmarks.load.LightCall` in streaming mode) while this process plays the TTS
   workers (reply audio on ``voice.<call>.audio.out``). Counts inbound frames that reached the
   ASR worker, outbound frames that reached the callers, pacing jitter and the gateway's CPU.
 """
@@ -28,11 +28,11 @@ from typing import Any
 
 import httpx
 
+from benchmarks.load import CpuMeter, percentile, proc_ticks, rss_mib
 from shared import headers as H
 from shared import subjects
 from shared.audio import FRAME_BYTES, FRAME_MS, MULAW_SILENCE
 from shared.messages import AsrClaim, AsrClaimReply, CallEnded, CallStarted, ReplySegment
-from voiceagent.bench import CpuMeter, percentile, proc_ticks, rss_mib
 from voiceagent.supervisor import ProcessSpec, Supervisor
 
 Output = Callable[[str], None]
@@ -204,7 +204,7 @@ class IntakeResult:
 
 
 def _free_port() -> int:
-    from voiceagent.stack import free_port
+    from voiceagent.ports import free_port
 
     return free_port()
 
@@ -218,7 +218,7 @@ async def _private_nats(tmp: str) -> tuple[ProcessSpec, str]:
 async def _wait_port(url: str, timeout_s: float = 10.0) -> None:
     from urllib.parse import urlsplit
 
-    from voiceagent.stack import reachable
+    from voiceagent.ports import reachable
 
     u = urlsplit(url)
     deadline = time.monotonic() + timeout_s
@@ -459,8 +459,8 @@ async def gateway_capacity(
     """One gateway, ``calls`` simulated Twilio calls streaming for ``seconds``."""
     import nats
 
-    from voiceagent.bench import LightCall, pacing_gaps_ms
-    from voiceagent.simulator import new_sid
+    from benchmarks.load import LightCall, pacing_gaps_ms
+    from devkit.simulator import new_sid
     from voiceagent.stack import gateway_healthy, service_specs
 
     res = GatewayResult(calls=calls)

@@ -16,7 +16,7 @@ marks echoed as Twilio's playback buffer would) and prints one row per N:
 - frames lost (sent by the callers, never seen on the bus) and calls failed.
 
 Two provider modes: ``embedded`` (local whisper, piper, demo agent) and ``instant`` (the cloud
-fakes with instant answers, :mod:`voiceagent.bench_fakes`), which isolates our overhead.
+fakes with instant answers, :mod:`benchmarks.instant_fakes`), which isolates our overhead.
 The run stops at the first N that misses a target, or at ``--max-calls``.
 """
 
@@ -40,11 +40,7 @@ from typing import Any, Literal
 import httpx
 import websockets
 
-from shared import headers as H
-from shared import subjects
-from shared.audio import FRAME_BYTES, FRAME_MS, MULAW_SILENCE, frames
-from shared.messages import parse_event
-from voiceagent.simulator import (
+from devkit.simulator import (
     PlaybackBuffer,
     StreamTarget,
     last_speech_frame,
@@ -53,6 +49,10 @@ from voiceagent.simulator import (
     parse_twiml,
     twilio_signature,
 )
+from shared import headers as H
+from shared import subjects
+from shared.audio import FRAME_BYTES, FRAME_MS, MULAW_SILENCE, frames
+from shared.messages import parse_event
 
 Mode = Literal["instant", "embedded"]
 Output = Callable[[str], None]
@@ -311,7 +311,7 @@ class CallStats:
 class LightCall:
     """A lean Twilio call for load: greeting, one caller sentence, its reply, hang up.
 
-    Speaks the same protocol as :class:`~voiceagent.simulator.SimulatedCall` (signed webhook
+    Speaks the same protocol as :class:`~devkit.simulator.SimulatedCall` (signed webhook
     and upgrade, ``connected``/``start``/``media``/``mark``/``stop``), without its bus
     listener and printouts, so one process can drive hundreds of calls.
     """
@@ -775,7 +775,7 @@ def steps_for(opts: BenchOptions) -> list[int]:
 
 async def caller_audio(text: str = UTTERANCE) -> bytes:
     """The caller's sentence as 8 kHz mu-law (synthesized once, reused by every call)."""
-    from voiceagent import voices
+    from devkit import voices
 
     return await asyncio.to_thread(voices.synthesize, text)
 
@@ -784,7 +784,7 @@ async def _start_fakes() -> tuple[asyncio.subprocess.Process, dict[str, str]]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "voiceagent.bench_fakes",
+        "benchmarks.instant_fakes",
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -871,7 +871,8 @@ async def run_bench(opts: BenchOptions, *, out: Output = print) -> list[Row]:
     import nats
 
     from shared.settings import Settings
-    from voiceagent.stack import Stack, free_port
+    from voiceagent.ports import free_port
+    from voiceagent.stack import Stack
 
     port = free_port()
     env = {
@@ -889,7 +890,7 @@ async def run_bench(opts: BenchOptions, *, out: Output = print) -> list[Row]:
     stack: Stack | None = None
     try:
         if opts.mode == "instant":
-            from voiceagent.bench_fakes import fake_env
+            from benchmarks.instant_fakes import fake_env
 
             fakes, urls = await _start_fakes()
             env.update(fake_env(urls))

@@ -18,7 +18,7 @@ In process::
     async with FakeMcpServer() as mcp:
         settings = Settings(mcp_server_url=mcp.url)   # http://127.0.0.1:PORT/mcp
 
-Standalone: ``python -m voiceagent.fakes.mcp_server --port 9200``.
+Standalone: ``python -m devkit.fakes.mcp_server --port 9200``.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
+from devkit.fakes._server import LoopbackServer, cli_parser
 from shared import mcp_context
-from voiceagent.fakes._server import LoopbackServer, cli_parser
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ class FakeMcpServer:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m voiceagent.fakes.mcp_server --port N``."""
+    """``python -m devkit.fakes.mcp_server --port N``."""
     parser = cli_parser("Fake MCP server (streamable HTTP at /mcp)", port=9200)
     parser.add_argument("--tool-delay", type=float, default=0.0, help="seconds per tool call")
     args = parser.parse_args(argv)

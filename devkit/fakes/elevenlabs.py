@@ -20,7 +20,7 @@ In-process::
     with FakeElevenLabs(api_key="k") as fake:
         settings = Settings(elevenlabs_base_url=fake.base_url, elevenlabs_api_key="k")
 
-Standalone: ``python -m voiceagent.fakes.elevenlabs --port 9300 --api-key k [--fault 429:2]``.
+Standalone: ``python -m devkit.fakes.elevenlabs --port 9300 --api-key k [--fault 429:2]``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from voiceagent.fakes._server import (
+from devkit.fakes._server import (
     FaultQueue,
     ThreadedFake,
     add_fault_option,
@@ -324,7 +324,7 @@ class FakeElevenLabs(ThreadedFake):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m voiceagent.fakes.elevenlabs --port N [--fault KIND[:TIMES]] ...``."""
+    """``python -m devkit.fakes.elevenlabs --port N [--fault KIND[:TIMES]] ...``."""
     p = cli_parser(__doc__, port=9300)
     p.add_argument("--api-key", default="test-key", help="the xi-api-key value accepted")
     p.add_argument("--engine", choices=["espeak", "piper"], default="espeak")

@@ -16,7 +16,7 @@ It answers what the ``twilio`` library sends for ``client.calls(sid).update(...)
   call back at the gateway as Twilio would* (:class:`Answer` says how the callee answers):
   signed ``StatusCallback`` POSTs (initiated, ringing, answered/in-progress, completed or
   busy/no-answer/failed), the signed ``Url`` webhook, the media stream (the simulator's
-  Twilio-faithful client, :class:`voiceagent.simulator.SimulatedCall`), the signed
+  Twilio-faithful client, :class:`devkit.simulator.SimulatedCall`), the signed
   ``AsyncAmdStatusCallback`` with ``AnsweredBy``; a ``Status=completed`` update ends it.
 
 Faults (:meth:`FakeTwilioRest.fail`) make the next requests answer ``401``, ``404`` or ``500``.
@@ -27,7 +27,7 @@ In-process::
     with FakeTwilioRest(account_sid="AC...", auth_token="t") as fake:
         settings = Settings(twilio_api_base_url=fake.base_url, ...)
 
-Standalone: ``python -m voiceagent.fakes.twilio_rest --port 9400 --account-sid AC... --token t``
+Standalone: ``python -m devkit.fakes.twilio_rest --port 9400 --account-sid AC... --token t``
 (``--gateway-url http://127.0.0.1:8080 --answer machine_end_beep`` for outbound calls).
 """
 
@@ -51,7 +51,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from voiceagent.fakes._server import ThreadedFake, cli_parser
+from devkit.fakes._server import ThreadedFake, cli_parser
 
 FailKind = Literal[401, 404, 500]
 API_VERSION = "2010-04-01"
@@ -75,7 +75,7 @@ class Answer:
     talk_s: float = 3.0
     greeting_timeout_s: float = 60.0
     send_amd: bool = True
-    turns: Sequence[Any] = ()  # voiceagent.simulator CallerTurns, spoken after the greeting
+    turns: Sequence[Any] = ()  # devkit.simulator CallerTurns, spoken after the greeting
 
 
 @dataclass
@@ -88,7 +88,7 @@ class PlacedCall:
     answer: Answer
     callbacks: list[tuple[str, dict[str, str], int]] = field(default_factory=list)
     twiml: str = ""
-    result: Any = None  # voiceagent.simulator.CallResult once the stream ran
+    result: Any = None  # devkit.simulator.CallResult once the stream ran
     done: threading.Event = field(default_factory=threading.Event)
     completed_by_api: bool = False
 
@@ -323,7 +323,7 @@ class FakeTwilioRest(ThreadedFake):
     async def _post(
         self, client: httpx.AsyncClient, call: PlacedCall, url: str, params: dict[str, str]
     ) -> httpx.Response | None:
-        from voiceagent.simulator import twilio_signature
+        from devkit.simulator import twilio_signature
 
         if not url:
             return None
@@ -364,7 +364,7 @@ class FakeTwilioRest(ThreadedFake):
 
     async def _place(self, call: PlacedCall) -> None:
         """Ring, answer (or not), run the media stream, report AMD and the end."""
-        from voiceagent.simulator import CallRejected, SimulatedCall, parse_twiml
+        from devkit.simulator import CallRejected, SimulatedCall, parse_twiml
 
         answer = call.answer
         started = time.monotonic()
@@ -474,7 +474,7 @@ class FakeTwilioRest(ThreadedFake):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m voiceagent.fakes.twilio_rest``: serve in the foreground."""
+    """``python -m devkit.fakes.twilio_rest``: serve in the foreground."""
     ap = cli_parser(__doc__, port=9400)
     ap.add_argument("--account-sid", default="AC" + "0" * 32)
     ap.add_argument("--token", default="test-token")

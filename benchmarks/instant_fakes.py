@@ -1,15 +1,15 @@
 """The cloud fakes with instant answers, in one process, for ``voiceagent bench --mode instant``.
 
-- Deepgram (:class:`~voiceagent.fakes.deepgram.FakeDeepgram`) with a scripted recognizer: an
+- Deepgram (:class:`~devkit.fakes.deepgram.FakeDeepgram`) with a scripted recognizer: an
   energy detector that reports speech start at once, and a final with a fixed transcript as
   soon as the endpointing silence has passed (no whisper: no recognition time).
-- OpenAI (:class:`~voiceagent.fakes.openai.FakeOpenAI`) with no delay between chunks.
-- ElevenLabs (:class:`~voiceagent.fakes.elevenlabs.FakeElevenLabs`) on espeak-ng (~3 ms per
+- OpenAI (:class:`~devkit.fakes.openai.FakeOpenAI`) with no delay between chunks.
+- ElevenLabs (:class:`~devkit.fakes.elevenlabs.FakeElevenLabs`) on espeak-ng (~3 ms per
   sentence).
 
 What remains of voice-to-voice latency is endpointing (caller silence, by design) plus our own
 overhead: the bus hops, the workers and the gateway. Run as
-``python -m voiceagent.bench_fakes``: prints one JSON line with the three URLs, serves until
+``python -m benchmarks.instant_fakes``: prints one JSON line with the three URLs, serves until
 SIGTERM or stdin closes.
 """
 
@@ -73,15 +73,15 @@ class ScriptedAsr(AsrProvider):
 
 
 def scripted_recognizers(endpointing_ms: int) -> AsrProvider:
-    """The :class:`~voiceagent.fakes.deepgram.FakeDeepgram` recognizer factory."""
+    """The :class:`~devkit.fakes.deepgram.FakeDeepgram` recognizer factory."""
     return ScriptedAsr(endpointing_ms=max(endpointing_ms, FRAME_MS))
 
 
 async def serve() -> None:
     """Start the three fakes; print their URLs as one JSON line; serve until told to stop."""
-    from voiceagent.fakes.deepgram import FakeDeepgram
-    from voiceagent.fakes.elevenlabs import FakeElevenLabs
-    from voiceagent.fakes.openai import FakeOpenAI
+    from devkit.fakes.deepgram import FakeDeepgram
+    from devkit.fakes.elevenlabs import FakeElevenLabs
+    from devkit.fakes.openai import FakeOpenAI
 
     deepgram = FakeDeepgram(
         api_key=API_KEY, recognizers=scripted_recognizers, default_endpointing_ms=0

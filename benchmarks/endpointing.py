@@ -3,7 +3,7 @@
 Each case is one caller turn spoken by the offline Piper voice: sentences with a pause in the
 middle ("I'd like to book an appointment for ... next Tuesday at ten.") and short complete
 sentences. Both rules see the same Silero VAD scores and the real whisper decodes; the smart
-rule is the provider's own :class:`services.asr.endpointing.TurnEnder`, replayed on a virtual
+rule is the provider's :class:`~services.asr.turntaking.smart_endpointing.TurnEnder` on a virtual
 clock: a decode started at audio position *p* is back at *p* + the decode latency, as if the
 audio arrived in real time (so a case takes about its decodes' time, not its length). The
 latency is :data:`DECODE_MS` (whisper tiny.en on one idle core) unless ``decode_ms=None`` asks
@@ -272,7 +272,7 @@ def evaluate(
     as ``ENDPOINTING_MAX_MS`` (blocking: whisper and Piper run in this thread)."""
     s = settings or Settings()
     if synth is None:
-        from voiceagent.voices import synthesize
+        from devkit.voices import synthesize
 
         synth = synthesize
     if decode is None:
