@@ -341,7 +341,7 @@ class Turns:
             log.exception("turn bookkeeping failed", **kv(call=sid, turn=turn))
 
     def _count_failure(self, e: BaseException) -> None:
-        # ProviderErrors are counted where they are raised (shared.retry); count the rest.
+        # ProviderErrors are counted where they are raised (shared.backoff); count the rest.
         if isinstance(e, ProviderTimeout) or not isinstance(e, ProviderError):
             PROVIDER_ERRORS.labels(SERVICE, self._provider.name, type(e).__name__).inc()
 

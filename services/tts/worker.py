@@ -30,6 +30,7 @@ from services.tts.providers.fallback import FallbackProvider
 from services.tts.segment_out import SegmentOut
 from shared import subjects
 from shared.asyncapi import contract_app
+from shared.backoff import stream_with_retries
 from shared.bus import audio_client, make_broker
 from shared.errors import ProviderError
 from shared.handler import parse_for_subject
@@ -43,7 +44,6 @@ from shared.messages import (
     parse_reply,
 )
 from shared.metrics import PROVIDER_ERRORS, STAGE_LATENCY
-from shared.retry import stream_with_retries
 from shared.service import Health, run_service, serve_metrics, stop_event, worker_id
 from shared.settings import Settings
 from shared.telemetry import start_span, traceparent_of

@@ -15,8 +15,8 @@ import pytest
 from devkit.fakes.elevenlabs import FakeElevenLabs
 from services.tts.providers.elevenlabs import ElevenLabsTts
 from shared.audio import FRAME_BYTES, duration_ms, ulaw_to_float
+from shared.backoff import stream_with_retries
 from shared.errors import ProviderAuthError, ProviderError, ProviderTimeout
-from shared.retry import stream_with_retries
 from shared.settings import Settings
 
 KEY = "fake-key-123"

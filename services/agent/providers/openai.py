@@ -1,7 +1,7 @@
 """OpenAI chat-completions agent with tools: the built-in call tools plus every MCP tool.
 
 Any OpenAI-compatible server works through ``OPENAI_BASE_URL`` (vLLM, llama.cpp server,
-Ollama). The SDK's own retries are off (``max_retries=0``): our policy (:mod:`shared.retry`)
+Ollama). The SDK's own retries are off (``max_retries=0``): our policy (:mod:`shared.backoff`)
 retries a round until its first output, inside the provider deadline, and honours
 ``Retry-After``; once text has been spoken a failure propagates and the worker speaks its
 fallback.
@@ -49,10 +49,10 @@ from services.agent.providers.base import (
 )
 from services.agent.tools import CallTools
 from services.agent.verification import PhiTools, VerifiedMember, verified_note
+from shared.backoff import stream_with_retries
 from shared.errors import ProviderAuthError, ProviderError, ProviderTimeout
 from shared.logging import kv
 from shared.metrics import PROVIDER_ERRORS, STAGE_LATENCY
-from shared.retry import stream_with_retries
 from shared.settings import Settings
 
 if TYPE_CHECKING:

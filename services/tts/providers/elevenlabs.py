@@ -3,7 +3,7 @@
 ElevenLabs produces Twilio's format itself (``output_format="ulaw_8000"``), so audio goes out
 as it arrives: no resampling, no header. Pieces are regrouped into whole 20 ms frames (a small
 first chunk for latency, then 160 ms chunks). SDK and HTTP errors become
-:mod:`shared.errors` types; retries are the worker's job (``shared.retry``), so the SDK's own
+:mod:`shared.errors` types; retries are the worker's job (``shared.backoff``), so the SDK's own
 are turned off.
 """
 
