@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 
 from shared import subjects
 from shared.messages import (
-    _Msg,
+    BusMessage,
     parse_control,
     parse_event,
     parse_reply,
@@ -67,7 +67,7 @@ class CallTap:
                 return
             self._changed.set()
 
-    async def send(self, subject: str, message: _Msg | bytes) -> None:
+    async def send(self, subject: str, message: BusMessage | bytes) -> None:
         data = message if isinstance(message, bytes) else message.to_bytes()
         await self.nc.publish(subject, data)
         await self.nc.flush()

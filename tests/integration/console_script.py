@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 
 from shared import subjects
 from shared.messages import (
+    BusMessage,
     CallEnded,
     CallStarted,
     Dtmf,
@@ -24,7 +25,6 @@ from shared.messages import (
     SpeechStarted,
     SpeechStopped,
     Transcript,
-    _Msg,
     event,
 )
 
@@ -35,7 +35,7 @@ class Step:
 
     t: float
     kind: str  # transcript, reply, control, events
-    msg: _Msg
+    msg: BusMessage
 
 
 @dataclass(frozen=True)
