@@ -39,6 +39,15 @@ USES: dict[int, frozenset[str]] = {
 # ...only when the same function also calls this method (building a Stack to read its plan
 # starts nothing).
 ONLY_WITH: dict[int, str] = {id(stack.Stack): "start"}
+# The same, imported inside a function (``from tests.natsserver import private_nats_server``).
+_LOCAL: list[tuple[Any, frozenset[str]]] = [
+    (natsserver.private_nats_server, frozenset({"nats"})),
+    (natsserver.nats_server_binary, frozenset({"nats"})),
+    (redisservers.redis_server, frozenset({"redis"})),
+    (redisservers.redis_cluster, frozenset({"redis"})),
+    (serviceproc.ServiceProcess, frozenset({"nats"})),
+]
+BY_NAME = {(obj.__module__, obj.__name__): need for obj, need in _LOCAL}
 # A path to a binary kept in a constant (``REDIS_SERVER = "/usr/bin/redis-server"``).
 BINARIES: dict[str, frozenset[str]] = {
     "nats-server": frozenset({"nats"}),
@@ -65,7 +74,7 @@ def _scan(obj: Any, seen: set[int]) -> set[str]:
     if id(obj) in USES:
         return set(USES[id(obj)])
     if isinstance(obj, str):
-        return {n for b, need in BINARIES.items() if obj.endswith("/" + b) for n in need}
+        return set(BINARIES.get(obj.rsplit("/", 1)[-1], ()))
     if inspect.isclass(obj):
         found: set[str] = set()
         for klass in obj.__mro__:
@@ -81,7 +90,16 @@ def _scan(obj: Any, seen: set[int]) -> set[str]:
         return set()
     scope = getattr(fn, "__globals__", {})
     names = {name for c in _codes(code) for name in c.co_names}
-    found = set()
+    found = {
+        n
+        for c in _codes(code)
+        for const in c.co_consts
+        if isinstance(const, str)
+        for n in BINARIES.get(const.rsplit("/", 1)[-1], ())
+    }
+    for (module, name), need in BY_NAME.items():
+        if module in names and name in names:
+            found |= need
     for name in names & scope.keys():
         value = scope[name]
         if ONLY_WITH.get(id(value), name) not in names:
