@@ -9,7 +9,7 @@ the machine's on its default port, else one this run starts; never a skip.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,9 +44,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"started by the suite: {line}")
 
 
-def _need(what: str) -> None:
-    """Fail the test in one line: what to start (a server we needed and could not start)."""
-    pytest.fail(what, pytrace=False)
+def _fail_unless(binary: Callable[[], str], why: str) -> None:
+    """Fail the test in one line, ``why`` with the problem filled in, when ``binary`` is
+    missing (a server it needs does not answer and the suite cannot start one)."""
+    try:
+        binary()
+    except RuntimeError as e:
+        problem = str(e)
+    else:
+        return
+    pytest.fail(why.format(problem), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -57,10 +64,7 @@ def nats_url() -> Iterator[str]:
     if nats_reachable(wanted):
         yield wanted
         return
-    try:
-        nats_server_binary()
-    except RuntimeError as e:
-        _need(f"NATS at {wanted} does not answer and none could be started ({e}): start one")
+    _fail_unless(nats_server_binary, f"NATS at {wanted} does not answer and {{}}: start one")
     with private_nats_server(jetstream=True) as url:
         _started.append(f"nats-server -js at {url} ({wanted} did not answer)")
         yield url
@@ -70,10 +74,7 @@ def nats_url() -> Iterator[str]:
 def private_nats() -> Iterator[str]:
     """A nats-server of this test module's own (no JetStream): nobody else's queue-group
     members (workers on the machine's NATS) can take its messages."""
-    try:
-        nats_server_binary()
-    except RuntimeError as e:
-        _need(str(e))
+    _fail_unless(nats_server_binary, "this module starts a nats-server of its own: {}")
     with private_nats_server() as url:
         yield url
 
@@ -86,10 +87,7 @@ def redis_url() -> Iterator[str]:
     if redis_answers(wanted):
         yield wanted
         return
-    try:
-        redis_server_binary()
-    except RuntimeError as e:
-        _need(f"Redis at {wanted} does not answer and none could be started ({e}): start one")
+    _fail_unless(redis_server_binary, f"Redis at {wanted} does not answer and {{}}: start one")
     with redis_server() as port:
         url = f"redis://127.0.0.1:{port}/0"
         _started.append(f"redis-server at {url} ({wanted} did not answer)")

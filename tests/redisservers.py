@@ -21,7 +21,7 @@ REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 def redis_server_binary() -> str:
     """The machine's redis-server; RuntimeError (one line) when it is not installed."""
     if not Path(REDIS_SERVER).exists():
-        raise RuntimeError("redis-server not found: install it (apt-get install redis-server)")
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
     return REDIS_SERVER
 
 
