@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import redis
 
@@ -15,6 +16,24 @@ from voiceagent.stack import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+
+def redis_server_binary() -> str:
+    """The machine's redis-server; RuntimeError (one line) when it is not installed."""
+    if not Path(REDIS_SERVER).exists():
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    return REDIS_SERVER
+
+
+def redis_answers(url: str) -> bool:
+    """Redis at ``url`` answers PING (within a second)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
 
 
 def _wait_ping(port: int, proc: subprocess.Popen[bytes], **auth: str) -> None:
@@ -36,7 +55,7 @@ def _wait_ping(port: int, proc: subprocess.Popen[bytes], **auth: str) -> None:
 def redis_server(args: Sequence[str] = ()) -> Iterator[int]:
     """A plain redis-server with ``args``; yields its port."""
     port = free_port()
-    argv = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
     argv += ["--appendonly", "no", *args]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

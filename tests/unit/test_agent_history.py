@@ -240,7 +240,7 @@ class _Proxy:
 
 
 async def test_outage_degrades_then_redis_is_used_again(redis_url: str) -> None:
-    proxy = _Proxy(6379)
+    proxy = _Proxy(aioredis.Redis.from_url(redis_url).connection_pool.connection_kwargs["port"])
     await proxy.start()
     db = redis_url.rsplit("/", 1)[-1]
     store = Store(url=f"redis://127.0.0.1:{proxy.port}/{db}", op_timeout_s=0.2, retry_after_s=0.1)
