@@ -1,0 +1,1 @@
+"""The ASR's turn-taking: when the caller's turn is over."""
