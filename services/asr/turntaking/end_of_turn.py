@@ -60,7 +60,7 @@ class Evidence:
 class EndOfTurnPolicy:
     """Settings of the decision (env vars proposed in ``docs/turn-taking.md``)."""
 
-    min_wait_ms: int = 250  # a finished answer ends after this much pause
+    min_wait_ms: int = 200  # a finished answer ends after this much pause (then the decode)
     max_wait_ms: int = 2000  # a fragment ends after this much pause, whatever it says
     complete_at: float = 0.7  # completeness at or above this: the short wait
     incomplete_at: float = 0.3  # at or below this: the long wait
@@ -242,6 +242,8 @@ ORDINALS = frozenset(
     twenty-first twenty-second twenty-third thirty-first
     """.split()
 )
+# "in March", "since May": the month is the whole answer, no day is coming.
+_WHOLE_MONTH = frozenset("in of since until till last next early late mid end".split())
 _RELATIVE_DAYS = frozenset("today tomorrow tonight yesterday weekend morning afternoon".split())
 # Stems that ask for more than themselves ("I'd like to book an appointment" is complete, but
 # these are not, whatever word closes them).
@@ -373,9 +375,10 @@ def text_completeness(text: str, *, agent_question: str | None = None) -> TextCu
                 return TextCue(0.1, 1.0, f"phone number: {_digit_count(ws)} digits so far", ws)
 
     # A number or date still being said.
-    if last in _NUMBER_GOES_ON or (last == "nineteen" and len(ws) > 1 and ws[-2] in MONTHS):
+    dated = any(w in MONTHS or w in ORDINALS for w in ws[:-1])
+    if last in _NUMBER_GOES_ON or (last in ("nineteen", "eighteen") and dated):
         return TextCue(0.15, 0.8, f"number still being said ('{last}')", ws)
-    if last in MONTHS and want in ("date", None) and len(ws) > 1:
+    if last in MONTHS and want in ("date", None) and len(ws) > 1 and prev not in _WHOLE_MONTH:
         # "my birthday is March ...": the day is coming (a lone "March." may be the answer).
         return TextCue(0.2, 0.8, f"date still being said ('{last}')", ws)
     if want == "number" and last in NUMBER_WORDS | {"oh"} and _digit_count(ws) < 7:
