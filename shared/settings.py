@@ -287,14 +287,25 @@ class Settings(BaseSettings):
     endpointing_ms: int = Field(default=600, description="silence that ends a caller turn")
     smart_endpointing: bool = Field(
         default=True,
-        description="local ASR: end a turn after ENDPOINTING_MIN_MS when the words so far are "
-        "a complete sentence, else wait up to ENDPOINTING_MAX_MS (off: ENDPOINTING_MS timer)",
+        description="every recognizer: cut speech at ENDPOINTING_MIN_MS and let the end-of-turn "
+        "decision (words, confidence, prosody) say how long each pause must last, up to "
+        "ENDPOINTING_MAX_MS (off: the ENDPOINTING_MS silence timer alone)",
     )
     endpointing_min_ms: int = Field(
-        default=300, description="smart endpointing: pause after which a complete sentence ends"
+        default=300,
+        description="smart endpointing: the recognizer's short pause (a finished answer ends here)",
     )
     endpointing_max_ms: int = Field(
-        default=1500, description="smart endpointing: pause that ends even an unfinished sentence"
+        default=2000, description="smart endpointing: pause that ends even an unfinished sentence"
+    )
+    end_of_turn_rejoin_ms: int = Field(
+        default=1500,
+        description="smart endpointing: speech this soon after a fragment ended by the longest "
+        "wait continues it (one utterance; the reply to the fragment is withdrawn)",
+    )
+    end_of_turn_acoustic: bool = Field(
+        default=True,
+        description="smart endpointing: weigh the prosody of the pause (pitch, energy)",
     )
     min_speech_ms: int = Field(default=200, description="shorter sounds are not speech")
     barge_in_min_speech_ms: int = Field(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from services.asr.intake import FrameQueue
 from services.asr.providers.base import AsrProvider, CpuMeter
+from services.asr.turntaking.turns import CallTurns
 from services.asr.utterances import AudioClock, UtteranceTracker
 
 ENDED_REMEMBERED = 10_000  # ended calls remembered (a late claim for one is refused)
@@ -36,6 +37,7 @@ class HeldCall:
     stage_failed: bool = False  # StageFailed already published (the agent apologized)
     traceparent: str | None = None  # the call's trace context (from the gateway's frames)
     cpu: CpuMeter = field(default_factory=CpuMeter)  # embedded recognizers' CPU for this call
+    turns: CallTurns | None = None  # the end-of-turn decision over the recognizer's segments
     last_final_id: int | None = None  # the last utterance with words (a continuation's origin)
 
 

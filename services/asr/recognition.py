@@ -56,7 +56,13 @@ class Recognition:
             started = time.monotonic()
             CALL_CPU.set(call.cpu)  # this call's task: the recognizer's CPU goes on its account
             try:
-                async for ev in recognizer.stream(recognizer_audio(call.queue, call.clock)):
+                audio = recognizer_audio(call.queue, call.clock)
+                events = (
+                    recognizer.stream(audio)
+                    if call.turns is None
+                    else call.turns.stream(recognizer.stream, audio)
+                )
+                async for ev in events:
                     await self._out.on_speech(call, ev)
                 if call.closing:  # the audio ended and the recognizer flushed
                     return

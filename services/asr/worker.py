@@ -41,6 +41,8 @@ from services.asr.providers.base import AsrProvider
 from services.asr.providers.select import with_fallback
 from services.asr.publish import SpeechPublisher
 from services.asr.recognition import Recognition
+from services.asr.turntaking.end_of_turn import EndOfTurnPolicy
+from services.asr.turntaking.turns import CallTurns
 from services.asr.utterances import UtteranceTracker
 from shared import headers as H
 from shared import subjects
@@ -207,6 +209,7 @@ class AsrWorker:
             queue=FrameQueue(maxsize=QUEUE_FRAMES),
             tracker=UtteranceTracker(last_id=claim.last_utterance_id),
             recognizer=self._provider,
+            turns=self._turns(),
         )
         self._calls[sid] = call  # before any await: a concurrent re-claim finds it
         call.task = asyncio.create_task(self._recognition.run(call))
@@ -218,6 +221,19 @@ class AsrWorker:
             self._event(sid, "asr.claimed", worker_id=self.worker_id, provider=self._provider.name)
         )
         return True
+
+    def _turns(self) -> CallTurns | None:
+        """The call's end-of-turn decision (``SMART_ENDPOINTING``), whatever the recognizer."""
+        s = self._settings
+        if not s.smart_endpointing:
+            return None
+        policy = EndOfTurnPolicy(
+            min_wait_ms=s.endpointing_min_ms,
+            max_wait_ms=max(s.endpointing_max_ms, s.endpointing_min_ms),
+        )
+        return CallTurns(
+            policy=policy, rejoin_ms=s.end_of_turn_rejoin_ms, acoustic=s.end_of_turn_acoustic
+        )
 
     async def _on_audio(self, msg: Msg) -> None:
         """One frame of any held call (hot path: 50 per second per call)."""

@@ -15,6 +15,8 @@ import pytest
 from services.asr.providers.base import SpeechEvent
 from services.asr.providers.local import LocalAsr
 from services.asr.transcript_filter import normalize_words
+from services.asr.turntaking.end_of_turn import EndOfTurnPolicy
+from services.asr.turntaking.turns import CallTurns
 from shared.audio import frames, ulaw_to_float
 from shared.settings import Settings
 from tests.speech import noise_mulaw, silence_mulaw, synthesize_mulaw
@@ -30,9 +32,11 @@ async def asr() -> LocalAsr:
     return provider
 
 
-async def _feed(audio: bytes) -> AsyncIterator[bytes]:
+async def _feed(audio: bytes, *, frame_s: float = 0.0) -> AsyncIterator[bytes]:
     for frame in frames(audio):
         yield frame
+        if frame_s:
+            await asyncio.sleep(frame_s)
 
 
 async def recognize(asr: LocalAsr, audio: bytes) -> list[SpeechEvent]:
@@ -83,19 +87,25 @@ async def test_two_utterances_come_out_in_order(asr: LocalAsr) -> None:
     assert events[3].audio_ms > events[1].audio_ms  # second onset after first end
 
 
-async def test_a_short_pause_does_not_split_the_utterance(asr: LocalAsr) -> None:
+async def test_a_pause_after_a_fragment_does_not_split_the_utterance(asr: LocalAsr) -> None:
+    """The recognizer cuts at the short pause; the end-of-turn decision (as the worker runs it)
+    keeps the turn open after "... for" and joins what follows: one transcript."""
     audio = (
         silence_mulaw(300)
-        + synthesize_mulaw("Hello there.")
-        + silence_mulaw(250)
-        + synthesize_mulaw("How are you today?")
+        + synthesize_mulaw("I would like to book an appointment for")
         + silence_mulaw(900)
+        + synthesize_mulaw("next Tuesday.")
+        + silence_mulaw(1200)
     )
-    events = await recognize(asr, audio)
+    turns = CallTurns(policy=EndOfTurnPolicy(min_wait_ms=300, max_wait_ms=2000), rejoin_ms=1500)
+    # The gate's clock is the audio: feed it at 4x real time, not all at once, so a decode's
+    # latency is a short stretch of audio as on a call.
+    events = [ev async for ev in turns.stream(asr.stream, _feed(audio, frame_s=0.005))]
 
     assert kinds(events) == ["speech_started", "speech_stopped", "final"]
     words = normalize_words(events[2].text)
-    assert "hello" in words and "today" in words
+    assert "appointment" in words and "tuesday" in words
+    assert events[2].end_of_turn is not None and events[2].end_of_turn.segments == 2
 
 
 async def test_speech_cut_off_by_the_end_of_the_call_is_still_transcribed(asr: LocalAsr) -> None:

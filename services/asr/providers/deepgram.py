@@ -520,7 +520,8 @@ class DeepgramAsr(AsrProvider):
             sample_rate=SAMPLE_RATE,
             channels=1,
             interim_results="true",
-            endpointing=s.endpointing_ms,
+            # Smart endpointing: Deepgram cuts at the short pause, our decision ends the turn.
+            endpointing=s.endpointing_min_ms if s.smart_endpointing else s.endpointing_ms,
             utterance_end_ms=s.deepgram_utterance_end_ms,
             vad_events="true",
         )

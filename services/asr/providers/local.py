@@ -4,9 +4,9 @@ Per call the audio is scored by a Silero VAD of its own (:mod:`services.asr.segm
 inline: a thread hop would cost as much as the work) and cut into utterances; each finished
 utterance (padded a little) is transcribed by the process's shared whisper engine
 (:mod:`services.asr.whisper_engine`) while the call's VAD keeps consuming audio. With
-``SMART_ENDPOINTING`` (the default) the end of a turn is decided by
-:mod:`services.asr.turntaking.smart_endpointing` instead: a short pause ends a complete
-sentence, an unfinished one waits for more speech, merged into the same utterance. Windows far
+``SMART_ENDPOINTING`` (the default) utterances are cut at the short pause
+(``ENDPOINTING_MIN_MS``) and the worker's end-of-turn decision joins them into turns
+(:mod:`services.asr.turntaking`), as for every recognizer. Windows far
 under the caller's own speech level count as silence whatever the VAD says
 (:mod:`shared.level`, ``VAD_LEVEL_MARGIN_DB``): talk in the background does not hold a turn open.
 
@@ -38,7 +38,6 @@ from services.asr.segmenter import (
     new_vad,
     samples_to_ms,
 )
-from services.asr.turntaking.smart_endpointing import SmartTurns
 from services.asr.whisper_engine import (
     PROVIDER,
     WhisperEngine,
@@ -124,6 +123,8 @@ class LocalAsr(AsrProvider):
         """Consume the call's audio: VAD, boundaries, and decode tasks, in order, on ``out``;
         the CPU time of the VAD and of the call's decodes goes to ``meter``."""
         s = self._settings
+        # Smart end of turn: segments close at the short pause, and the worker's end-of-turn
+        # decision joins them into turns (services/asr/turntaking/).
         smart = s.smart_endpointing
         ep = Endpointer(
             threshold=s.vad_threshold,
@@ -135,12 +136,6 @@ class LocalAsr(AsrProvider):
         level = SpeechLevel(
             margin_db=s.vad_level_margin_db, hold_windows=HOLD_WINDOWS, background=True
         )
-        turns = None
-        if smart:  # see services/asr/turntaking/smart_endpointing.py
-            max_ms = max(s.endpointing_max_ms, s.endpointing_min_ms)
-            turns = SmartTurns(
-                max_ms=max_ms, endpointer=ep, buf=buf, engine=engine, out=out, meter=meter
-            )
         pending = np.zeros(0, dtype=np.float32)
         try:
             async for chunk in audio:
@@ -155,22 +150,14 @@ class LocalAsr(AsrProvider):
                     window = np.array(pending[i : i + WINDOW], dtype=np.float32)  # writable
                     prob = float(vad.process(memoryview(window.data)))  # always: VAD state
                     b = ep.push(level.gate(prob, rms_dbfs(window), threshold=s.vad_threshold))
-                    if turns is not None:
-                        if b is not None:
-                            turns.boundary(b)
-                        turns.tick()
-                    elif b is not None:
+                    if b is not None:
                         self._boundary(b, buf, engine, out, meter)
                 if meter is not None:
                     meter.add(time.thread_time() - started)
                 pending = pending[n:]
-                buf.trim(ep.keep_from if turns is None else turns.keep_from(ep.keep_from))
+                buf.trim(ep.keep_from)
             b = ep.flush()
-            if turns is not None:
-                if b is not None:
-                    turns.boundary(b)
-                turns.flush()
-            elif b is not None:
+            if b is not None:
                 self._boundary(b, buf, engine, out, meter)
             out.put_nowait(_END)
         except asyncio.CancelledError:

@@ -16,7 +16,7 @@ far the audio has advanced, so the gate runs on virtual time in tests and benche
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from services.asr.providers.base import EndOfTurn, SpeechEvent
@@ -165,7 +165,7 @@ class TurnGate:
         segs = self._segs
         start, end = segs[0].start_ms, segs[-1].end_ms
         confidences = [s.confidence for s in segs if s.confidence is not None]
-        text = " ".join(s.text for s in segs)
+        text = join_text(s.text for s in segs)
         ended = EndOfTurn(
             reason=verdict.reason,
             wait_ms=verdict.wait_ms,
@@ -194,8 +194,20 @@ class TurnGate:
         ]
 
     def _joined(self, text: str) -> str:
-        held = " ".join(s.text for s in self._segs)
-        return f"{held} {text}".strip() if held else text
+        return join_text([*(s.text for s in self._segs), text])
 
     def _turn_start(self) -> int | None:
         return self._segs[0].start_ms if self._segs else self._seg_start
+
+
+def join_text(parts: Iterable[str]) -> str:
+    """Segments' words as one sentence: a recognizer's period before words that go on in lower
+    case was a pause, not the end ("appointment for. next Tuesday" -> "... for next Tuesday")."""
+    out = ""
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        if out and part[0].islower() and out.endswith("."):
+            out = out[:-1]
+        out = f"{out} {part}" if out else part
+    return out

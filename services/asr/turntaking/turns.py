@@ -1,0 +1,143 @@
+"""Any recognizer's events through the one end-of-turn decision (``SMART_ENDPOINTING``).
+
+The recognizer runs with the short pause (``ENDPOINTING_MIN_MS``) and closes a segment at each;
+:class:`CallTurns` keeps the call's last seconds of audio, feeds the segments to the
+:class:`~services.asr.turntaking.turn_gate.TurnGate` and asks
+:func:`~services.asr.turntaking.end_of_turn.decide` about each pause, with the acoustic
+finality of the speech that ended it (:mod:`services.asr.turntaking.prosody`). The gate's clock
+is the audio itself: every frame the recognizer consumes advances it, so a held turn ends after
+the same pause whether the recognizer is local or remote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from services.asr.providers.base import SpeechEvent
+from services.asr.turntaking.end_of_turn import (
+    FILLERS,
+    FUNCTION_WORDS,
+    Action,
+    EndOfTurnPolicy,
+    Evidence,
+    Word,
+    decide,
+)
+from services.asr.turntaking.prosody import Finality, finality
+from services.asr.turntaking.turn_gate import Segment, TurnGate, Verdict
+from shared.audio import ulaw_to_float
+
+_QUOTED = re.compile(r"'([^']*)'")
+TAIL_MS = 3000  # audio kept for the acoustic cue (the last second of a segment, with slack)
+ACOUSTIC_MS = 1000
+_BYTES_PER_MS = 8  # 8 kHz mu-law
+
+
+class CallTurns:
+    """One call's turn-taking across its recognizer streams (restarts keep the gate)."""
+
+    def __init__(self, *, policy: EndOfTurnPolicy, rejoin_ms: int, acoustic: bool = True) -> None:
+        self._policy = policy
+        self._acoustic = acoustic
+        self._rejoin_ms = rejoin_ms
+        self.gate = TurnGate(decide=self._decide, rejoin_ms=rejoin_ms)
+        self._tail = bytearray()
+        self._tail_end_ms = 0  # stream position of the tail's last byte
+        self._position = 0
+
+    def _decide(self, segments: Sequence[Segment]) -> Verdict:
+        words = tuple(
+            Word(text=w, confidence=s.confidence) for s in segments for w in s.text.split()
+        )
+        last = segments[-1]
+        evidence = Evidence(
+            words=words,
+            pause_ms=max(1.0, float(self._position - last.end_ms)),
+            text=" ".join(s.text for s in segments),
+            acoustic=self._finality(last.end_ms) if self._acoustic else None,
+            confidence=min(
+                (s.confidence for s in segments if s.confidence is not None), default=None
+            ),
+        )
+        d = decide(evidence, self._policy)
+        wait = self._policy.max_wait_ms if d.action is Action.LISTEN else d.wait_ms
+        complete = d.completeness >= (self._policy.complete_at + self._policy.incomplete_at) / 2
+        return Verdict(wait_ms=wait, reason=safe_reason(d.reason), complete=complete)
+
+    def _finality(self, end_ms: int) -> Finality | None:
+        lag = self._tail_end_ms - end_ms
+        end = len(self._tail) - max(0, lag) * _BYTES_PER_MS
+        start = max(0, end - ACOUSTIC_MS * _BYTES_PER_MS)
+        if end - start < 200 * _BYTES_PER_MS:
+            return None
+        return finality(ulaw_to_float(bytes(self._tail[start:end])))
+
+    def _keep(self, chunk: bytes) -> None:
+        self._tail += chunk
+        self._position += len(chunk) // _BYTES_PER_MS
+        self._tail_end_ms = self._position
+        excess = len(self._tail) - TAIL_MS * _BYTES_PER_MS
+        if excess > 0:
+            del self._tail[:excess]
+
+    async def stream(
+        self,
+        recognize: Callable[[AsyncIterator[bytes]], AsyncIterator[SpeechEvent]],
+        audio: AsyncIterator[bytes],
+    ) -> AsyncIterator[SpeechEvent]:
+        """The recognizer's events over ``audio``, turns ended by the decision."""
+        # A (re)started recognizer counts from its first frame: a fresh gate on its positions.
+        self._position = 0
+        self._tail.clear()
+        self.gate = TurnGate(decide=self._decide, rejoin_ms=self._rejoin_ms)
+        queue: asyncio.Queue[SpeechEvent | int | BaseException | None] = asyncio.Queue()
+
+        async def tapped() -> AsyncIterator[bytes]:
+            async for chunk in audio:
+                self._keep(chunk)
+                queue.put_nowait(self._position)
+                yield chunk
+
+        async def pump() -> None:
+            try:
+                async for ev in recognize(tapped()):
+                    queue.put_nowait(ev)
+                queue.put_nowait(None)
+            except BaseException as e:  # handed to the reader, in order
+                queue.put_nowait(e)
+
+        task = asyncio.create_task(pump())
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, int):
+                    events = self.gate.tick(position_ms=item)
+                else:
+                    events = self.gate.on_event(item, position_ms=self._position)
+                for ev in events:
+                    yield ev
+            for ev in self.gate.flush(position_ms=self._position):
+                yield ev
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+
+def safe_reason(reason: str) -> str:
+    """The decision's reason without the caller's words (events are not PHI): quoted words
+    stay only when they are function words or fillers ("trailing 'for'")."""
+
+    def keep(m: re.Match[str]) -> str:
+        words = m.group(1).split()
+        return m.group(0) if all(w in FUNCTION_WORDS or w in FILLERS for w in words) else "…"
+
+    return _QUOTED.sub(keep, reason) or "complete"
