@@ -282,7 +282,7 @@ class FlakyAsr(AsrProvider):
 
 async def test_a_crashing_recognizer_is_restarted_then_released_without_hurting_others() -> None:
     with private_nats_server() as url:
-        settings = Settings(_env_file=None, nats_url=url, asr_max_calls=10)
+        settings = Settings(_env_file=None, nats_url=url, asr_max_calls=10, smart_endpointing=False)
         broker = make_broker(settings, name="asr-test")
         worker = AsrWorker(settings=settings, provider=FlakyAsr(), broker=broker)
         worker.attach()

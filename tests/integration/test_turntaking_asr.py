@@ -19,6 +19,8 @@ from benchmarks.endpointing import CASES, evaluate, table
 from services.asr.providers.base import SpeechEvent
 from services.asr.providers.local import LocalAsr
 from services.asr.transcript_filter import normalize_words
+from services.asr.turntaking.end_of_turn import EndOfTurnPolicy
+from services.asr.turntaking.turns import CallTurns
 from shared.audio import frames
 from shared.settings import Settings
 from tests.speech import silence_mulaw, synthesize_mulaw
@@ -36,12 +38,15 @@ async def _real_time(audio: bytes) -> AsyncIterator[bytes]:
 
 
 async def test_a_pause_mid_sentence_gives_one_transcript() -> None:
+    """The recognizer as the worker runs it: segments at the short pause, the end-of-turn
+    decision joining them."""
     asr = LocalAsr(
         settings=Settings(
-            _env_file=None, smart_endpointing=True, endpointing_min_ms=300, endpointing_max_ms=1500
+            _env_file=None, smart_endpointing=True, endpointing_min_ms=300, endpointing_max_ms=2000
         )
     )
     await asr.warm_up()
+    turns = CallTurns(policy=EndOfTurnPolicy(min_wait_ms=300, max_wait_ms=2000), rejoin_ms=1500)
     audio = (
         silence_mulaw(300)
         + synthesize_mulaw("I'd like to book an appointment for")
@@ -49,7 +54,7 @@ async def test_a_pause_mid_sentence_gives_one_transcript() -> None:
         + synthesize_mulaw("next Tuesday at ten.")
         + silence_mulaw(2200)
     )
-    events: list[SpeechEvent] = [ev async for ev in asr.stream(_real_time(audio))]
+    events: list[SpeechEvent] = [ev async for ev in turns.stream(asr.stream, _real_time(audio))]
     finals = [e for e in events if e.kind == "final" and e.text]
     assert len(finals) == 1, f"the caller was cut off: {[e.text for e in finals]}"
     words = set(normalize_words(finals[0].text))
