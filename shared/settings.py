@@ -318,6 +318,16 @@ class Settings(BaseSettings):
     barge_in_confirm_speech_ms: int = Field(
         default=1500, description="speech this long confirms a barge-in without waiting for words"
     )
+    barge_in_short_sound_ms: int = Field(
+        default=600,
+        description="caller sound over agent audio no longer than this may be a backchannel "
+        "('mm-hm') or a cough: playback resumes as soon as it stops",
+    )
+    barge_in_quick_revert_ms: int = Field(
+        default=400,
+        description="silence after such a short sound that resumes playback (0: wait for words; "
+        "shorter than a comma's pause would resume over 'Wait, stop.')",
+    )
     false_interruption_timeout_ms: int = Field(
         default=1200,
         description="no confirming words this long after the caller stops: resume the agent",

@@ -167,6 +167,8 @@ class CallSession:
                 confirm_speech_ms=settings.barge_in_confirm_speech_ms,
                 timeout_s=settings.false_interruption_timeout_ms / 1000,
                 backchannels=parse_backchannels(settings.backchannel_words),
+                short_sound_ms=settings.barge_in_short_sound_ms,
+                quick_revert_ms=settings.barge_in_quick_revert_ms,
             )
         )
         self._guards = CallGuards(

@@ -176,3 +176,33 @@ def test_pacing_stats_flags_bursts_gaps_and_lead() -> None:
     assert bad.underruns == 1 and bad.max_gap_ms >= 490 and not bad.within(100)
     burst = pacing_stats([0.0] * 40)
     assert burst.max_lead_ms == 800 and not burst.within(200)
+
+
+def _vad(a: BargeInArbiter, t0: float, pattern: list[tuple[bool, int]]) -> tuple[Decision, float]:
+    """Feed 20 ms VAD frames (speaking, how many) from ``t0``; the first decision taken."""
+    t = t0
+    for speaking, frames in pattern:
+        for _ in range(frames):
+            t += 0.02
+            d = a.on_vad(speech_ms=20 if speaking else 0, speaking=speaking, now=t)
+            if d is not Decision.WAIT:
+                return d, t
+    return Decision.WAIT, t
+
+
+def test_a_short_sound_resumes_the_agent_as_soon_as_it_stops() -> None:
+    a = arbiter(short_sound_ms=600, quick_revert_ms=400)
+    a.pause(3, 10.0, speech_ms=160)
+    # "mm-hm": 300 ms more of sound, then silence: resumed 400 ms after it stopped, no words
+    decision, at = _vad(a, 10.0, [(True, 15), (False, 40)])
+    assert decision is Decision.REVERT and a.reason == "short_sound"
+    assert 10.3 + 0.4 <= at <= 10.3 + 0.45
+
+
+def test_a_pause_inside_an_interruption_does_not_resume_the_agent() -> None:
+    a = arbiter(short_sound_ms=600, quick_revert_ms=400)
+    a.pause(3, 10.0, speech_ms=160)
+    # "Wait, ... stop, what about Sunday": a comma's 250 ms pause, then the caller goes on
+    decision, _ = _vad(a, 10.0, [(True, 10), (False, 12), (True, 30), (False, 5)])
+    assert decision is Decision.WAIT
+    assert a.on_transcript(utterance_id=1, text="Wait, stop.", is_final=False) is Decision.CONFIRM

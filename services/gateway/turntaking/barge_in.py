@@ -8,8 +8,10 @@ Phase 2 (this arbiter) decides what the sound was:
 - **confirm** (a real interruption): the caller's words arrive on the transcript subject with at
   least ``BARGE_IN_MIN_WORDS`` words that are not backchannels, or the speech lasts
   ``BARGE_IN_CONFIRM_SPEECH_MS``. The gateway then publishes ``Interrupt`` and ``Played``.
-- **revert** (noise, a cough, "mm-hm"): the final transcript is empty (the recognizer rejected
-  the sound) or only backchannels, or no qualifying words came within
+- **revert** (noise, a cough, "mm-hm"): the sound was short (``BARGE_IN_SHORT_SOUND_MS``) and
+  ``BARGE_IN_QUICK_REVERT_MS`` of silence followed it (no wait for the recognizer: words that
+  turn out to interrupt cut the resumed audio again), or the final transcript is empty (the
+  recognizer rejected the sound) or only backchannels, or no qualifying words came within
   ``FALSE_INTERRUPTION_TIMEOUT_MS`` after the caller stopped. Playback resumes where it was cut.
 
 While the recognizer has started an utterance but not finished it, the arbiter waits a little
@@ -36,6 +38,8 @@ class BargeInPolicy:
     confirm_speech_ms: int = 1500
     timeout_s: float = 1.2
     backchannels: frozenset[str] = frozenset()
+    short_sound_ms: int = 600  # a sound over the agent no longer than this may be "mm-hm"
+    quick_revert_ms: int = 400  # ...and this much silence after it resumes at once (0: off)
 
 
 class Decision(Enum):
@@ -89,9 +93,21 @@ class BargeInArbiter:
         if speaking:
             self._last_speech = now
         self._speech_ms += speech_ms
-        if self._speech_ms >= self.policy.confirm_speech_ms:
+        p = self.policy
+        if self._speech_ms >= p.confirm_speech_ms:
             self.reason = "long_speech"
             return Decision.CONFIRM
+        if (
+            p.quick_revert_ms
+            and not speaking
+            and self._speech_ms <= p.short_sound_ms
+            and now - self._last_speech >= p.quick_revert_ms / 1000
+        ):
+            # A short sound that stopped ("mm-hm", a cough): resume now rather than after its
+            # transcript. If its words turn out to be an interruption ("No."), they cut the
+            # resumed audio again (interrupts_playback).
+            self.reason = "short_sound"
+            return Decision.REVERT
         return Decision.WAIT
 
     def on_speech_started(self, utterance_id: int, now: float) -> None:
