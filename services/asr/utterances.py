@@ -61,6 +61,11 @@ class UtteranceTracker:
         return u
 
     @property
+    def next_id(self) -> int:
+        """The id the next new utterance will get."""
+        return self._next
+
+    @property
     def idle(self) -> bool:
         """No utterance is waiting for its final (a safe moment to hand the call over)."""
         return self.current is None or self.current.final

@@ -196,9 +196,22 @@ class AsrWorker:
 
     async def _accept(self, claim: AsrClaim) -> bool:
         sid = claim.call_sid
-        if sid in self._calls:
-            log.info("call re-claimed; keeping its recognizer", **kv(call=sid))
-            return True
+        held = self._calls.get(sid)
+        if held is not None:
+            if claim.last_utterance_id < held.tracker.next_id:
+                log.info("call re-claimed; keeping its recognizer", **kv(call=sid))
+                return True
+            # The gateway moved the call to another worker, which recognized utterances this
+            # one never heard (it kept the call until AUDIO_IDLE_S), and now back. Kept, this
+            # hold would number the next utterance with an id already used, which the agents'
+            # turn leases take for a turn already answered (and ignore the gateway's re-sends
+            # too): the caller's sentence would go unanswered. Start afresh, as a new claim.
+            self._calls.pop(sid)
+            held.closing = True
+            if held.task is not None:
+                held.task.cancel()
+            self._spawn(self._usage(held))  # the provider got that audio
+            log.info("call claimed back from another worker; new recognizer", **kv(call=sid))
         if self._draining or sid in self._ended or self._audio_sub is None:
             return False  # not started yet: the gateway asks again (another worker, or us soon)
         if len(self._calls) >= self.max_calls:

@@ -188,6 +188,30 @@ async def test_a_claimed_call_gets_its_transcript(nc: NATS) -> None:
     await call.end()
 
 
+async def test_a_call_claimed_back_numbers_its_utterances_after_the_other_workers(
+    nc: NATS,
+) -> None:
+    """A worker still holding a call the gateway moved away and back must not reuse ids.
+
+    Agents answer each utterance id once (turn leases): a final under an id another worker
+    already used would be taken for a turn already answered, and the caller never answered.
+    """
+    call = await new_call(nc)
+    assert (await call.claim()).accepted
+    await call.send_audio(silence_mulaw(400) + synthesize_mulaw(SENTENCE) + silence_mulaw(900))
+    first = [await call.next_speech() for _ in range(3)]
+    assert [s.utterance_id for s in first] == [1, 1, 1]
+    # Another worker recognized utterances 2 and 3 meanwhile (this one got no audio), then was
+    # lost: the gateway claims the call again and this worker, still holding it, answers.
+    assert (await call.claim(last_utterance_id=3)).accepted
+    await call.send_audio(silence_mulaw(400) + synthesize_mulaw(SENTENCE) + silence_mulaw(900))
+    again = [await call.next_speech() for _ in range(3)]
+    assert [s.utterance_id for s in again] == [4, 4, 4]
+    final = again[-1]
+    assert isinstance(final, Transcript) and "pharmacy" in normalize_words(final.text)
+    await call.end()
+
+
 async def test_call_ended_stops_heartbeats_and_frees_the_slot(nc: NATS) -> None:
     call = await new_call(nc)
     assert (await call.claim()).accepted

@@ -309,9 +309,20 @@ async def test_call_survives_losing_the_gateways_node_then_an_asr_workers_node(
                 assert await _export(faults, before_sid) == 404
 
                 killed: dict[str, tuple[int, float]] = {}
+                placement: list[dict[str, str]] = []  # where each service was at each kill
+
+                def where() -> dict[str, str]:
+                    found = {}
+                    for n in (*names, "cluster-observer"):
+                        try:
+                            found[n] = f"n{cluster.node_of(n) + 1}"
+                        except LookupError:
+                            found[n] = "reconnecting"
+                    return found
 
                 def on_line(line: str) -> None:
                     if line == f"caller: {S2}":
+                        placement.append(where())
                         cluster.kill(gw_node)
                         killed["gateway"] = (gw_node, time.monotonic())
                     elif line == f"caller: {S3}":
@@ -322,6 +333,7 @@ async def test_call_survives_losing_the_gateways_node_then_an_asr_workers_node(
                         ]
                         holder = faults.name_of(str(claims[-1].data["worker"]))
                         node = cluster.node_of(holder)
+                        placement.append(where())
                         cluster.kill(node)
                         killed[holder] = (node, time.monotonic())
 
@@ -337,7 +349,9 @@ async def test_call_survives_losing_the_gateways_node_then_an_asr_workers_node(
                     on_line=on_line,
                 )
                 result: CallResult = await asyncio.wait_for(call.run(prepared), 150)
-                ctx = _ctx(faults, result, killed, bus, sid)
+                ctx = f"\nplacement at each kill: {placement}" + _ctx(
+                    faults, result, killed, bus, sid
+                )
                 assert len(killed) == 2, "both nodes were not killed" + ctx
                 assert len(result.turns) == 3, ctx
                 for i in (1, 2):  # S2 after the gateway's node died, S3 after the ASR's
@@ -372,7 +386,7 @@ async def test_call_survives_losing_the_gateways_node_then_an_asr_workers_node(
                 assert {before_sid, after_sid} <= exported, (records, ctx)
                 print(
                     f"\n[nats cluster] nodes at start {nodes}; killed {killed}; latencies ms "
-                    f"{[round(t.latency_ms or -1) for t in result.turns]}"
+                    f"{[round(t.latency_ms or -1) for t in result.turns]}; placement {placement}"
                 )
             finally:
                 await obs.close()
