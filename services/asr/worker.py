@@ -210,7 +210,7 @@ class AsrWorker:
             held.closing = True
             if held.task is not None:
                 held.task.cancel()
-            self._spawn(self._usage(held))  # the provider got that audio
+            self._spawn(self._out.usage(held))  # the provider got that audio
             log.info("call claimed back from another worker; new recognizer", **kv(call=sid))
         if self._draining or sid in self._ended or self._audio_sub is None:
             return False  # not started yet: the gateway asks again (another worker, or us soon)
