@@ -1,6 +1,6 @@
 """What the agent tells its MCP (records) server about the call, in each request's ``_meta``.
 
-The contract between the agent and a records server (``voiceagent.fakes.mcp_server`` implements
+The contract between the agent and a records server (``devkit.fakes.mcp_server`` implements
 the server side):
 
 - every tool call carries :data:`CALL_SID`, the call it is made for;

@@ -45,7 +45,7 @@ TOKENS_PER_S = 8.0
 WORDS_BASE = 2
 WORDS_PER_S = 5.0
 COMPRESSION_RATIO_MAX = 2.4  # whisper's own loop detector
-# Clear bands (measured, decision record 0039, `python -m voiceagent.bench_asr`): speech on a
+# Clear bands (measured, decision record 0039, `python -m benchmarks.asr`): speech on a
 # short window decoded at no-speech <= 0.34; silence and noise at no-speech >= 0.61 with
 # log-probability <= -1.0, or no-speech >= 0.95 whatever the words. Between -1.0 (the filter's
 # own bar) and -0.8 lies a margin decoded again on the full window: on 122 utterances the words

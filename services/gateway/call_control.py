@@ -8,7 +8,7 @@ updated with ``<Dial>`` TwiML, and Twilio stops the media stream itself.
 
 The twilio client is synchronous: every request runs in a worker thread (``asyncio.to_thread``)
 with a deadline, never on the event loop. ``TWILIO_API_BASE_URL`` points the client at another
-host (tests use :mod:`voiceagent.fakes.twilio_rest`).
+host (tests use :mod:`devkit.fakes.twilio_rest`).
 
 A transfer goes only to a number of ``TRANSFER_TARGETS`` (:mod:`shared.transfer_targets`),
 checked here, where the REST request is made: whoever can publish ``Transfer`` on the bus

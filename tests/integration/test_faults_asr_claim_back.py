@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from devkit.fakes import openai as fake_llm
+from devkit.simulator import new_sid, say
 from shared.settings import Settings
-from voiceagent.fakes import openai as fake_llm
-from voiceagent.simulator import new_sid, say
 
 from .faults_stack import KNOWLEDGE, Faults, bus_log, fault_stack
 

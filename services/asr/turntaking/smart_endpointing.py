@@ -17,7 +17,7 @@ The decode made at the last pause is the final transcript (no second decode of t
 At most ``max_speculations`` decodes are made per utterance; after that, pauses only merge and
 the turn is decoded once, at the maximum. :class:`TurnEnder` is the pure decision logic (no
 I/O, positions in 8 kHz samples); the provider runs the decodes, the evaluation in
-:mod:`voiceagent.bench_endpointing` replays it on a virtual clock.
+:mod:`benchmarks.endpointing` replays it on a virtual clock.
 """
 
 from __future__ import annotations
