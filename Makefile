@@ -35,7 +35,7 @@ browser:
 	  || { echo "ERROR: could not install chromium: run 'apt-get install chromium' as root"; exit 1; }; }
 
 test: install lint typecheck browser  ## the whole suite, unit and integration
-	$(PY) -m pytest -q -m "not cluster_failover"
+	$(PY) -m pytest -q
 
 test-cluster: install  ## a call through three clustered nats-servers losing two nodes mid-call
 	$(PY) -m pytest -q -m cluster_failover
