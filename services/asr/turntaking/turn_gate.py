@@ -144,7 +144,19 @@ class TurnGate:
             )
         )
         self._verdict = self._decide(self._segs)
-        out.extend(self.tick(position_ms=position_ms))
+        ended = self.tick(position_ms=position_ms)
+        if ended:
+            return out + ended
+        # Held: the words so far as an interim, so a barge-in is confirmed without waiting
+        out.append(
+            SpeechEvent(
+                kind="interim",
+                audio_ms=end,
+                text=join_text(s.text for s in self._segs),
+                speech_start_ms=self._segs[0].start_ms,
+                speech_end_ms=end,
+            )
+        )
         return out
 
     def _empty(self, ev: SpeechEvent) -> list[SpeechEvent]:
