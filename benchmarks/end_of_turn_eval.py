@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     if args.errors:
         for c in clips:
-            s, w = combined(c, policy)
+            s, _w = combined(c, policy)
             if (s >= 0.5) != c.complete:
                 st = c.cues.get("smart_turn", float("nan"))
                 print(

@@ -37,7 +37,7 @@ purpose amd answered_by call_status detection_ms dest
 audio_s prompt_tokens completion_tokens chars cpu_s call_s direction schema_v currency prices_date
 cost_total cost_asr cost_llm cost_tts cost_twilio asr_audio_s llm_prompt_tokens
 llm_completion_tokens tts_chars twilio_s reports
-min_window_s batch
+min_window_s batch wait_ms pause_ms continues
 """  # ``utterance`` is an id in events; were it text, redact_value's TEXT_KEYS still hide it
 _REDACTED = """
 call call_sid text transcript heard_text digit digits caller from to phone email
