@@ -113,7 +113,7 @@ async def test_a_caller_at_real_time_pace_gets_words_and_speech_events(
         "sample_rate": "8000",
         "channels": "1",
         "interim_results": "true",
-        "endpointing": "600",
+        "endpointing": "300",  # ENDPOINTING_MIN_MS: our end-of-turn decision does the rest
         "utterance_end_ms": "1000",
         "vad_events": "true",
     }

@@ -143,9 +143,11 @@ async def test_auto_with_a_key_runs_deepgram_and_publishes_its_transcript(
 ) -> None:
     fake.reset()
     assert any("asr provider selected" in ln and "provider=deepgram" in ln for ln in worker)
+    # Rendered before the claim: Deepgram's deadline runs from the start of the stream.
+    audio = silence_mulaw(500) + synthesize_mulaw(SENTENCE) + silence_mulaw(1500)
     call = Call(nc)
     assert (await call.start()).accepted
-    await call.send(silence_mulaw(500) + synthesize_mulaw(SENTENCE) + silence_mulaw(1500))
+    await call.send(audio)
     final = await asyncio.wait_for(call.transcripts.get(), 20)
     assert {"speak", "pharmacy"} <= set(normalize_words(final.text))
     assert final.speech_start_ms is not None and 300 <= final.speech_start_ms <= 800
