@@ -326,12 +326,12 @@ def _has_time(ws: tuple[str, ...]) -> bool:
 def _digit_count(ws: tuple[str, ...]) -> int:
     n = 0
     for w in ws:
-        if w.isdigit():
-            n += len(w)
-        elif w in _UNITS:
+        if w in _UNITS:
             n += 1
-        elif w in ("double",):
+        elif w == "double":
             n += 1  # "double five": two digits, the word and the next
+        else:
+            n += sum(ch.isdigit() for ch in w)  # "555", "555-123-4567"
     return n
 
 
@@ -376,7 +376,10 @@ def text_completeness(text: str, *, agent_question: str | None = None) -> TextCu
 
     # A number or date still being said.
     dated = any(w in MONTHS or w in ORDINALS for w in ws[:-1])
-    if last in _NUMBER_GOES_ON or (last in ("nineteen", "eighteen") and dated):
+    # "two hundred ...", "twenty ...": more is coming, unless a number came before ("seven
+    # thirty", "nineteen eighty"), which the tens close.
+    goes_on = last in _NUMBER_GOES_ON and not (last in _TENS and prev in NUMBER_WORDS)
+    if goes_on or (last in ("nineteen", "eighteen") and dated):
         return TextCue(0.15, 0.8, f"number still being said ('{last}')", ws)
     if last in MONTHS and want in ("date", None) and len(ws) > 1 and prev not in _WHOLE_MONTH:
         # "my birthday is March ...": the day is coming (a lone "March." may be the answer).
