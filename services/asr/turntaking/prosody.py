@@ -99,12 +99,22 @@ def finality(samples: npt.NDArray[np.float32], *, rate: int = RATE) -> Finality 
     x = np.asarray(samples, dtype=np.float32)
     if len(x) < _WIN * 4:
         return None
+    # Trailing silence is not part of the speech: cut it on 10 ms blocks first, so the pause
+    # the VAD hands over with the utterance does not read as a fade.
+    n = len(x) // _HOP
+    block_db = 10 * np.log10(
+        np.mean(x[: n * _HOP].astype(np.float64).reshape(n, _HOP) ** 2, 1) + 1e-10
+    )
+    loud = np.nonzero(block_db > block_db.max() - _SPEECH_FLOOR_DB)[0]
+    if not len(loud):
+        return None
+    x = x[: (int(loud[-1]) + 1) * _HOP]
+    if len(x) < _WIN * 4:
+        return None
     frames = _frames(x)
     db = 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-10)
     speech = db > db.max() - _SPEECH_FLOOR_DB
-    if not speech.any():
-        return None
-    end = int(np.nonzero(speech)[0][-1]) + 1  # trailing silence is not part of the speech
+    end = len(frames)
     f0_all = _pitch(frames[:end])
     voiced_all = ~np.isnan(f0_all) & speech[:end]
     first = max(0, end - int(_TAIL_MS / _HOP_MS))
