@@ -64,7 +64,7 @@ class EndOfTurnPolicy:
     max_wait_ms: int = 2000  # a fragment ends after this much pause, whatever it says
     complete_at: float = 0.7  # completeness at or above this: the short wait
     incomplete_at: float = 0.3  # at or below this: the long wait
-    acoustic_weight: float = 0.15  # how far the acoustic score may move the text's (0: ignore)
+    acoustic_weight: float = 0.1  # how far the acoustic score may move the text's (0: ignore)
     punctuation_weight: float = 0.05
     low_confidence: float = 0.5  # words under this confidence make the text cue uncertain
 
