@@ -149,7 +149,7 @@ def finality(samples: npt.NDArray[np.float32], *, rate: int = RATE) -> Finality 
     lengthening = float(lengths[-1] / max(1.0, float(np.median(lengths))))
 
     # Only the energy decay separated finished from cut speech on every source measured
-    # (AUC 0.64-0.73: benchmarks/end_of_turn_eval.py, docs/turn-taking.md); the pitch and
+    # (AUC 0.59-0.65: benchmarks/end_of_turn_eval.py, docs/turn-taking.md); the pitch and
     # lengthening cues went either way between voices, so they are reported, not weighed.
     z = _DECAY_GAIN * (float(np.clip(decay, 0, 25)) - _DECAY_MID)
     return Finality(
