@@ -165,14 +165,12 @@ def merge(before: Evidence, after: Evidence) -> Evidence:
 
 
 def _join_text(a: str, b: str) -> str:
-    # The recognizer closed the fragment with a period; the sentence goes on.
+    # The recognizer closed the fragment with a period; the sentence goes on. The case of the
+    # resumed words is kept: their first word may be a name ("... for Tuesday").
     a = a.rstrip()
     if a.endswith((".", "…")) and not a.endswith("..."):
         a = a.rstrip(".…")
-    b = b.strip()
-    if b[:1].isupper() and not b.startswith(("I ", "I'")) and b.split(" ", 1)[0] != "I":
-        b = b[:1].lower() + b[1:]
-    return f"{a} {b}".strip()
+    return f"{a} {b.strip()}".strip()
 
 
 def _min_opt(a: float | None, b: float | None) -> float | None:
