@@ -33,11 +33,14 @@ import numpy as np
 import numpy.typing as npt
 
 from services.asr.turntaking.end_of_turn import (
+    FILLERS,
+    FUNCTION_WORDS,
     EndOfTurnPolicy,
     Evidence,
     Word,
     decide,
     text_completeness,
+    tokens,
 )
 from services.asr.turntaking.prosody import finality
 from shared.audio import SAMPLE_RATE, float_to_pcm16, pcm16_to_ulaw, resample, ulaw_to_float
@@ -192,9 +195,17 @@ def _cut_points(words: tuple[Word, ...]) -> list[int]:
 
 
 def _cut(samples: npt.NDArray[np.float32], words: tuple[Word, ...], k: int) -> npt.NDArray[Any]:
-    assert words[k].end_ms is not None and words[k + 1].start_ms is not None
-    end = min(words[k].end_ms + CUT_MARGIN_MS, max(words[k].end_ms, words[k + 1].start_ms))
-    return samples[: _ms(end)]
+    """The audio up to the quietest 10 ms around the end of word ``k``: tiny.en's word ends are
+    often late, and a cut inside the next word lets whisper hear (and write) that word."""
+    end_ms, next_ms = words[k].end_ms, words[k + 1].start_ms
+    assert end_ms is not None and next_ms is not None
+    lo, hi = _ms(max(0.0, min(end_ms, next_ms) - 150)), _ms(max(end_ms, next_ms) + 30)
+    hop = _ms(10)
+    seg = samples[lo:hi]
+    if len(seg) < 2 * hop:
+        return samples[: _ms(end_ms + CUT_MARGIN_MS)]
+    energy = [float(np.mean(seg[i : i + hop] ** 2)) for i in range(0, len(seg) - hop, hop)]
+    return samples[: lo + hop * int(np.argmin(energy)) + hop // 2]
 
 
 def synthetic_clips(asr: Whisper, *, quick: bool) -> list[Clip]:
@@ -299,6 +310,28 @@ def score(clips: list[Clip], asr: Whisper, smart: SmartTurn | None) -> None:
             c.cues["smart_turn"] = smart.probability(audio)
 
 
+def rescore(clips: list[Clip]) -> None:
+    """Text and acoustic cues again from the cached transcripts and audio (cheap)."""
+    for c in clips:
+        c.cues["text"] = text_completeness(c.text, agent_question=c.question).score
+        f = finality(with_pause(c.samples))
+        c.cues["acoustic"] = f.score if f is not None else 0.5
+        c.cues["_finality"] = f  # type: ignore[assignment]
+
+
+def prefix_ends_in_function_word(c: Clip) -> bool:
+    """Whether the words said before the cut end in a function word or filler (the cases a
+    text rule can catch); from the reference text, not from what whisper heard."""
+    if c.source == "human":
+        ref = c.name.split(":", 1)[1].rstrip(" |")
+        last = tokens(ref)[-1:] or ("",)
+    else:
+        _, i, cut = c.name.split("/")
+        ws = tokens(SENTENCES[int(i)][0])
+        last = (ws[min(int(cut[3:]), len(ws) - 1)],)
+    return last[0] in FUNCTION_WORDS or last[0] in FILLERS
+
+
 def combined(c: Clip, policy: EndOfTurnPolicy) -> tuple[float, int]:
     f = c.cues.get("_finality")
     ev = Evidence(
@@ -376,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smart-turn", type=Path, help="extracted pipecat/audio/turn/smart_turn")
     ap.add_argument("--quick", action="store_true", help="two synthetic voices instead of four")
     ap.add_argument("--cache", type=Path, help="pickle of the scored clips (reused if present)")
+    ap.add_argument("--human-only", action="store_true", help="the real recordings only")
     ap.add_argument("--errors", action="store_true", help="list the decision's mistakes")
     args = ap.parse_args(argv)
 
@@ -384,17 +418,25 @@ def main(argv: list[str] | None = None) -> int:
     else:
         asr = Whisper()
         smart = SmartTurn(args.smart_turn) if args.smart_turn else None
-        clips = human_clips(asr) + synthetic_clips(asr, quick=args.quick)
+        clips = human_clips(asr)
+        if not args.human_only:
+            clips += synthetic_clips(asr, quick=args.quick)
         print(f"scoring {len(clips)} clips ...", file=sys.stderr)
         score(clips, asr, smart)
         if args.cache:
             args.cache.write_bytes(pickle.dumps(clips))
 
+    rescore(clips)  # the cues' code may have changed since the cache was written
     policy = EndOfTurnPolicy()
     lines: list[str] = []
     lines += table([c for c in clips if c.source == "human"], policy, "Human recordings")
-    lines += table([c for c in clips if c.source != "human"], policy, "Piper and espeak")
-    lines += table(clips, policy, "All")
+    if not args.human_only:
+        lines += table([c for c in clips if c.source != "human"], policy, "Piper and espeak")
+        lines += table(clips, policy, "All")
+    fw = [c for c in clips if c.complete or prefix_ends_in_function_word(c)]
+    lines += table(fw, policy, "All, fragments cut after a function word or filler only")
+    cw = [c for c in clips if c.complete or not prefix_ends_in_function_word(c)]
+    lines += table(cw, policy, "All, fragments cut after a content word only")
     lines += separation(clips)
     print("\n".join(lines))
     if args.errors:

@@ -103,7 +103,7 @@ def test_speech_resuming_within_the_wait_joins_the_utterance() -> None:
     assert d.action is Action.WAIT
     assert joins(d, resumed_after_ms=800)
     whole = merge(first, said("Tuesday.", 250))
-    assert whole.transcript == "I'd like to book an appointment for tuesday."
+    assert whole.transcript == "I'd like to book an appointment for Tuesday."
     assert len(whole.words) == 8
     assert decide(whole).action is Action.END
 

@@ -64,7 +64,7 @@ class EndOfTurnPolicy:
     max_wait_ms: int = 2000  # a fragment ends after this much pause, whatever it says
     complete_at: float = 0.7  # completeness at or above this: the short wait
     incomplete_at: float = 0.3  # at or below this: the long wait
-    acoustic_weight: float = 0.15  # how far the acoustic score may move the text's (0: ignore)
+    acoustic_weight: float = 0.1  # how far the acoustic score may move the text's (0: ignore)
     punctuation_weight: float = 0.05
     low_confidence: float = 0.5  # words under this confidence make the text cue uncertain
 
@@ -165,14 +165,12 @@ def merge(before: Evidence, after: Evidence) -> Evidence:
 
 
 def _join_text(a: str, b: str) -> str:
-    # The recognizer closed the fragment with a period; the sentence goes on.
+    # The recognizer closed the fragment with a period; the sentence goes on. The case of the
+    # resumed words is kept: their first word may be a name ("... for Tuesday").
     a = a.rstrip()
     if a.endswith((".", "…")) and not a.endswith("..."):
         a = a.rstrip(".…")
-    b = b.strip()
-    if b[:1].isupper() and not b.startswith(("I ", "I'")) and b.split(" ", 1)[0] != "I":
-        b = b[:1].lower() + b[1:]
-    return f"{a} {b}".strip()
+    return f"{a} {b.strip()}".strip()
 
 
 def _min_opt(a: float | None, b: float | None) -> float | None:
@@ -326,12 +324,12 @@ def _has_time(ws: tuple[str, ...]) -> bool:
 def _digit_count(ws: tuple[str, ...]) -> int:
     n = 0
     for w in ws:
-        if w.isdigit():
-            n += len(w)
-        elif w in _UNITS:
+        if w in _UNITS:
             n += 1
-        elif w in ("double",):
+        elif w == "double":
             n += 1  # "double five": two digits, the word and the next
+        else:
+            n += sum(ch.isdigit() for ch in w)  # "555", "555-123-4567"
     return n
 
 
@@ -376,7 +374,10 @@ def text_completeness(text: str, *, agent_question: str | None = None) -> TextCu
 
     # A number or date still being said.
     dated = any(w in MONTHS or w in ORDINALS for w in ws[:-1])
-    if last in _NUMBER_GOES_ON or (last in ("nineteen", "eighteen") and dated):
+    # "two hundred ...", "twenty ...": more is coming, unless a number came before ("seven
+    # thirty", "nineteen eighty"), which the tens close.
+    goes_on = last in _NUMBER_GOES_ON and not (last in _TENS and prev in NUMBER_WORDS)
+    if goes_on or (last in ("nineteen", "eighteen") and dated):
         return TextCue(0.15, 0.8, f"number still being said ('{last}')", ws)
     if last in MONTHS and want in ("date", None) and len(ws) > 1 and prev not in _WHOLE_MONTH:
         # "my birthday is March ...": the day is coming (a lone "March." may be the answer).
