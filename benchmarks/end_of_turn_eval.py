@@ -138,7 +138,7 @@ class Voices:
         from services.tts.providers import espeak
 
         if self._espeak is None:
-            self._espeak = espeak._get_engine()
+            self._espeak = espeak.get_engine()
         eng = self._espeak
         eng.lib.espeak_SetParameter(espeak._PARAM_RATE, wpm, 0)
         eng.lib.espeak_SetParameter(3, pitch, 0)  # espeakPITCH
