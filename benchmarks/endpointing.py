@@ -262,7 +262,8 @@ def _frame_rms(audio: Audio, ms: int = 10) -> Audio:
     n = SAMPLE_RATE * ms // 1000
     k = len(audio) // n
     x = audio[: k * n].reshape(k, n)
-    return np.sqrt(np.mean(x**2, axis=1)).astype(np.float32)
+    rms: Audio = np.sqrt(np.mean(x**2, axis=1)).astype(np.float32)
+    return rms
 
 
 def speech_span(audio: Audio) -> tuple[int, int]:
@@ -636,8 +637,9 @@ def evaluate(
         timer = run_timer(case, scores, dec, s, decode_ms)
         p, t = score(case, product), score(case, timer)
         _add(rows, case, p, t)
-        if p.premature:
-            examples.append(f"{case.condition}/{case.name}: {[x.text for x in product]}")
+        if p.premature or any(d > 1000 for d in p.delays):
+            said = [(x.text, x.end, x.ready) for x in product]
+            examples.append(f"{case.condition}/{case.name} {case.sentences}: {said}")
     ordered = _ordered(rows)
     path = f"ASR_PROVIDER=local on a virtual clock, decode {decode_ms} ms, {dec.decodes} decodes"
     return Result(ordered, dec.decodes, s, decode_ms, examples, path)
@@ -695,7 +697,9 @@ async def evaluate_deepgram(
 
     base = settings or Settings()
     with FakeDeepgram(api_key=DEEPGRAM_KEY) as fake:
-        over = {"deepgram_url": fake.url, "deepgram_api_key": DEEPGRAM_KEY}
+        from pydantic import SecretStr
+
+        over = {"deepgram_url": fake.url, "deepgram_api_key": SecretStr(DEEPGRAM_KEY)}
         product_s = base.model_copy(update={**over, "smart_endpointing": True})
         timer_s = base.model_copy(update={**over, "smart_endpointing": False})
         await asyncio.to_thread(fake.warm_up, base.endpointing_min_ms)
@@ -740,7 +744,7 @@ def _pct(xs: Sequence[float], q: float) -> str:
     return f"{np.percentile(xs, q):.0f}" if xs else "-"
 
 
-def table(result: Result) -> str:
+def table(result: Result, *, limit: int = 12) -> str:
     """Both rules, per condition and overall, as a fixed-width table."""
     s = result.settings
     lines = [
@@ -765,8 +769,8 @@ def table(result: Result) -> str:
         "not rejoined by a continuation; delay ms: end of a complete sentence's speech to its "
         "turn's final (decode included; n: sentences the product rule ended)"
     )
-    for ex in result.examples[:12]:
-        lines.append(f"  premature (product rule): {ex}")
+    for ex in result.examples[:limit]:
+        lines.append(f"  premature or slow (product rule): {ex}")
     return "\n".join(lines)
 
 
@@ -796,16 +800,19 @@ async def run_bench() -> str:
 
 
 def main() -> None:
-    """``python -m benchmarks.endpointing [--quick] [--no-deepgram]``."""
+    """``python -m benchmarks.endpointing [--quick] [--no-deepgram | --deepgram-only]
+    [--verbose]``."""
     import sys
 
     quick = "--quick" in sys.argv
     s = Settings()
     the_cases = cases(threads=max(1, s.asr_threads), quick=quick)
-    print(table(evaluate(the_cases, settings=s)), flush=True)
+    limit = 1000 if "--verbose" in sys.argv else 12
+    if "--deepgram-only" not in sys.argv:
+        print(table(evaluate(the_cases, settings=s), limit=limit), flush=True)
     if "--no-deepgram" not in sys.argv:
         remote = asyncio.run(evaluate_deepgram(deepgram_subset(the_cases), settings=s))
-        print("\n" + table(remote))
+        print("\n" + table(remote, limit=limit))
 
 
 if __name__ == "__main__":
