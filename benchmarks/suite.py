@@ -76,6 +76,8 @@ async def run_suite(args: argparse.Namespace, *, out: Output) -> int:
     began = time.monotonic()
     modes: tuple[Mode, ...] = ("instant", "embedded") if args.mode == "both" else (args.mode,)
     mode: Mode
+    if getattr(args, "only_extras", False):  # the turn-taking tables alone
+        args.no_capacity, modes = True, ()
     if not args.no_capacity:
         # First, while this process is fresh: its load generators must keep real time.
         from benchmarks.capacity import asr_intake, gateway_capacity

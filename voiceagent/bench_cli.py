@@ -91,6 +91,9 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
         "--no-extras", action="store_true", help="skip the turn-taking / endpointing tables"
     )
     b.add_argument(
+        "--only-extras", action="store_true", help="only the turn-taking / endpointing tables"
+    )
+    b.add_argument(
         "--ab",
         type=_settings,
         default=None,

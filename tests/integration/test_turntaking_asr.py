@@ -1,8 +1,9 @@
-"""Smart end of turn with the real recognizer (Silero VAD + whisper tiny.en) on Piper speech.
+"""The end-of-turn decision with the real recognizer (Silero VAD + whisper tiny.en) on Piper.
 
 A caller who pauses mid-sentence gets one transcript for the whole sentence (no premature
 reply), fed in real time as the gateway would; and on a fixed set of synthesized turns the
-smart rule cuts off fewer callers than the plain timer, and answers complete sentences sooner
+product's rule (segments at ENDPOINTING_MIN_MS, CallTurns' decision) cuts off no paused
+sentence where the plain timer cuts them all, and answers complete sentences sooner
 (:mod:`benchmarks.endpointing`, decode latency fixed so the numbers do not depend on how
 busy this machine is).
 """
@@ -15,7 +16,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from benchmarks.endpointing import CASES, evaluate, table
+from benchmarks.endpointing import (
+    DECODE_MS,
+    VOICES,
+    Renderer,
+    evaluate,
+    synthetic_cases,
+    table,
+)
 from services.asr.providers.base import SpeechEvent
 from services.asr.providers.local import LocalAsr
 from services.asr.transcript_filter import normalize_words
@@ -63,14 +71,20 @@ async def test_a_pause_mid_sentence_gives_one_transcript() -> None:
     assert [e.kind for e in events].count("speech_stopped") == 1
 
 
-def test_smart_rule_beats_the_timer_on_the_fixed_set() -> None:
-    cases = [c for c in CASES if c.name in ("book-for", "name-is", "question")]
-    results = evaluate(cases, settings=Settings(_env_file=None), synth=synthesize_mulaw)
-    print(table(results))
-    plain, smart, patient = results
-    assert plain.premature == 2, "a 600 ms timer cuts both paused sentences"
-    assert smart.premature == 0
-    assert smart.short_delay_ms < plain.short_delay_ms, "complete sentences end sooner"
-    assert smart.max_delay_ms <= 1500 + 500 + 100  # bounded by ENDPOINTING_MAX_MS + a decode
-    # A timer long enough not to cut anyone off makes every answer wait.
-    assert patient.premature == 0 and smart.mean_delay_ms < patient.mean_delay_ms
+def test_the_decision_beats_the_timer_on_the_fixed_set() -> None:
+    s = Settings(_env_file=None)
+    # Fragments whose words say they go on (a trailing "for", "my date of birth is"), paused
+    # longer than the timer; and complete answers said once.
+    cases = synthetic_cases(
+        Renderer(threads=2), VOICES[:1], (1000,), names=("book-for", "date-um", "yes", "name")
+    )
+    result = evaluate(cases, settings=s)
+    print(table(result))
+    paused, complete = result.row("pause 1.0 s"), result.row("complete answers")
+    assert paused.timer.premature == 2, "a 600 ms timer answers both paused sentences early"
+    assert paused.product.premature == 0 and paused.product.split == 0
+    rule, timer = result.row("all").product, result.row("all").timer
+    assert len(rule.delays) == len(timer.delays) == 4, "every complete sentence ended once"
+    assert max(complete.product.delays) < min(complete.timer.delays), "answers end sooner"
+    # Bounded by ENDPOINTING_MAX_MS + a decode (+ the VAD's window and a frame).
+    assert max(rule.delays) <= s.endpointing_max_ms + DECODE_MS + 100

@@ -5,6 +5,5 @@
 - :mod:`.prosody`: acoustic cues of finality (pitch fall, energy decay, final lengthening);
 - :mod:`.turn_gate`: joins a recognizer's segments into turns by that decision (pure, virtual
   time); a fragment ended by the longest wait stays joinable by its continuation;
-- :mod:`.turns`: runs the gate over any recognizer's event stream, clocked by the audio;
-- :mod:`.smart_endpointing`: the earlier local-only rule, kept for the endpointing bench.
+- :mod:`.turns`: runs the gate over any recognizer's event stream, clocked by the audio.
 """

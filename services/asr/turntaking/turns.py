@@ -83,16 +83,34 @@ class CallTurns:
         if excess > 0:
             del self._tail[:excess]
 
+    def hear(self, chunk: bytes) -> list[SpeechEvent]:
+        """The recognizer is about to consume ``chunk`` (mu-law): keep it for the acoustic cue
+        and advance the gate's clock (ends a held turn whose pause is long enough)."""
+        self._keep(chunk)
+        return self.gate.tick(position_ms=self._position)
+
+    def on_event(self, ev: SpeechEvent) -> list[SpeechEvent]:
+        """A recognizer event, at the audio heard so far."""
+        return self.gate.on_event(ev, position_ms=self._position)
+
+    def flush(self) -> list[SpeechEvent]:
+        """The recognizer's stream ended: close a held turn."""
+        return self.gate.flush(position_ms=self._position)
+
+    def restart(self) -> None:
+        """A (re)started recognizer counts from its first frame: a fresh gate on its positions."""
+        self._position = 0
+        self._tail_end_ms = 0
+        self._tail.clear()
+        self.gate = TurnGate(decide=self._decide, rejoin_ms=self._rejoin_ms)
+
     async def stream(
         self,
         recognize: Callable[[AsyncIterator[bytes]], AsyncIterator[SpeechEvent]],
         audio: AsyncIterator[bytes],
     ) -> AsyncIterator[SpeechEvent]:
         """The recognizer's events over ``audio``, turns ended by the decision."""
-        # A (re)started recognizer counts from its first frame: a fresh gate on its positions.
-        self._position = 0
-        self._tail.clear()
-        self.gate = TurnGate(decide=self._decide, rejoin_ms=self._rejoin_ms)
+        self.restart()
         queue: asyncio.Queue[SpeechEvent | int | BaseException | None] = asyncio.Queue()
 
         async def tapped() -> AsyncIterator[bytes]:
@@ -120,10 +138,10 @@ class CallTurns:
                 if isinstance(item, int):
                     events = self.gate.tick(position_ms=item)
                 else:
-                    events = self.gate.on_event(item, position_ms=self._position)
+                    events = self.on_event(item)
                 for ev in events:
                     yield ev
-            for ev in self.gate.flush(position_ms=self._position):
+            for ev in self.flush():
                 yield ev
         finally:
             if not task.done():
