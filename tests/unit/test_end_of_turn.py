@@ -139,3 +139,12 @@ def test_punctuation_alone_does_not_end_a_fragment() -> None:
     # whisper's period after "my" is no evidence the caller has finished.
     assert decide(said("And so, my.", 1000)).action is Action.WAIT
     assert decide(said("My birthday is in May.", 300)).action is Action.END
+
+
+def test_a_wish_without_its_object_and_digit_groups_wait_but_a_final_do_ends() -> None:
+    for fragment in ("I'd like to book", "I need to cancel", "My number is five five five"):
+        d = decide(Evidence(words=(), text=fragment + ".", pause_ms=600))
+        assert d.wait_ms == EndOfTurnPolicy().max_wait_ms, (fragment, d.reason)
+    for whole in ("Ask what you can do.", "I'd like to book an appointment.", "I do."):
+        d = decide(Evidence(words=(), text=whole, pause_ms=600))
+        assert d.wait_ms < 1000, (whole, d.reason)

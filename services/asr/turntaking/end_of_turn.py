@@ -252,7 +252,16 @@ _OPEN_PHRASES = (
     ),
     re.compile(r"\b(it's|it is|that's|that is) (on|at|for|in)$"),
     re.compile(r"\bborn (on|in)$"),
+    # A wish whose object has not come yet: "I'd like to book ...", "I need to cancel ...".
+    re.compile(
+        r"\b(like|want|need|wanted|trying|going|have) to (book|make|schedule|cancel|change|"
+        r"move|get|see|order|pay|check|ask|confirm|reschedule|renew|refill|update)$"
+    ),
 )
+# Main-verb "do" ends sentences ("... what you can do.", "I do."): not a dangling auxiliary.
+_FINAL_VERBS = frozenset("do does did".split())
+# Words saying a number is being given: digit groups after them are a number still being said.
+_NUMBER_INTROS = frozenset("number phone digits zip code pin account card".split())
 SHORT_ANSWERS = frozenset(
     """
     yes yeah yep yup no nope nah okay ok sure right correct exactly thanks thank fine great
@@ -345,6 +354,8 @@ def text_completeness(text: str, *, agent_question: str | None = None) -> TextCu
     prev = ws[-2] if len(ws) > 1 else ""
     if last == "may" and (prev in ("in", "of", "early", "late", "mid") or prev in NUMBER_WORDS):
         pass  # the month, not the verb: judged with the dates below
+    elif last in _FINAL_VERBS:
+        return TextCue(0.75, 0.3, f"sentence-final '{last}'", ws)
     elif last in _AUXILIARIES and prev in _SUBJECTS:
         return TextCue(0.75, 0.3, f"elliptic answer ('{prev} {last}')", ws)
     elif last == "so" and prev in _THINK:
@@ -384,6 +395,15 @@ def text_completeness(text: str, *, agent_question: str | None = None) -> TextCu
         return TextCue(0.2, 0.8, f"date still being said ('{last}')", ws)
     if want == "number" and last in NUMBER_WORDS | {"oh"} and _digit_count(ws) < 7:
         return TextCue(0.3, 0.6, "digits still being said", ws)
+    digits = _digit_count(ws)
+    if (
+        want is None
+        and 0 < digits < 10
+        and (last.isdigit() or last in _UNITS)
+        and any(w in _NUMBER_INTROS for w in ws)
+    ):
+        # "my number is five five five ...": numbers are said in groups, with pauses
+        return TextCue(0.15, 0.8, "digits still being said", ws)
 
     if answered is False:
         return TextCue(0.2, 0.8, f"the agent's question ({want}) not answered yet", ws)
