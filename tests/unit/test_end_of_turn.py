@@ -148,3 +148,9 @@ def test_a_wish_without_its_object_and_digit_groups_wait_but_a_final_do_ends() -
     for whole in ("Ask what you can do.", "I'd like to book an appointment.", "I do."):
         d = decide(Evidence(words=(), text=whole, pause_ms=600))
         assert d.wait_ms < 1000, (whole, d.reason)
+
+
+def test_a_whole_phone_number_ends_after_its_last_group() -> None:
+    for whole in ("My number is 555 1234.", "My number is five five five, one two three four."):
+        d = decide(Evidence(words=(), text=whole, pause_ms=600))
+        assert d.wait_ms < 1000, (whole, d.reason)

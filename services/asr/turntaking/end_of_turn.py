@@ -395,14 +395,14 @@ def text_completeness(text: str, *, agent_question: str | None = None) -> TextCu
         return TextCue(0.2, 0.8, f"date still being said ('{last}')", ws)
     if want == "number" and last in NUMBER_WORDS | {"oh"} and _digit_count(ws) < 7:
         return TextCue(0.3, 0.6, "digits still being said", ws)
-    digits = _digit_count(ws)
     if (
         want is None
-        and 0 < digits < 10
+        and _digit_count(ws) in (3, 6)
         and (last.isdigit() or last in _UNITS)
         and any(w in _NUMBER_INTROS for w in ws)
     ):
-        # "my number is five five five ...": numbers are said in groups, with pauses
+        # "my number is five five five ...": a number said in groups pauses after the first
+        # three and six digits (3-3-4); seven or ten digits may be the whole number.
         return TextCue(0.15, 0.8, "digits still being said", ws)
 
     if answered is False:
