@@ -211,7 +211,9 @@ def asr(request: pytest.FixtureRequest) -> Iterator[Asr]:
         }
         fake: FakeDeepgram | None = None
         if provider == "deepgram":
-            fake = FakeDeepgram(api_key=KEY)
+            # The fake's floor on endpointing (600 ms by default) would hold every segment
+            # twice as long as the worker asks (ENDPOINTING_MIN_MS): Deepgram honours 300.
+            fake = FakeDeepgram(api_key=KEY, default_endpointing_ms=300)
             fake.start()
             fake.warm_up(300)
             env |= {"DEEPGRAM_API_KEY": KEY, "DEEPGRAM_URL": fake.url}
