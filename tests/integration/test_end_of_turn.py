@@ -37,7 +37,11 @@ from devkit.call_harness import SPEECH_RMS, TurnBench, TwilioLeg, bench_call, no
 from devkit.fakes.deepgram import FakeDeepgram
 from devkit.simulator import PlaybackBuffer
 from services.agent.history import History
+from services.agent.providers.base import AgentOutput, AgentProvider, TurnInput
+from services.agent.providers.demo import DemoAgent
 from services.agent.store import Store, call_key
+from services.agent.tools import CallTools
+from services.agent.worker import AgentWorker
 from services.asr.transcript_filter import normalize_words
 from services.gateway.turntaking.voice_activity import VadPool
 from shared import headers as H
@@ -50,6 +54,7 @@ from shared.audio import (
     resample,
     ulaw_to_float,
 )
+from shared.bus import make_broker
 from shared.messages import (
     AsrClaim,
     AsrClaimReply,
@@ -444,25 +449,19 @@ def _answered(tap: CallTap, uid: int) -> list[int]:
     return sorted({s.turn for s in tap.of(ReplySegment, utterance_id=uid, last=True)})
 
 
-@pytest.mark.parametrize("when", ["answering", "answered"])
 async def test_a_continuation_withdraws_the_fragments_turn_and_is_answered_once(
-    agent_bus: str, redis_url: str, when: str
+    agent_bus: str, redis_url: str
 ) -> None:
-    """``answering``: the caller goes on as soon as the agent starts its turn for the fragment
-    (its reply may still be running); ``answered``: after its reply went out whole."""
+    """The agent worker process (demo agent): the fragment was answered (the demo agent's
+    reply goes out whole within ms; the gateway's barge-in stops its audio when the caller goes
+    on), then the continuation withdraws that turn and is answered once."""
     nc = await connect(agent_bus)
     tap = await CallTap(nc, new_sid()).start()
     store = Store(url=redis_url)
     try:
         await tap.send(subjects.transcript(tap.sid), _final(tap.sid, 1, FRAGMENT))
-        if when == "answering":
-            await tap.wait_for(
-                lambda: bool(tap.of(Event, name="agent.turn_started")), what="fragment's turn"
-            )
-        else:
-            await tap.wait_for(lambda: bool(_answered(tap, 1)), what="fragment's reply")
-        [fragment_turn] = {e.turn for e in tap.of(Event, name="agent.turn_started")}
-        assert fragment_turn is not None
+        await tap.wait_for(lambda: bool(_answered(tap, 1)), what="fragment's reply")
+        [fragment_turn] = _answered(tap, 1)
         await tap.send(subjects.transcript(tap.sid), _final(tap.sid, 2, JOINED, continues=1))
         await tap.wait_for(lambda: bool(_answered(tap, 2)), within=10, what="joined answered")
         await asyncio.sleep(0.5)  # anything late (a second answer) would arrive by now
@@ -476,20 +475,89 @@ async def test_a_continuation_withdraws_the_fragments_turn_and_is_answered_once(
         replies = [m for m in history if m["role"] == "assistant"]
         spoken = " ".join(s.text for s in tap.of(ReplySegment, turn=joined_turn) if s.text)
         assert [m["content"] for m in replies] == [spoken], "only the joined sentence's reply"
-        # The fragment's turn is gone from the conversation: withdrawn (and, if it was still
-        # running, interrupted so TTS and the gateway drop what was queued of it).
+        # The fragment's turn is gone from the conversation: withdrawn, not rewritten.
         withdrawn = await store.hgetall(call_key("withdrawn", tap.sid))
-        assert str(fragment_turn) in withdrawn
-        cut = not _answered(tap, 1)
-        if cut:
-            assert tap.of(Interrupt, turn=fragment_turn), "a cut reply is dropped downstream"
-        print(f"[{when}] fragment's reply {'interrupted' if cut else 'complete'}, withdrawn")
+        assert list(withdrawn) == [str(fragment_turn)]
         assert len(tap.of(Event, name="agent.turn_started")) == 2
     finally:
         await tap.send(subjects.control(tap.sid), CallEnded(call_sid=tap.sid))
         await tap.stop()
         await nc.close()
         await store.aclose()
+
+
+class _StillTalking(AgentProvider):
+    """The demo agent, its reply to the fragment held open after the first sentence (a model
+    still streaming): the caller goes on while the agent is answering."""
+
+    name = "demo-held"
+
+    def __init__(self, inner: DemoAgent, hold_s: float) -> None:
+        self.inner = inner
+        self.hold_s = hold_s
+        self.inputs: list[TurnInput] = []
+
+    async def respond(self, turn: TurnInput) -> AsyncIterator[AgentOutput]:
+        self.inputs.append(turn)
+        async for out in self.inner.respond(turn):
+            yield out
+            if turn.text == FRAGMENT:
+                await asyncio.sleep(self.hold_s)
+                yield " And one more thing the caller should never hear."
+
+    def cacheable(self, sentence: str) -> bool:
+        return self.inner.cacheable(sentence)
+
+
+async def test_a_continuation_supersedes_the_fragments_reply_while_it_is_spoken(
+    redis_url: str,
+) -> None:
+    """The agent worker in process (its provider the demo agent, held mid-reply): the
+    continuation cancels the fragment's turn (Interrupt: TTS and the gateway drop it), withdraws
+    it, and the joined sentence is answered once from a history without it."""
+    with private_nats_server() as url:
+        settings = Settings(_env_file=None, nats_url=url, redis_url=redis_url)
+        store = Store(url=redis_url)
+        provider = _StillTalking(
+            DemoAgent(settings=settings, tools=CallTools(settings=settings, store=store)), 3.0
+        )
+        broker = make_broker(settings, name="agent-eot-test")
+        worker = AgentWorker(
+            settings=settings, provider=provider, history=History(store=store), broker=broker
+        )
+        worker.attach()
+        await broker.start()
+        nc = await connect(url)
+        tap = await CallTap(nc, new_sid()).start()
+        try:
+            await tap.send(subjects.transcript(tap.sid), _final(tap.sid, 1, FRAGMENT))
+            await tap.wait_for(
+                lambda: bool(tap.of(ReplySegment, utterance_id=1)), what="the fragment's reply"
+            )
+            [fragment_turn] = {s.turn for s in tap.of(ReplySegment, utterance_id=1)}
+            await tap.send(subjects.transcript(tap.sid), _final(tap.sid, 2, JOINED, continues=1))
+            await tap.wait_for(lambda: bool(_answered(tap, 2)), within=10, what="joined answered")
+            await asyncio.sleep(0.5)
+
+            assert tap.of(Interrupt, turn=fragment_turn), "the fragment's reply is dropped"
+            assert not _answered(tap, 1), "the fragment's reply never went on to its end"
+            assert not any("never hear" in s.text for s in tap.of(ReplySegment))
+            [joined_turn] = _answered(tap, 2)
+            history = await History(store=store).load(tap.sid)
+            spoken = " ".join(s.text for s in tap.of(ReplySegment, turn=joined_turn) if s.text)
+            assert history == [
+                {"role": "user", "content": JOINED},
+                {"role": "assistant", "content": spoken},
+            ]
+            # the joined sentence's model input did not include the fragment's turn either
+            assert [e.name for e in tap.of(Event, turn=fragment_turn)].count("agent.turn_done") == 1
+        finally:
+            await tap.send(subjects.control(tap.sid), CallEnded(call_sid=tap.sid))
+            await tap.stop()
+            await nc.close()
+            await worker.drain(timeout_s=2)
+            await broker.stop()
+            await store.aclose()
 
 
 # ---------------------------------------------------------------- 4: "mm-hm" over the agent
