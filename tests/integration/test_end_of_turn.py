@@ -6,13 +6,15 @@ with the local recognizer and once with ``ASR_PROVIDER=deepgram`` against the De
 protocol to it). The test plays the gateway: it claims a call and publishes 20 ms mu-law frames
 on a real-time clock, and reads the transcripts and ``end_of_turn`` events the worker publishes.
 
-The paused sentence is ONE Piper rendering of the whole sentence, cut at the word boundary
-whisper's word timestamps give, with silence inserted: a fragment rendered alone would end with
-sentence-final prosody, which no caller pausing mid-sentence has.
+The paused sentence is ONE Piper rendering of the whole sentence, cut after "for" where whisper
+(word timestamps, then bisection) hears the word whole, with silence inserted: a fragment
+rendered alone would end with sentence-final prosody, which no caller pausing mid-sentence has.
 
-The agent side runs the real agent worker process (demo agent, offline) over the bus and Redis:
-a continuation (``Transcript.continues``) withdraws the fragment's turn from the history and is
-answered once.
+The agent side: the real agent worker process (demo agent, offline) over the bus and Redis
+withdraws a fragment's turn when the continuation (``Transcript.continues``) comes, and answers
+once; the worker in process, its demo agent held mid-reply, shows the same while the fragment's
+reply is still being spoken (Interrupt). The gateway side (:mod:`devkit.call_harness`): "mm-hm"
+over the agent's audio resumes it quickly, where it was cut.
 """
 
 from __future__ import annotations
