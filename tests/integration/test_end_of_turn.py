@@ -114,8 +114,15 @@ def _whisper() -> Any:
     )
 
 
-def _words(x: Samples) -> list[str]:
-    """Whisper's words of 8 kHz float audio ("word@start-end", ms), lower case, unpunctuated."""
+@dataclass(frozen=True)
+class _Word:
+    text: str  # lower case, no punctuation
+    start_ms: int
+    end_ms: int
+
+
+def _words(x: Samples) -> list[_Word]:
+    """Whisper's words of 8 kHz float audio, with their times."""
     pad = np.zeros(300 * _BYTES_PER_MS, dtype=np.float32)  # as a VAD hands speech over
     segments, _ = _whisper().transcribe(
         resample(np.concatenate([pad, x, pad]), from_rate=SAMPLE_RATE, to_rate=16000),
@@ -127,21 +134,21 @@ def _words(x: Samples) -> list[str]:
         vad_filter=False,
     )
     return [
-        f"{word}@{round(w.start * 1000) - 300}-{round(w.end * 1000) - 300}"
+        _Word(text, round(w.start * 1000) - 300, round(w.end * 1000) - 300)
         for s in segments
         for w in (s.words or [])
-        if (word := w.word.strip().strip(".,?!-").lower())
+        if (text := w.word.strip().strip(".,?!-").lower())
     ]
 
 
-def _plain(words: list[str]) -> list[str]:
-    return [w.split("@")[0] for w in words]
+def _plain(words: list[_Word]) -> list[str]:
+    return [w.text for w in words]
 
 
 def _boundary_ms(x: Samples, after: str) -> int:
     """Where to cut ``x`` (8 kHz float) after the word ``after``.
 
-    Whisper's word times are approximate (tiny.en put this boundary ~150 ms late, inside the
+    Whisper's word times are approximate (tiny.en put this boundary over 100 ms late, inside the
     onset of "next"), so they only bound the search: the cut is :data:`CUT_MARGIN_MS` past the
     earliest point at which whisper hears the audio before end on ``after`` (found by
     bisection), and whisper must hear the rest begin with the next word. Later cuts take the
@@ -152,8 +159,7 @@ def _boundary_ms(x: Samples, after: str) -> int:
     assert after in plain[:-1], f"whisper heard {plain}"
     k = plain.index(after)
     following = plain[k + 1]
-    start_of_word = int(words[k].split("@")[1].split("-")[0])
-    start_of_next = int(words[k + 1].split("@")[1].split("-")[0])
+    start_of_word, start_of_next = words[k].start_ms, words[k + 1].start_ms
 
     def heard_whole(ms: int) -> bool:
         before = _plain(_words(_split(x, ms)[0]))
