@@ -84,9 +84,12 @@ CUT_MARGIN_MS = 30  # past the earliest point the cut word is heard whole
 # The issue's p95 target for the end-of-turn delay after a complete answer. The pause is
 # measured on the audio clock (frames the recognizer consumed between the end of speech and the
 # turn ending), so it includes the decode; on this shared 2-core machine a decode can take a
-# few hundred ms longer than on an idle one, hence the slack (never above 1000 ms).
+# few hundred ms longer than on an idle one (measured 512-932 ms here, once 1392 ms while
+# other test suites ran), hence the slack, at the 1000 ms the issue allows at most. The wait
+# the decision chose (ENDPOINTING_MIN_MS) does not depend on the load and is asserted exactly.
 TARGET_PAUSE_MS = 700
-LOAD_SLACK_MS = 250
+LOAD_SLACK_MS = 300
+MIN_WAIT_MS = 300  # ENDPOINTING_MIN_MS, as the worker is started
 _BYTES_PER_MS = SAMPLE_RATE // 1000
 # Resumed audio may start this far from where it was cut (the gateway estimates Twilio's
 # playback clock from mark echoes): well under a syllable, no word lost or repeated.
@@ -226,7 +229,7 @@ def asr(request: pytest.FixtureRequest) -> Iterator[Asr]:
             "METRICS_PORT": "0",
             # the defaults, said out loud: these tests are about them
             "SMART_ENDPOINTING": "true",
-            "ENDPOINTING_MIN_MS": "300",
+            "ENDPOINTING_MIN_MS": str(MIN_WAIT_MS),
             "ENDPOINTING_MAX_MS": "2000",
             "END_OF_TURN_REJOIN_MS": "1500",
         }
@@ -234,9 +237,9 @@ def asr(request: pytest.FixtureRequest) -> Iterator[Asr]:
         if provider == "deepgram":
             # The fake's floor on endpointing (600 ms by default) would hold every segment
             # twice as long as the worker asks (ENDPOINTING_MIN_MS): Deepgram honours 300.
-            fake = FakeDeepgram(api_key=KEY, default_endpointing_ms=300)
+            fake = FakeDeepgram(api_key=KEY, default_endpointing_ms=MIN_WAIT_MS)
             fake.start()
-            fake.warm_up(300)
+            fake.warm_up(MIN_WAIT_MS)
             env |= {"DEEPGRAM_API_KEY": KEY, "DEEPGRAM_URL": fake.url}
         else:
             env |= {"DEEPGRAM_API_KEY": ""}
@@ -381,6 +384,7 @@ async def test_a_complete_short_answer_ends_the_turn_quickly(asr: Asr, call: Gat
     why = _diagnosis(asr, call)
     assert "yes" in normalize_words(final.text), why
     assert eot.data["segments"] == 1 and eot.data["reason"], why
+    assert eot.data["wait_ms"] == MIN_WAIT_MS, f"a finished answer gets the short wait: {why}"
     pause = eot.data["pause_ms"]
     assert isinstance(pause, int), why
     print(f"[{asr.provider}] 'Yes.' ended after a {pause} ms pause ({eot.data['reason']})")
