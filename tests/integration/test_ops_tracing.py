@@ -91,8 +91,13 @@ async def _wait_for(exporter: InMemorySpanExporter, name: str, n: int = 1) -> li
 
 async def test_a_turn_is_one_trace_through_all_four_services(spans: InMemorySpanExporter) -> None:
     with private_nats_server() as url:
+        # The scripted recognizer hears one final, not audio-timed segments: no end-of-turn gate.
         settings = Settings(  # type: ignore[call-arg]
-            _env_file=None, nats_url=url, redis_url="", events_retention_h=0
+            _env_file=None,
+            nats_url=url,
+            redis_url="",
+            events_retention_h=0,
+            smart_endpointing=False,
         )
         brokers = [make_broker(settings, name=n) for n in ("asr", "agent", "tts")]
         asr = AsrWorker(settings=settings, provider=OneUtterance(), broker=brokers[0])

@@ -126,7 +126,10 @@ async def test_quiet_background_talk_does_not_barge_in_but_the_caller_does() -> 
         assert await _fires(det, caller)
         det.stop()
         off = BargeInDetector(pool=pool, threshold=0.5, min_speech_ms=150, level_margin_db=0)
-        assert await _fires(off, far_talk)  # what the gate is for: the VAD alone calls it speech
+        # What the gate is for: without it the VAD calls the talk it held back speech. (The
+        # -45 dBFS talk: at -60 dBFS espeak's babble varies with what the process synthesized
+        # before, and the bare VAD's verdict with it.)
+        assert await _fires(off, near_talk)
         off.stop()
     finally:
         pool.close()
