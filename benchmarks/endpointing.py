@@ -2,8 +2,10 @@
 
 The product's rule is the real path on a virtual clock: the local recognizer's
 :class:`~services.asr.segmenter.Endpointer` at ``ENDPOINTING_MIN_MS`` closes segments, each
-segment's real whisper decode (memoized on its audio) lands :data:`DECODE_MS` after the segment
-closed, as a final :class:`~services.asr.providers.base.SpeechEvent`, and
+segment's real whisper decode (memoized on its audio), started where the local provider starts
+it (at the ``ASR_EARLY_DECODE_MS`` pause, reused when that pause closes the segment), lands
+after its measured CPU time (or a fixed :data:`DECODE_MS`, as the tests run it), as a final
+:class:`~services.asr.providers.base.SpeechEvent`, and
 :class:`~services.asr.turntaking.turns.CallTurns` (built as the ASR worker builds it) hears every
 20 ms frame (its clock and the audio of the acoustic cue) and ends the turns. Events leave the
 recognizer in order, as the local provider's do: a segment's ``speech_started`` waits behind the
@@ -39,6 +41,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import time
 import wave
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -427,23 +430,39 @@ Decode = Callable[[Audio], tuple[str, float] | None]
 
 class Decoder:
     """Whisper on a segment's padded audio, memoized on the audio (both rules and every pause
-    length decode the same fragment once)."""
+    length decode the same fragment once), with the process CPU time each decode took."""
 
     def __init__(self, decode: Decode) -> None:
         self._decode = decode
-        self._memo: dict[bytes, tuple[str, float | None]] = {}
+        self._memo: dict[bytes, tuple[str, float | None, int]] = {}
         self.decodes = 0
+        self.cpu_ms: list[int] = []  # one per distinct decode
 
-    def __call__(self, audio: Audio, start: int, end: int) -> tuple[str, float | None]:
+    def __call__(
+        self, audio: Audio, start: int, end: int, *, until: int | None = None
+    ) -> tuple[str, float | None]:
+        text, conf, _ = self.timed(audio, start, end, until=until)
+        return text, conf
+
+    def timed(
+        self, audio: Audio, start: int, end: int, *, until: int | None = None
+    ) -> tuple[str, float | None, int]:
+        """Text, confidence and the decode's CPU ms; ``until``: the audio heard so far (a
+        decode made during the pause has less of the trailing pad)."""
         from services.asr.segmenter import SPEECH_PAD_MS, ms_to_samples
 
         pad = ms_to_samples(SPEECH_PAD_MS)
-        piece = np.ascontiguousarray(audio[max(0, start - pad) : end + pad])
+        stop = end + pad if until is None else min(end + pad, until)
+        piece = np.ascontiguousarray(audio[max(0, start - pad) : stop])
         key = hashlib.sha1(piece.tobytes()).digest()
         if key not in self._memo:
             self.decodes += 1
+            began = time.process_time()
             result = self._decode(piece.copy())
-            self._memo[key] = result if result is not None else ("", None)
+            cost = round((time.process_time() - began) * 1000)
+            self.cpu_ms.append(cost)
+            text, conf = result if result is not None else ("", None)
+            self._memo[key] = (text, conf, cost)
         return self._memo[key]
 
 
@@ -464,7 +483,7 @@ def vad_scores(audio: Audio, s: Settings) -> list[float]:
 
 
 def run_timer(
-    case: Case, scores: list[float], dec: Decoder, s: Settings, decode_ms: int
+    case: Case, scores: list[float], dec: Decoder, s: Settings, decode_ms: int | None
 ) -> list[Turn]:
     """The single silence timer (``ENDPOINTING_MS``): every segment is a turn."""
     from services.asr.segmenter import Endpointer, samples_to_ms
@@ -476,8 +495,8 @@ def run_timer(
     for p in [*scores, None]:
         b = ep.push(p) if p is not None else ep.flush()
         if b is not None and b.kind == "stop":
-            text, _ = dec(case.audio, b.start, b.end)
-            ready = samples_to_ms(ep.position) + decode_ms
+            text, _, cost = dec.timed(case.audio, b.start, b.end)
+            ready = samples_to_ms(ep.position) + (cost if decode_ms is None else decode_ms)
             turns.append(Turn(samples_to_ms(b.start), samples_to_ms(b.end), ready, text))
     return turns
 
@@ -497,9 +516,11 @@ def call_turns(s: Settings) -> Any:
 
 
 def run_product(
-    case: Case, scores: list[float], dec: Decoder, s: Settings, decode_ms: int
+    case: Case, scores: list[float], dec: Decoder, s: Settings, decode_ms: int | None
 ) -> list[Turn]:
-    """Segments at ``ENDPOINTING_MIN_MS``, their decodes on the virtual clock, CallTurns' gate."""
+    """Segments at ``ENDPOINTING_MIN_MS``, their decodes on the virtual clock (started at the
+    ``ASR_EARLY_DECODE_MS`` pause as the local provider starts them; ``decode_ms`` each, or
+    ``None``: each decode's measured CPU time), CallTurns' gate."""
     from services.asr.providers.base import SpeechEvent
     from services.asr.segmenter import WINDOW, Endpointer, samples_to_ms
 
@@ -507,8 +528,10 @@ def run_product(
         threshold=s.vad_threshold,
         min_speech_ms=s.min_speech_ms,
         endpointing_ms=s.endpointing_min_ms,
+        early_ms=s.asr_early_decode_ms,
     )
     gate = call_turns(s)
+    early: list[tuple[int, int, str, float | None, int]] = []  # the pause's decode, ready at
     ulaw = pcm16_to_ulaw(float_to_pcm16(case.audio))
     frame = SAMPLE_RATE * FRAME_MS // 1000
     pending: deque[tuple[int, SpeechEvent]] = deque()  # the recognizer's events, in order
@@ -534,8 +557,16 @@ def run_product(
         while pending and pending[0][0] <= now:
             record(gate.on_event(pending.popleft()[1]), now)
 
+    def decode(b: Any, now: int, *, until: int | None = None) -> tuple[str, float | None, int]:
+        text, conf, cost = dec.timed(case.audio, b.start, b.end, until=until)
+        return text, conf, now + (cost if decode_ms is None else decode_ms)
+
     def boundary(b: Any, now: int) -> None:
         start, end = samples_to_ms(b.start), samples_to_ms(b.end)
+        reuse = early.pop() if early else None
+        if b.kind == "pause":
+            early.append((b.start, b.end, *decode(b, now, until=ep.position)))
+            return
         if b.kind == "start":
             emit(now, SpeechEvent(kind="speech_started", audio_ms=start, speech_start_ms=start))
             return
@@ -545,7 +576,10 @@ def run_product(
                 kind="speech_stopped", audio_ms=end, speech_start_ms=start, speech_end_ms=end
             ),
         )
-        text, conf = dec(case.audio, b.start, b.end)
+        if reuse is not None and not b.forced and reuse[:2] == (b.start, b.end):
+            text, conf, ready = reuse[2], reuse[3], max(now, reuse[4])
+        else:
+            text, conf, ready = decode(b, now)
         final = SpeechEvent(
             kind="final",
             audio_ms=end,
@@ -554,7 +588,7 @@ def run_product(
             speech_start_ms=start,
             speech_end_ms=end,
         )
-        emit(now + decode_ms, final)
+        emit(ready, final)
 
     w = 0
     for f in range(len(case.audio) // frame):
@@ -604,7 +638,7 @@ class Result:
     rows: list[Row]
     decodes: int
     settings: Settings
-    decode_ms: int
+    decode_ms: int | None
     examples: list[str] = field(default_factory=list)  # premature ends of the product rule
     path: str = ""  # how the recognizer ran
 
@@ -617,7 +651,7 @@ def evaluate(
     *,
     settings: Settings | None = None,
     decode: Decode | None = None,
-    decode_ms: int = DECODE_MS,
+    decode_ms: int | None = DECODE_MS,
 ) -> Result:
     """Both rules over ``the_cases`` (blocking: whisper runs in this thread)."""
     s = settings or Settings()
@@ -641,7 +675,11 @@ def evaluate(
             said = [(x.text, x.end, x.ready) for x in product]
             examples.append(f"{case.condition}/{case.name} {case.sentences}: {said}")
     ordered = _ordered(rows)
-    path = f"ASR_PROVIDER=local on a virtual clock, decode {decode_ms} ms, {dec.decodes} decodes"
+    if decode_ms is None:
+        cost = f"each decode's measured CPU time (median {np.median(dec.cpu_ms):.0f} ms)"
+    else:
+        cost = f"decode {decode_ms} ms"
+    path = f"ASR_PROVIDER=local on a virtual clock, {cost}, {dec.decodes} decodes"
     return Result(ordered, dec.decodes, s, decode_ms, examples, path)
 
 
@@ -749,7 +787,8 @@ def table(result: Result, *, limit: int = 12) -> str:
     s = result.settings
     lines = [
         f"end of turn: product rule (segments at ENDPOINTING_MIN_MS={s.endpointing_min_ms}, "
-        f"decision, max {s.endpointing_max_ms} ms) vs timer (ENDPOINTING_MS={s.endpointing_ms})",
+        f"decoded from ASR_EARLY_DECODE_MS={s.asr_early_decode_ms}, decision, max "
+        f"{s.endpointing_max_ms} ms) vs timer (ENDPOINTING_MS={s.endpointing_ms})",
         f"{result.path}",
         f"{'condition':<18} {'cases':>5} {'cuttable':>8} | {'premature':>9} {'split':>7} | "
         f"{'delay p50':>11} {'delay p95':>11} {'n':>4}",
@@ -789,7 +828,7 @@ async def run_bench() -> str:
     worker thread), then the Deepgram path on :func:`deepgram_subset`."""
     s = Settings()
     the_cases = await asyncio.to_thread(cases, threads=max(1, s.asr_threads))
-    local = await asyncio.to_thread(evaluate, the_cases, settings=s)
+    local = await asyncio.to_thread(evaluate, the_cases, settings=s, decode_ms=None)
     out = [table(local)]
     try:
         remote = await evaluate_deepgram(deepgram_subset(the_cases), settings=s)
@@ -801,15 +840,17 @@ async def run_bench() -> str:
 
 def main() -> None:
     """``python -m benchmarks.endpointing [--quick] [--no-deepgram | --deepgram-only]
-    [--verbose]``."""
+    [--verbose] [--decode-ms N]`` (default: each decode's measured CPU time)."""
     import sys
 
     quick = "--quick" in sys.argv
+    fixed = sys.argv[sys.argv.index("--decode-ms") + 1] if "--decode-ms" in sys.argv else None
     s = Settings()
     the_cases = cases(threads=max(1, s.asr_threads), quick=quick)
     limit = 1000 if "--verbose" in sys.argv else 12
     if "--deepgram-only" not in sys.argv:
-        print(table(evaluate(the_cases, settings=s), limit=limit), flush=True)
+        decode_ms = int(fixed) if fixed is not None else None
+        print(table(evaluate(the_cases, settings=s, decode_ms=decode_ms), limit=limit), flush=True)
     if "--no-deepgram" not in sys.argv:
         remote = asyncio.run(evaluate_deepgram(deepgram_subset(the_cases), settings=s))
         print("\n" + table(remote, limit=limit))

@@ -270,6 +270,11 @@ class Settings(BaseSettings):
         description="local whisper: short utterances waiting together are decoded in one batch "
         "of up to this many (1: one at a time)",
     )
+    asr_early_decode_ms: int = Field(
+        default=100,
+        description="local whisper: start decoding an utterance once its speech has paused this "
+        "long, so its words are ready when the pause ends the segment (0: decode at the end)",
+    )
     asr_max_calls: int = Field(
         default=0,
         description="calls one ASR worker holds at once; 0: the provider's default "

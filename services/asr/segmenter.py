@@ -39,12 +39,14 @@ class Boundary:
     """An utterance boundary, in 8 kHz samples since the stream began.
 
     ``start``: the speech onset was confirmed (``start`` is the real onset, ``end`` the end of
-    the window that confirmed it). ``stop``: the utterance is over; it spans ``start``..``end``
-    (``end`` is the end of its last speech window). ``forced`` marks a cut at
-    :data:`MAX_UTTERANCE_MS` or at the end of the stream.
+    the window that confirmed it). ``pause``: the utterance has been silent for the early-decode
+    time; it spans ``start``..``end`` so far and will close with exactly this span unless speech
+    resumes (its words can be decoded now). ``stop``: the utterance is over; it spans
+    ``start``..``end`` (``end`` is the end of its last speech window). ``forced`` marks a cut
+    at :data:`MAX_UTTERANCE_MS` or at the end of the stream.
     """
 
-    kind: Literal["start", "stop"]
+    kind: Literal["start", "pause", "stop"]
     start: int
     end: int
     forced: bool = False
@@ -56,6 +58,8 @@ class Endpointer:
     Onset: a run of speech windows adding up to ``min_speech_ms`` (silence gaps of up to
     :data:`ONSET_GAP_MS` tolerated) confirms speech, timestamped at its first window. End:
     ``endpointing_ms`` of windows under ``threshold - 0.15`` (hysteresis) after the last speech.
+    ``early_ms`` (0: off; below ``endpointing_ms``) of such windows first yields a ``pause``: the
+    words can be decoded while the pause runs on, and are ready when it closes the utterance.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class Endpointer:
         threshold: float,
         min_speech_ms: int,
         endpointing_ms: int,
+        early_ms: int = 0,
         window: int = WINDOW,
         max_utterance_ms: int = MAX_UTTERANCE_MS,
     ) -> None:
@@ -72,6 +77,8 @@ class Endpointer:
         self._window = window
         self._min_speech = ms_to_samples(min_speech_ms)
         self._endpoint = ms_to_samples(endpointing_ms)
+        self._early = ms_to_samples(early_ms) if 0 < early_ms < endpointing_ms else 0
+        self._paused = False  # the current pause was reported
         self._onset_gap = ms_to_samples(ONSET_GAP_MS)
         self._max_len = ms_to_samples(max_utterance_ms)
         self.position = 0  # samples scored so far
@@ -124,7 +131,7 @@ class Endpointer:
     def _push_speech(self, prob: float, win_start: int) -> Boundary | None:
         assert self._start is not None
         if prob >= self._neg:
-            self._silence = 0
+            self._silence, self._paused = 0, False
             self._last_speech_end = self.position
         else:
             self._silence += self._window
@@ -132,13 +139,16 @@ class Endpointer:
                 return self._stop(forced=False)
         if self.position - self._start >= self._max_len:
             return self._stop(forced=True)
+        if self._early and not self._paused and self._silence >= self._early:
+            self._paused = True
+            return Boundary(kind="pause", start=self._start, end=self._last_speech_end)
         return None
 
     def _stop(self, *, forced: bool) -> Boundary:
         assert self._start is not None
         end = self.position if forced and self._silence == 0 else self._last_speech_end
         b = Boundary(kind="stop", start=self._start, end=end, forced=forced)
-        self._in_speech = False
+        self._in_speech, self._paused = False, False
         self._start, self._speech, self._silence = None, 0, 0
         return b
 

@@ -10,7 +10,6 @@ looks wrong; what whisper heard passes :mod:`services.asr.transcript_filter`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -192,22 +191,6 @@ def credit(jobs: Sequence[Job], cpu_s: float) -> None:
     for j in jobs:
         if j.meter is not None:
             j.meter.add(cpu_s / len(jobs))
-
-
-async def decode_final(
-    engine: WhisperEngine,
-    samples: npt.NDArray[np.float32],
-    start_ms: int,
-    end_ms: int,
-    meter: CpuMeter | None,
-) -> SpeechEvent:
-    """The final of one utterance (stream positions ``start_ms``..``end_ms``), decoded in the
-    shared pool; its CPU time goes to ``meter``."""
-
-    async def decode() -> Decoded:  # submitted inside final_event's guard, as it is awaited
-        return await asyncio.wrap_future(engine.submit(samples, meter=meter))
-
-    return await final_event(decode(), start_ms, end_ms)
 
 
 async def final_event(decode: Awaitable[Decoded], start_ms: int, end_ms: int) -> SpeechEvent:

@@ -112,6 +112,41 @@ async def test_a_pause_after_a_fragment_does_not_split_the_utterance(asr: LocalA
     assert held and "appointment" in normalize_words(held[0].text)
 
 
+def _decodes() -> int:
+    from services.asr.whisper_engine import loaded_engine
+
+    engine = loaded_engine()
+    assert engine is not None
+    return sum(engine.outcomes.values())
+
+
+async def test_the_decode_started_at_the_pause_is_the_final(asr: LocalAsr) -> None:
+    """ASR_EARLY_DECODE_MS: the words are decoded once the pause begins, and that decode is the
+    utterance's final when the pause closes it (one decode, not two)."""
+    audio = silence_mulaw(300) + synthesize_mulaw(NAME) + silence_mulaw(900)
+    before = _decodes()
+    events = await recognize(asr, audio)
+
+    assert kinds(events) == ["speech_started", "speech_stopped", "final"]
+    assert {"john", "smith"} <= set(normalize_words(events[2].text))
+    assert _decodes() - before == 1
+
+
+async def test_speech_resuming_after_the_early_decode_is_in_the_final(asr: LocalAsr) -> None:
+    """A pause longer than the early decode but shorter than the segment's: the early decode is
+    dropped and the final covers the words on both sides of the pause."""
+    first, second = synthesize_mulaw("My name is"), synthesize_mulaw("John Smith.")
+    # The voices' own leading and trailing silence cut off: the pause is the 200 ms between.
+    first = first[: (speech_bounds_ms(first)[1] + 20) * 8]
+    second = second[max(0, speech_bounds_ms(second)[0] - 20) * 8 :]
+    audio = silence_mulaw(300) + first + silence_mulaw(200) + second + silence_mulaw(900)
+    events = await recognize(asr, audio)
+
+    finals = [e for e in events if e.kind == "final"]
+    assert len(finals) == 1
+    assert {"name", "john", "smith"} <= set(normalize_words(finals[0].text))
+
+
 async def test_speech_cut_off_by_the_end_of_the_call_is_still_transcribed(asr: LocalAsr) -> None:
     events = await recognize(asr, silence_mulaw(300) + synthesize_mulaw(NAME))
 

@@ -63,6 +63,35 @@ def test_end_after_endpointing_silence_at_the_last_speech_window() -> None:
     assert ep2.push(0.0) == Boundary(kind="stop", start=5 * 256, end=35 * 256)
 
 
+def test_a_pause_is_reported_early_with_the_span_the_stop_will_have() -> None:
+    ep = endpointer(endpointing_ms=300, early_ms=100)
+    # 4 silent windows (128 ms) reach the early-decode time: the span so far, once per pause.
+    bounds = run(ep, [0.0] * 5 + [0.9] * 30 + [0.0] * 4)
+    assert bounds[-1] == Boundary(kind="pause", start=5 * 256, end=35 * 256)
+    bounds = run(ep, [0.0] * 6)
+    assert [b.kind for b in bounds] == ["stop"]
+    assert (bounds[0].start, bounds[0].end) == (5 * 256, 35 * 256)
+
+
+def test_speech_resuming_after_an_early_pause_reports_the_next_pause_anew() -> None:
+    ep = endpointer(endpointing_ms=300, early_ms=100)
+    probs = [0.9] * 10 + [0.0] * 5 + [0.9] * 10 + [0.0] * 10
+    kinds = [(b.kind, b.end) for b in run(ep, probs)]
+    assert kinds == [
+        ("start", 7 * 256),
+        ("pause", 10 * 256),
+        ("pause", 25 * 256),
+        ("stop", 25 * 256),
+    ]
+
+
+def test_no_early_pause_unless_asked_or_when_not_before_the_stop() -> None:
+    probs = [0.9] * 10 + [0.0] * 30
+    assert [b.kind for b in run(endpointer(), probs)] == ["start", "stop"]
+    late = endpointer(endpointing_ms=300, early_ms=300)
+    assert [b.kind for b in run(late, probs)] == ["start", "stop"]
+
+
 def test_hysteresis_keeps_speech_between_the_two_thresholds() -> None:
     ep = endpointer()
     # 0.4 is under the onset threshold but above threshold - 0.15: still speech.

@@ -154,3 +154,21 @@ def test_a_whole_phone_number_ends_after_its_last_group() -> None:
     for whole in ("My number is 555 1234.", "My number is five five five, one two three four."):
         d = decide(Evidence(words=(), text=whole, pause_ms=600))
         assert d.wait_ms < 1000, (whole, d.reason)
+
+
+def test_a_clause_opened_with_no_verb_yet_waits() -> None:
+    """"And so, my fellow ..." ends on a noun, but the clause "and so" opened has no verb yet
+    (whisper's period or mishearing of the noun does not matter)."""
+    for fragment in ("And so, my fellow.", "And so my elbow.", "But the second one.", "So the"):
+        d = decide(said(fragment, 400))
+        assert d.action is Action.WAIT, fragment
+        assert d.wait_ms >= 1500, fragment
+    for finished in (
+        "And so, my fellow citizens, ask what you can do.",
+        "And then I called them.",
+        "Because the pharmacy was closed.",
+        "And you?",
+        "So, Tuesday.",
+        "And my daughter too.",
+    ):
+        assert decide(said(finished, 400)).action is Action.END, finished

@@ -112,3 +112,34 @@ def test_a_complete_sentence_after_the_rejoin_window_is_a_new_turn() -> None:
     out = _run(gate, script, until=3000)
     assert [t for t, _ in _finals(out)] == ["Thanks.", "Bye."]
     assert not any(e.continues for e in _ended(out))
+
+
+def test_a_turn_is_not_ended_while_the_caller_sounds_again() -> None:
+    """The wait ran out, but the audio is at the caller's speech level again (a recognizer slow
+    to confirm "one, two, ..."): the turn waits up to the grace, then ends."""
+    from services.asr.turntaking.turn_gate import SOUNDING_GRACE_MS
+
+    gate = TurnGate(
+        decide=lambda segs: Verdict(wait_ms=300, reason="r", complete=True), rejoin_ms=0
+    )
+    gate.on_event(SpeechEvent(kind="speech_started", audio_ms=0, speech_start_ms=0), position_ms=0)
+    gate.on_event(
+        SpeechEvent(
+            kind="final", audio_ms=1000, text="My number is", speech_start_ms=0, speech_end_ms=1000
+        ),
+        position_ms=1100,
+    )
+    assert gate.tick(position_ms=1300, sounding=lambda: True) == []
+    assert gate.tick(position_ms=1300 + SOUNDING_GRACE_MS - 20, sounding=lambda: True) == []
+    ended = gate.tick(position_ms=1300 + SOUNDING_GRACE_MS, sounding=lambda: True)
+    assert [e.kind for e in ended] == ["speech_stopped", "final"]
+    quiet = TurnGate(
+        decide=lambda segs: Verdict(wait_ms=300, reason="r", complete=True), rejoin_ms=0
+    )
+    quiet.on_event(
+        SpeechEvent(
+            kind="final", audio_ms=1000, text="Yes.", speech_start_ms=0, speech_end_ms=1000
+        ),
+        position_ms=1100,
+    )
+    assert [e.kind for e in quiet.tick(position_ms=1300, sounding=lambda: False)][-1] == "final"

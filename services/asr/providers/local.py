@@ -10,6 +10,11 @@ utterance (padded a little) is transcribed by the process's shared whisper engin
 under the caller's own speech level count as silence whatever the VAD says
 (:mod:`shared.level`, ``VAD_LEVEL_MARGIN_DB``): talk in the background does not hold a turn open.
 
+The words are decoded as soon as the speech has paused ``ASR_EARLY_DECODE_MS`` (a ``pause``
+boundary): when the pause goes on to close the utterance, its final is that decode, ready up to
+``ENDPOINTING_MIN_MS - ASR_EARLY_DECODE_MS`` sooner; when the caller speaks again first, the
+decode is dropped (cancelled if it has not started).
+
 Events of one call come out in order: a finished utterance's final precedes the next
 utterance's ``speech_started``.
 
@@ -23,6 +28,8 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,8 +47,9 @@ from services.asr.segmenter import (
 )
 from services.asr.whisper_engine import (
     PROVIDER,
+    Decoded,
     WhisperEngine,
-    decode_final,
+    final_event,
     get_engine,
     loaded_engine,
 )
@@ -51,6 +59,18 @@ from shared.level import HOLD_WINDOWS, SpeechLevel, rms_dbfs
 from shared.settings import Settings
 
 _END = object()
+
+
+@dataclass(slots=True)
+class _EarlyDecode:
+    """The decode started at a pause, for the utterance span it covers."""
+
+    start: int
+    end: int
+    future: Future[Decoded]
+
+    def matches(self, b: Boundary) -> bool:
+        return not b.forced and (b.start, b.end) == (self.start, self.end)
 
 
 class LocalAsr(AsrProvider):
@@ -130,7 +150,9 @@ class LocalAsr(AsrProvider):
             threshold=s.vad_threshold,
             min_speech_ms=s.min_speech_ms,
             endpointing_ms=s.endpointing_min_ms if smart else s.endpointing_ms,
+            early_ms=s.asr_early_decode_ms,
         )
+        early: list[_EarlyDecode] = []  # at most one: the current pause's
         buf = SampleBuffer()
         # Background talk well under the caller's own level is silence (shared/level.py).
         level = SpeechLevel(
@@ -151,16 +173,18 @@ class LocalAsr(AsrProvider):
                     prob = float(vad.process(memoryview(window.data)))  # always: VAD state
                     b = ep.push(level.gate(prob, rms_dbfs(window), threshold=s.vad_threshold))
                     if b is not None:
-                        self._boundary(b, buf, engine, out, meter)
+                        self._boundary(b, buf, engine, out, meter, early)
                 if meter is not None:
                     meter.add(time.thread_time() - started)
                 pending = pending[n:]
                 buf.trim(ep.keep_from)
             b = ep.flush()
             if b is not None:
-                self._boundary(b, buf, engine, out, meter)
+                self._boundary(b, buf, engine, out, meter, early)
             out.put_nowait(_END)
         except asyncio.CancelledError:
+            for e in early:
+                e.future.cancel()
             raise
         except Exception as e:  # hand the failure to the consumer, in order
             out.put_nowait(
@@ -176,8 +200,18 @@ class LocalAsr(AsrProvider):
         engine: WhisperEngine,
         out: asyncio.Queue[Any],
         meter: CpuMeter | None,
+        early: list[_EarlyDecode],
     ) -> None:
         start_ms, end_ms = samples_to_ms(b.start), samples_to_ms(b.end)
+        reuse = early.pop() if early else None
+        if reuse is not None and (b.kind != "stop" or not reuse.matches(b)):
+            reuse.future.cancel()  # speech resumed: that decode's words are not the utterance's
+            reuse = None
+        pad = ms_to_samples(SPEECH_PAD_MS)
+        if b.kind == "pause":
+            samples = buf.slice(b.start - pad, b.end + pad).copy()
+            early.append(_EarlyDecode(b.start, b.end, engine.submit(samples, meter=meter)))
+            return
         if b.kind == "start":
             out.put_nowait(
                 SpeechEvent(kind="speech_started", audio_ms=start_ms, speech_start_ms=start_ms)
@@ -191,8 +225,11 @@ class LocalAsr(AsrProvider):
                 speech_end_ms=end_ms,
             )
         )
-        pad = ms_to_samples(SPEECH_PAD_MS)
-        samples = buf.slice(b.start - pad, b.end + pad).copy()
+        if reuse is not None:
+            future = reuse.future
+        else:
+            samples = buf.slice(b.start - pad, b.end + pad).copy()
+            future = engine.submit(samples, meter=meter)
         out.put_nowait(
-            asyncio.ensure_future(decode_final(engine, samples, start_ms, end_ms, meter))
+            asyncio.ensure_future(final_event(asyncio.wrap_future(future), start_ms, end_ms))
         )

@@ -262,6 +262,54 @@ _OPEN_PHRASES = (
 _FINAL_VERBS = frozenset("do does did".split())
 # Words saying a number is being given: digit groups after them are a number still being said.
 _NUMBER_INTROS = frozenset("number phone digits zip code pin account card".split())
+# A sentence that opens with these announces a clause: with no verb yet, it has not come
+# ("And so, my fellow ...", "But the second one ...").
+_CLAUSE_OPENERS = frozenset("and so but because or then also plus".split())
+# Enough of English's verbs to tell a clause from a noun phrase: the auxiliaries and modals,
+# the commonest lexical verbs (with -s, -ed, -ing and irregular forms), and contractions.
+_VERB_STEMS = frozenset(
+    """
+    ask book call cancel change check come confirm cost feel find get give go happen help hear
+    hope keep know leave let like live look love make mean move need open order pay pick put
+    reach remember say schedule see seem send set show speak start stay stop take talk tell
+    think try turn understand use wait want work close arrive die eat fall hurt run sleep write
+    """.split()
+)
+_IRREGULAR_VERBS = frozenset(
+    """
+    went gone came got gotten gave given took taken made said saw seen told knew known thought
+    felt found left kept meant paid put sent set spoke spoken understood ate fell hurt ran slept
+    wrote written heard
+    """.split()
+)
+
+
+_ELLIPTIC_ENDS = frozenset("too either also please thanks then".split())
+
+
+def _is_verb(w: str) -> bool:
+    if w in _AUXILIARIES or w in _IRREGULAR_VERBS or "'" in w[1:]:
+        return True  # "i'd", "don't", "it's": a contraction carries a verb
+    for suffix in ("", "s", "es", "ed", "d", "ing"):
+        if suffix and not w.endswith(suffix):
+            continue
+        stem = w[: len(w) - len(suffix)] if suffix else w
+        if stem in _VERB_STEMS or (suffix == "ing" and stem + "e" in _VERB_STEMS):
+            return True
+    return len(w) > 4 and w.endswith("ed")  # most past forms
+
+
+def _clause_pending(ws: tuple[str, ...], text: str) -> bool:
+    """The words open a clause ("and so ...") and no verb has come yet."""
+    i = 0
+    while i < len(ws) and ws[i] in _CLAUSE_OPENERS:
+        i += 1
+    rest = ws[i:]
+    if i == 0 or len(rest) < 2 or text.rstrip().endswith("?") or rest[-1] in _ELLIPTIC_ENDS:
+        return False  # "And you?", "So, Tuesday.", "And my daughter too."
+    return not any(_is_verb(w) for w in rest)
+
+
 SHORT_ANSWERS = frozenset(
     """
     yes yeah yep yup no nope nah okay ok sure right correct exactly thanks thank fine great
@@ -407,6 +455,8 @@ def text_completeness(text: str, *, agent_question: str | None = None) -> TextCu
 
     if answered is False:
         return TextCue(0.2, 0.8, f"the agent's question ({want}) not answered yet", ws)
+    if not answered and _clause_pending(ws, text):
+        return TextCue(0.2, 0.6, f"a clause opened ('{ws[0]}') with no verb yet", ws)
     if answered:
         return TextCue(0.95, 0.6, f"answers the agent's question ({want})", ws)
     if ws[0] in SHORT_ANSWERS and len(ws) <= 3:

@@ -10,6 +10,11 @@ for ``END_OF_TURN_REJOIN_MS``: if the caller goes on, the next turn is published
 continuation (``continues``), with the words of both, and the agent withdraws its reply to the
 fragment.
 
+A pause is silence: while the audio sounds like the caller again (``sounding``: the caller's
+speech level, not line noise) the turn is not ended for up to :data:`SOUNDING_GRACE_MS` more, so
+a recognizer slow to confirm the resumed speech ("one, two, ..." said in short words) does not
+see its turn cut under it.
+
 Positions are ms of the recognizer's input stream; the caller of :meth:`TurnGate.tick` says how
 far the audio has advanced, so the gate runs on virtual time in tests and benches.
 """
@@ -42,6 +47,7 @@ class Verdict:
 
 
 Decide = Callable[[Sequence[Segment]], Verdict]
+SOUNDING_GRACE_MS = 500  # the recognizer's onset confirmation (min speech) plus a window or two
 
 
 @dataclass(slots=True)
@@ -67,6 +73,11 @@ class TurnGate:
         self._last: _Ended | None = None
 
     @property
+    def held(self) -> Sequence[Segment]:
+        """The open turn's words so far."""
+        return self._segs
+
+    @property
     def holding(self) -> bool:
         """Words are held, waiting for the pause to end the turn."""
         return bool(self._segs) and not self._speaking
@@ -88,12 +99,21 @@ class TurnGate:
         # speech_stopped: the segment's end comes with its final; published when the turn ends
         return out
 
-    def tick(self, *, position_ms: int) -> list[SpeechEvent]:
-        """The audio advanced to ``position_ms``: end the turn when its pause is long enough."""
+    def tick(
+        self, *, position_ms: int, sounding: Callable[[], bool] | None = None
+    ) -> list[SpeechEvent]:
+        """The audio advanced to ``position_ms``: end the turn when its pause is long enough
+        (``sounding``, asked only then: the audio just heard is at the caller's speech level)."""
         if not self.holding or self._verdict is None:
             return []
         pause = position_ms - self._segs[-1].end_ms
         if pause < self._verdict.wait_ms:
+            return []
+        if (
+            sounding is not None
+            and pause < self._verdict.wait_ms + SOUNDING_GRACE_MS
+            and sounding()
+        ):
             return []
         return self._end(self._verdict, pause)
 

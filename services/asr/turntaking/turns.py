@@ -16,6 +16,9 @@ import contextlib
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 
+import numpy as np
+import numpy.typing as npt
+
 from services.asr.providers.base import SpeechEvent
 from services.asr.turntaking.end_of_turn import (
     FILLERS,
@@ -29,11 +32,14 @@ from services.asr.turntaking.end_of_turn import (
 from services.asr.turntaking.prosody import Finality, finality
 from services.asr.turntaking.turn_gate import Segment, TurnGate, Verdict
 from shared.audio import ulaw_to_float
+from shared.level import rms_dbfs
 
 _QUOTED = re.compile(r"'([^']*)'")
 TAIL_MS = 3000  # audio kept for the acoustic cue (the last second of a segment, with slack)
 ACOUSTIC_MS = 1000
 _BYTES_PER_MS = 8  # 8 kHz mu-law
+SOUNDING_MARGIN_DB = 15.0  # within this of the last segment's loud frames: the caller again
+RECENT_MS = 60
 
 
 class CallTurns:
@@ -47,6 +53,8 @@ class CallTurns:
         self._tail = bytearray()
         self._tail_end_ms = 0  # stream position of the tail's last byte
         self._position = 0
+        self._level: float | None = None  # the held segment's speech level (dBFS)
+        self._level_of = -1  # ...of the segment ending here
 
     def _decide(self, segments: Sequence[Segment]) -> Verdict:
         words = tuple(
@@ -68,12 +76,10 @@ class CallTurns:
         return Verdict(wait_ms=wait, reason=safe_reason(d.reason), complete=complete)
 
     def _finality(self, end_ms: int) -> Finality | None:
-        lag = self._tail_end_ms - end_ms
-        end = len(self._tail) - max(0, lag) * _BYTES_PER_MS
-        start = max(0, end - ACOUSTIC_MS * _BYTES_PER_MS)
-        if end - start < 200 * _BYTES_PER_MS:
+        speech = self._audio(end_ms - ACOUSTIC_MS, min(end_ms, self._tail_end_ms))
+        if len(speech) < 200 * _BYTES_PER_MS:
             return None
-        return finality(ulaw_to_float(bytes(self._tail[start:end])))
+        return finality(speech)
 
     def _keep(self, chunk: bytes) -> None:
         self._tail += chunk
@@ -83,11 +89,38 @@ class CallTurns:
         if excess > 0:
             del self._tail[:excess]
 
+    def _sounding(self) -> bool:
+        """The last :data:`RECENT_MS` of audio is at the level of the held segment's speech
+        (its loud 20 ms blocks), not line noise: the caller may be speaking again."""
+        segs = self.gate.held
+        if not segs:
+            return False
+        last = segs[-1]
+        if self._level_of != last.end_ms:
+            speech = self._audio(last.start_ms, last.end_ms)
+            blocks = [rms_dbfs(speech[i : i + 160]) for i in range(0, len(speech) - 159, 160)]
+            self._level = float(np.percentile(blocks, 90)) if blocks else None
+            self._level_of = last.end_ms
+        if self._level is None:
+            return False
+        recent = self._audio(self._tail_end_ms - RECENT_MS, self._tail_end_ms)
+        return rms_dbfs(recent) >= self._level - SOUNDING_MARGIN_DB
+
+    def _audio(self, start_ms: int, end_ms: int) -> npt.NDArray[np.float32]:
+        """The tail's audio between two stream positions (what of it is still kept)."""
+        first = self._tail_end_ms - len(self._tail) // _BYTES_PER_MS
+        a = max(0, start_ms - first)
+        b = max(a, end_ms - first)
+        return ulaw_to_float(bytes(self._tail[a * _BYTES_PER_MS : b * _BYTES_PER_MS]))
+
+    def _tick(self, position_ms: int) -> list[SpeechEvent]:
+        return self.gate.tick(position_ms=position_ms, sounding=self._sounding)
+
     def hear(self, chunk: bytes) -> list[SpeechEvent]:
         """The recognizer is about to consume ``chunk`` (mu-law): keep it for the acoustic cue
         and advance the gate's clock (ends a held turn whose pause is long enough)."""
         self._keep(chunk)
-        return self.gate.tick(position_ms=self._position)
+        return self._tick(self._position)
 
     def on_event(self, ev: SpeechEvent) -> list[SpeechEvent]:
         """A recognizer event, at the audio heard so far."""
@@ -102,6 +135,7 @@ class CallTurns:
         self._position = 0
         self._tail_end_ms = 0
         self._tail.clear()
+        self._level, self._level_of = None, -1
         self.gate = TurnGate(decide=self._decide, rejoin_ms=self._rejoin_ms)
 
     async def stream(
@@ -136,7 +170,7 @@ class CallTurns:
                 if isinstance(item, BaseException):
                     raise item
                 if isinstance(item, int):
-                    events = self.gate.tick(position_ms=item)
+                    events = self._tick(item)
                 else:
                     events = self.on_event(item)
                 for ev in events:
