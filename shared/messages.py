@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from shared.answers import AnswerKind
 from shared.outbound import AnsweredBy, OutboundContext
 
 SCHEMA_VERSION = 1
@@ -198,6 +199,16 @@ class AmdResult(BusMessage):
     detection_ms: int | None = Field(default=None, ge=0)
 
 
+class AgentAsked(BusMessage):
+    """Agent: what its reply just finished asking the caller for (``None``: nothing in
+    particular). The ASR's end-of-turn decision waits for such an answer ("What is your date of
+    birth?" is not answered by "It's"); only the kind travels, never the words."""
+
+    type: Literal["agent_asked"] = "agent_asked"
+    turn: int = Field(ge=0)
+    expects: AnswerKind | None = None
+
+
 ControlMsg = Annotated[
     CallStarted
     | CallEnded
@@ -208,7 +219,8 @@ ControlMsg = Annotated[
     | Dtmf
     | StageFailed
     | Prompt
-    | AmdResult,
+    | AmdResult
+    | AgentAsked,
     Field(discriminator="type"),
 ]
 
@@ -304,6 +316,7 @@ def parse_control(
     | StageFailed
     | Prompt
     | AmdResult
+    | AgentAsked
 ):
     """Parse a ``.control`` message; raises ``pydantic.ValidationError`` on bad input."""
     return _control.validate_json(data)

@@ -30,8 +30,9 @@ from services.agent.providers.base import (
     UsageReport,
 )
 from services.agent.sentences import SentenceSplitter
+from shared.answers import expected_answer
 from shared.errors import ProviderTimeout
-from shared.messages import BusMessage, ReplySegment
+from shared.messages import AgentAsked, BusMessage, ReplySegment
 from shared.metrics import STAGE_LATENCY
 
 SERVICE = "agent"
@@ -165,6 +166,10 @@ class ReplyOut:
             if self._record is not None:
                 await self._record(TurnProgress(turn=self.turn, said=list(self._said)))
         self.seq += 1
+        if last:
+            # What the reply ends by asking for: the ASR's end-of-turn decision waits for it.
+            asked = expected_answer(self._said[-1]) if self._said else None
+            await self._publish(AgentAsked(call_sid=self._call_sid, turn=self.turn, expects=asked))
         if text and not self._first_sent:
             self._first_sent = True
             await self._on_first(text)

@@ -54,6 +54,7 @@ from shared.handler import bad_message, parse_for_subject
 from shared.logging import kv
 from shared.messages import (
     HEARTBEAT_S,
+    AgentAsked,
     AsrClaim,
     AsrClaimReply,
     AsrHeartbeat,
@@ -186,6 +187,10 @@ class AsrWorker:
         ctl = parse_for_subject(
             parse_control, body, msg.raw_message.subject, service=SERVICE, source="control"
         )
+        if isinstance(ctl, AgentAsked):
+            held = self._calls.get(ctl.call_sid)
+            if held is not None and held.turns is not None:
+                held.turns.expect(ctl.expects)
         if isinstance(ctl, CallEnded):
             call_sid = ctl.call_sid
             self._ended.add(call_sid)

@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from devkit.fakes.openai import DEFAULT_ANSWER, FakeOpenAI
 from shared import subjects
 from shared.messages import (
+    AgentAsked,
     CallEnded,
     CallStarted,
     Dtmf,
@@ -160,6 +161,10 @@ async def test_demo_call_greets_answers_and_hangs_up(demo_agent: AgentProcess, n
     await tap.send(subjects.control(sid), Dtmf(call_sid=sid, digit="1"))
     await tap.wait_for(lambda: turn_complete(tap, 3), what="dtmf turn")
     assert "What day and time" in spoken(tap, 3)
+    # The reply ended by asking for a date: announced (the kind only) for the ASR's decision.
+    await tap.wait_for(lambda: any(a.turn == 3 for a in tap.of(AgentAsked)), what="agent_asked")
+    assert [a.expects for a in tap.of(AgentAsked) if a.turn == 3] == ["date"]
+    assert [a.expects for a in tap.of(AgentAsked) if a.turn == 2] == [None]
 
     await tap.send(subjects.transcript(sid), final(sid, "Thanks, goodbye!", utterance_id=2))
     await tap.wait_for(lambda: bool(tap.of(Hangup)), what="hangup")

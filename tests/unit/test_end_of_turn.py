@@ -157,7 +157,7 @@ def test_a_whole_phone_number_ends_after_its_last_group() -> None:
 
 
 def test_a_clause_opened_with_no_verb_yet_waits() -> None:
-    """"And so, my fellow ..." ends on a noun, but the clause "and so" opened has no verb yet
+    """ "And so, my fellow ..." ends on a noun, but the clause "and so" opened has no verb yet
     (whisper's period or mishearing of the noun does not matter)."""
     for fragment in ("And so, my fellow.", "And so my elbow.", "But the second one.", "So the"):
         d = decide(said(fragment, 400))
@@ -172,3 +172,15 @@ def test_a_clause_opened_with_no_verb_yet_waits() -> None:
         "And my daughter too.",
     ):
         assert decide(said(finished, 400)).action is Action.END, finished
+
+
+def test_what_the_agent_asked_for_is_awaited_when_announced_as_a_kind() -> None:
+    """``AgentAsked`` carries only the kind ("date"): "Let me check." does not answer it."""
+    from dataclasses import replace
+
+    d = decide(replace(said("Let me check.", 400), expects="date"))
+    assert d.action is Action.WAIT and d.wait_ms >= 1500
+    assert decide(said("Let me check.", 400)).action is Action.END
+    assert decide(replace(said("March fourth.", 400), expects="date")).action is Action.END
+    phone = decide(replace(said("Five five five, one two three.", 400), expects="phone"))
+    assert phone.action is Action.WAIT

@@ -143,3 +143,63 @@ def test_a_turn_is_not_ended_while_the_caller_sounds_again() -> None:
         position_ms=1100,
     )
     assert [e.kind for e in quiet.tick(position_ms=1300, sounding=lambda: False)][-1] == "final"
+
+
+def test_call_turns_wait_for_what_the_agent_asked() -> None:
+    """The ASR worker hands ``AgentAsked`` to the call's turns: an answer that does not give
+    the date asked for is held past the short wait; without the question it ends there."""
+    from services.asr.turntaking.end_of_turn import EndOfTurnPolicy
+    from services.asr.turntaking.turns import CallTurns
+
+    def run(expects: str | None) -> list[SpeechEvent]:
+        turns = CallTurns(policy=EndOfTurnPolicy(min_wait_ms=300), rejoin_ms=0, acoustic=False)
+        turns.expect(expects)  # type: ignore[arg-type]
+        silence = b"\xff" * 160  # 20 ms of mu-law silence
+        out = [e for _ in range(50) for e in turns.hear(silence)]  # 1 s of audio heard
+        out += turns.on_event(
+            SpeechEvent(
+                kind="final",
+                audio_ms=1000,
+                text="Let me check.",
+                speech_start_ms=400,
+                speech_end_ms=1000,
+            )
+        )
+        for _ in range(30):  # 600 ms of pause
+            out += turns.hear(silence)
+        return [e for e in out if e.kind == "final"]
+
+    assert len(run(None)) == 1
+    assert run("date") == []
+
+
+def test_call_turns_hold_a_pause_that_sounds_like_the_caller_but_not_line_noise() -> None:
+    """The wait ran out while the audio is back at the caller's level (a recognizer that has
+    not confirmed the resumed speech yet): held; line noise 30 dB under the voice: not held."""
+    import numpy as np
+
+    from services.asr.turntaking.end_of_turn import EndOfTurnPolicy
+    from services.asr.turntaking.turns import CallTurns
+    from shared.audio import float_to_pcm16, pcm16_to_ulaw
+
+    def ulaw(level: float, ms: int, seed: int) -> bytes:
+        rng = np.random.default_rng(seed)
+        x = (level * rng.standard_normal(8 * ms)).astype(np.float32)
+        return pcm16_to_ulaw(float_to_pcm16(x))
+
+    def finals_after(pause: bytes) -> int:
+        turns = CallTurns(policy=EndOfTurnPolicy(min_wait_ms=300), rejoin_ms=0, acoustic=False)
+        voice = ulaw(0.1, 1000, seed=1)  # ~-20 dBFS for 1 s
+        out = [e for i in range(0, len(voice), 160) for e in turns.hear(voice[i : i + 160])]
+        out += turns.on_event(
+            SpeechEvent(
+                kind="final", audio_ms=1000, text="Yes.", speech_start_ms=0, speech_end_ms=1000
+            )
+        )
+        for i in range(0, len(pause), 160):
+            out += turns.hear(pause[i : i + 160])
+        return sum(e.kind == "final" for e in out)
+
+    # 400 ms: past the 300 ms wait, within its grace
+    assert finals_after(ulaw(0.003, 400, seed=2)) == 1  # line noise ~-50 dBFS
+    assert finals_after(ulaw(0.0, 100, seed=0) + ulaw(0.1, 300, seed=3)) == 0  # the voice again

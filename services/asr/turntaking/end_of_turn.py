@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from services.asr.turntaking.prosody import Finality
+from shared.answers import AnswerKind, expected_answer
 
 # --------------------------------------------------------------------------- evidence
 
@@ -47,6 +48,7 @@ class Evidence:
     pause_ms: float  # silence since the end of speech (VAD); 0: the caller is speaking
     text: str | None = None  # the transcript as punctuated by the recognizer (else the words)
     agent_question: str | None = None  # the agent's last sentence, if it asked something
+    expects: AnswerKind | None = None  # what the agent asked for, when announced as a kind
     acoustic: Finality | None = None
     confidence: float | None = None  # the utterance's confidence, if no per-word ones
 
@@ -94,7 +96,9 @@ class Decision:
 def decide(evidence: Evidence, policy: EndOfTurnPolicy | None = None) -> Decision:
     """The end-of-turn decision for ``evidence`` under ``policy`` (defaults if ``None``)."""
     p = policy or EndOfTurnPolicy()
-    text = text_completeness(evidence.transcript, agent_question=evidence.agent_question)
+    text = text_completeness(
+        evidence.transcript, agent_question=evidence.agent_question, expects=evidence.expects
+    )
     score, reasons = text.score, [text.reason]
     cues = {"text": text.score}
 
@@ -160,6 +164,7 @@ def merge(before: Evidence, after: Evidence) -> Evidence:
         words=before.words + after.words,
         text=text,
         agent_question=after.agent_question or before.agent_question,
+        expects=after.expects or before.expects,
         confidence=_min_opt(before.confidence, after.confidence),
     )
 
@@ -334,29 +339,6 @@ def tokens(text: str) -> tuple[str, ...]:
     return tuple(_WORD.findall(text.lower().replace("’", "'")))
 
 
-def expected_answer(question: str | None) -> str | None:
-    """What the agent's question asks for: "date", "time", "number", "name", or ``None``."""
-    if not question or (
-        "?" not in question
-        and not re.search(r"\b(tell me|give me|please (say|spell))\b", question.lower())
-    ):
-        return None
-    q = question.lower()
-    if re.search(
-        r"\b(date of birth|birthday|birth date|what date|which date|which day|"
-        r"what day|when)\b",
-        q,
-    ):
-        return "date"
-    if re.search(r"\bwhat time\b|\bwhich time\b|\bwhat hour\b", q):
-        return "time"
-    if re.search(r"\b(phone|number|digits|zip|postcode|account|pin|code)\b", q):
-        return "number"
-    if re.search(r"\b(your name|who am i speaking|who is calling|spell)\b", q):
-        return "name"
-    return None
-
-
 def _has_date(ws: tuple[str, ...]) -> bool:
     if any(w in WEEKDAYS or w in _RELATIVE_DAYS for w in ws):
         return True
@@ -390,7 +372,9 @@ def _digit_count(ws: tuple[str, ...]) -> int:
     return n
 
 
-def text_completeness(text: str, *, agent_question: str | None = None) -> TextCue:
+def text_completeness(
+    text: str, *, agent_question: str | None = None, expects: AnswerKind | None = None
+) -> TextCue:
     """How finished the words read, and why (the rules of the module docstring)."""
     ws = tokens(text)
     if not ws:
@@ -418,15 +402,15 @@ def text_completeness(text: str, *, agent_question: str | None = None) -> TextCu
         if pat.search(joined):
             return TextCue(0.05, 1.0, "an announced value not said yet", ws)
 
-    want = expected_answer(agent_question)
+    want = expects or expected_answer(agent_question)
     answered: bool | None = None
     if want == "date":
         answered = _has_date(ws) or (len(ws) <= 3 and ws[0] in SHORT_ANSWERS)
     elif want == "time":
         answered = _has_time(ws) or (len(ws) <= 3 and ws[0] in SHORT_ANSWERS)
-    elif want == "number":
+    elif want in ("number", "phone"):
         answered = _digit_count(ws) >= 3 or (len(ws) <= 3 and ws[0] in SHORT_ANSWERS)
-        if answered and agent_question and re.search(r"\bphone\b", agent_question.lower()):
+        if answered and want == "phone":
             answered = _digit_count(ws) >= 10 or _digit_count(ws) == 0
             if not answered:
                 return TextCue(0.1, 1.0, f"phone number: {_digit_count(ws)} digits so far", ws)
@@ -441,7 +425,7 @@ def text_completeness(text: str, *, agent_question: str | None = None) -> TextCu
     if last in MONTHS and want in ("date", None) and len(ws) > 1 and prev not in _WHOLE_MONTH:
         # "my birthday is March ...": the day is coming (a lone "March." may be the answer).
         return TextCue(0.2, 0.8, f"date still being said ('{last}')", ws)
-    if want == "number" and last in NUMBER_WORDS | {"oh"} and _digit_count(ws) < 7:
+    if want in ("number", "phone") and last in NUMBER_WORDS | {"oh"} and _digit_count(ws) < 7:
         return TextCue(0.3, 0.6, "digits still being said", ws)
     if (
         want is None

@@ -31,6 +31,7 @@ from services.asr.turntaking.end_of_turn import (
 )
 from services.asr.turntaking.prosody import Finality, finality
 from services.asr.turntaking.turn_gate import Segment, TurnGate, Verdict
+from shared.answers import AnswerKind
 from shared.audio import ulaw_to_float
 from shared.level import rms_dbfs
 
@@ -40,6 +41,7 @@ ACOUSTIC_MS = 1000
 _BYTES_PER_MS = 8  # 8 kHz mu-law
 SOUNDING_MARGIN_DB = 15.0  # within this of the last segment's loud frames: the caller again
 RECENT_MS = 60
+SOUNDING_FLOOR_DBFS = -55.0  # quieter than this is silence, whatever the caller's level
 
 
 class CallTurns:
@@ -53,6 +55,7 @@ class CallTurns:
         self._tail = bytearray()
         self._tail_end_ms = 0  # stream position of the tail's last byte
         self._position = 0
+        self._expects: AnswerKind | None = None  # what the agent's last reply asked for
         self._level: float | None = None  # the held segment's speech level (dBFS)
         self._level_of = -1  # ...of the segment ending here
 
@@ -65,6 +68,7 @@ class CallTurns:
             words=words,
             pause_ms=max(1.0, float(self._position - last.end_ms)),
             text=" ".join(s.text for s in segments),
+            expects=self._expects,
             acoustic=self._finality(last.end_ms) if self._acoustic else None,
             confidence=min(
                 (s.confidence for s in segments if s.confidence is not None), default=None
@@ -103,8 +107,8 @@ class CallTurns:
             self._level_of = last.end_ms
         if self._level is None:
             return False
-        recent = self._audio(self._tail_end_ms - RECENT_MS, self._tail_end_ms)
-        return rms_dbfs(recent) >= self._level - SOUNDING_MARGIN_DB
+        recent = rms_dbfs(self._audio(self._tail_end_ms - RECENT_MS, self._tail_end_ms))
+        return recent > SOUNDING_FLOOR_DBFS and recent >= self._level - SOUNDING_MARGIN_DB
 
     def _audio(self, start_ms: int, end_ms: int) -> npt.NDArray[np.float32]:
         """The tail's audio between two stream positions (what of it is still kept)."""
@@ -115,6 +119,11 @@ class CallTurns:
 
     def _tick(self, position_ms: int) -> list[SpeechEvent]:
         return self.gate.tick(position_ms=position_ms, sounding=self._sounding)
+
+    def expect(self, kind: AnswerKind | None) -> None:
+        """What the agent's reply just asked for (``AgentAsked``): words that do not answer it
+        yet ("It's") wait like a fragment; ``None``: nothing in particular."""
+        self._expects = kind
 
     def hear(self, chunk: bytes) -> list[SpeechEvent]:
         """The recognizer is about to consume ``chunk`` (mu-law): keep it for the acoustic cue
