@@ -55,15 +55,17 @@ SPEECH_LOGPROB_MIN = -0.8
 NOISE_NO_SPEECH_MIN = 0.6
 NOISE_LOGPROB_MAX = -1.0
 SILENCE_NO_SPEECH_MIN = 0.9
-# One-word outputs, and the answers whisper also invents on noise ("Okay.", "Thank you."), need
-# a clearer decode: one word has the least context (espeak's "Thanks." came out "Thank." at
-# no-speech 0.21, log-probability -0.73, where the full window heard "Thanks."), and the answers'
-# acceptance bars were measured on the full window (noise gave them no-speech >= 0.55 or
-# confidence <= 0.58 there). On the short window Piper's answers decoded at no-speech <= 0.09
-# and log-probability >= -0.4, espeak's at no-speech 0.14-0.31, noise at >= 0.61.
-FEW_WORDS = 1
-FEW_WORDS_NO_SPEECH_MAX = 0.2
-FEW_WORDS_LOGPROB_MIN = -0.5
+# The answers whisper also invents on noise ("Okay.", "Thank you.") need a clearer decode to be
+# kept from the short window: their acceptance bars were measured on the full window (noise gave
+# them no-speech >= 0.55 or confidence <= 0.58 there). On the short window Piper's answers
+# decoded at no-speech <= 0.09 and log-probability >= -0.4, espeak's at no-speech 0.14-0.31,
+# noise at >= 0.61. Other one-word outputs are kept on the band of any speech: on the 42
+# short answers whose short decode was unsure (docs/performance.md, 2026-12-02), the short
+# window's words were right 30 times and the full window's 31, for 1.7 s more CPU (and delay)
+# per answer. A stock answer cut short ("Thank.": espeak's "Thanks." at no-speech 0.21,
+# log-probability -0.73, heard right on the full window) still goes to the full window.
+ANSWER_NO_SPEECH_MAX = 0.2
+ANSWER_LOGPROB_MIN = -0.5
 MAX_REPEAT_NGRAM = 4
 # A loop of one word shows at its second occurrence ("No? No?" for "No."); a phrase said twice
 # is real speech often enough ("try again, fail again, fail better"): three times is a loop.
@@ -136,11 +138,12 @@ def judge(
     if not words:
         return "unsure", "no_words"
     phrase = " ".join(words)
-    clear = d.no_speech_prob <= FEW_WORDS_NO_SPEECH_MAX and d.avg_logprob >= FEW_WORDS_LOGPROB_MIN
+    clear = d.no_speech_prob <= ANSWER_NO_SPEECH_MAX and d.avg_logprob >= ANSWER_LOGPROB_MIN
     if phrase in stock_phrases:
         return ("speech", "ok") if phrase in answers and clear else ("unsure", "stock_phrase")
-    if len(words) <= FEW_WORDS and not clear:
-        return "unsure", "few_words"
+    if not clear and any(p.startswith(phrase) for p in stock_phrases if len(phrase) >= 4):
+        # A stock answer cut short ("Thank." for espeak's "Thanks."): the full window's call.
+        return "unsure", "stock_phrase"
     if d.no_speech_prob > SPEECH_NO_SPEECH_MAX or d.avg_logprob < SPEECH_LOGPROB_MIN:
         return "unsure", "uncertain"
     return "speech", "ok"

@@ -80,7 +80,7 @@ def test_loops_runaway_output_and_stock_phrases_go_to_the_full_window() -> None:
         ("stock_phrase", _decode("Thank you.", lp=-0.6)),
         ("uncertain", _decode("On Tuesday.", ns=0.5)),
         ("uncertain", _decode("On Tuesday.", lp=-0.9)),
-        ("few_words", _decode("Thank.", ns=0.21, lp=-0.73)),
+        ("stock_phrase", _decode("Thank.", ns=0.21, lp=-0.73)),  # "thanks" cut short
     ]
     for reason, d in cases:
         assert judge(d, stock_phrases=stock) == ("unsure", reason)
@@ -91,6 +91,8 @@ def test_clear_silence_and_noise_are_dropped_and_clear_speech_is_kept() -> None:
     assert judge(_decode("you", ns=0.99, lp=-0.8), stock_phrases=stock)[0] == "not_speech"
     assert judge(_decode("I'm", ns=0.7, lp=-2.0), stock_phrases=stock)[0] == "not_speech"
     assert judge(_decode("Yes.", ns=0.04, lp=-0.23), stock_phrases=stock) == ("speech", "ok")
+    # One word on the band of any speech is kept: the full window was no better at 1.7 s more.
+    assert judge(_decode("Sure.", ns=0.21, lp=-0.73), stock_phrases=stock) == ("speech", "ok")
 
 
 def test_an_answer_whisper_also_invents_is_kept_only_when_clearly_speech() -> None:
