@@ -330,6 +330,7 @@ class Trial:
     longest_silence_ms: float  # the longest stretch without agent audio while the turn was on
     stopped_ms: float | None  # onset -> the last agent frame heard (None: still playing)
     interrupted: bool  # the gateway gave the turn up (Interrupt on the bus)
+    heard_again: bool  # agent audio played again after >= 100 ms of silence, before the end
     exact: bool  # what the caller heard is the reply's own frames, in order, none twice or lost
 
 
@@ -374,6 +375,9 @@ async def _trial(b: Any, turn: int, agent: bytes, sound: Sound, *, cut: bool) ->
         + [(t_end - times[-1]) * 1000 - 20 if not interrupted else 0.0],
         default=0.0,
     )
+    heard_again = any(
+        (y - x) * 1000 - 20 >= 100 and y > t_onset for x, y in itertools.pairwise(times)
+    )
     heard = b"".join(a for _, a in ticks)
     stopped = None
     if interrupted or t_end - times[-1] > 0.1:
@@ -390,6 +394,7 @@ async def _trial(b: Any, turn: int, agent: bytes, sound: Sound, *, cut: bool) ->
         longest_silence_ms=round(max(0.0, silence), 1),
         stopped_ms=None if stopped is None else round(stopped, 1),
         interrupted=interrupted,
+        heard_again=heard_again,
         exact=agent.startswith(heard),
     )
 
@@ -447,8 +452,8 @@ def speech_table(calm: Sequence[Trial], cut: Sequence[Trial]) -> str:
     lines += [
         "",
         "| must stop | trials | onset->clear p50/p95/max ms | onset->silent p50/p95/max ms"
-        " | missed | exact |",
-        "|---|---|---|---|---|---|",
+        " | missed | agent heard again | exact |",
+        "|---|---|---|---|---|---|---|",
     ]
     for k in [*dict.fromkeys(t.sound.kind for t in cut), "all"]:
         ts = [t for t in cut if k in ("all", t.sound.kind)]
@@ -458,7 +463,7 @@ def speech_table(calm: Sequence[Trial], cut: Sequence[Trial]) -> str:
         lines.append(
             f"| {k} | {len(ts)} | {_ms(clr, 50)}/{_ms(clr, 95)}/{_ms(clr, 100)} | "
             f"{_ms(sil, 50)}/{_ms(sil, 95)}/{_ms(sil, 100)} | {missed} | "
-            f"{sum(t.exact for t in ts)}/{len(ts)} |"
+            f"{sum(t.heard_again for t in ts)} | {sum(t.exact for t in ts)}/{len(ts)} |"
         )
     return "\n".join(lines)
 
@@ -543,7 +548,8 @@ def main() -> None:
                 print(
                     f"{t.sound.name:40s} at {t.sound.at_s:.1f}s clears {t.clears} "
                     f"gaps {t.resume_gaps_ms} silence {t.longest_silence_ms} "
-                    f"stopped {t.stopped_ms} cut {t.interrupted} exact {t.exact}"
+                    f"stopped {t.stopped_ms} cut {t.interrupted} again {t.heard_again} "
+                    f"exact {t.exact}"
                 )
 
     asyncio.run(go())
