@@ -364,8 +364,11 @@ class CallSession:
             await self.barge_in()
         elif arb.holding:
             await self._decide(
-                self._arbiter.on_vad(
-                    speech_ms=det.total_speech_ms - before, speaking=det.speaking, now=now
+                arb.on_vad(
+                    speech_ms=det.total_speech_ms - before,
+                    speaking=det.speaking,
+                    now=now,
+                    sounding=det.sounding,
                 )
             )
 

@@ -212,10 +212,22 @@ def test_an_onset_with_no_speech_releases_the_hold_before_the_lead_runs_out() ->
     a = arbiter(soft_pause_ms=250)
     assert a.probe(10.0) and a.holding
     assert not a.probe(10.02)  # one hold at a time
-    # a thump: no VAD speech at all; released after probe_ms (120), well inside a 200 ms lead
-    decision, at = _vad(a, 10.0, [(False, 20)])
+    # a thump: 60 ms of sound, no VAD speech; released once quiet for 100 ms, inside the lead
+    t, decision = 10.0, Decision.WAIT
+    for k in range(20):
+        t += 0.02
+        decision = a.on_vad(speech_ms=0, speaking=False, now=t, sounding=k < 3)
+        if decision is not Decision.WAIT:
+            break
     assert decision is Decision.RELEASE and a.reason == "no_speech"
-    assert 10.12 <= at <= 10.14 and not a.holding
+    assert 10.16 - 1e-6 <= t <= 10.18 + 1e-6 and not a.holding  # 100 ms after the last loud frame
+    # a sustained noise the VAD never calls speech: released after probe_ms (250)
+    assert a.probe(11.0)
+    decision, at = _vad(a, 11.0, [(False, 20)])
+    assert decision is Decision.RELEASE and 11.25 - 1e-6 <= at <= 11.27 + 1e-6
+    # speech that the VAD is slow to see keeps the hold meanwhile
+    assert a.probe(12.0)
+    assert _vad(a, 12.0, [(False, 10), (True, 5)])[0] is Decision.WAIT and a.holding
     assert not arbiter().probe(10.0)  # soft pause off: nothing is held
 
 
@@ -287,3 +299,20 @@ def test_pause_after_the_hold_drained_rewinds_nothing() -> None:
     q.resume(0.9)
     after = _drain(q, 0.9, 2.2)
     assert bytes(sent + after) == audio
+
+
+def test_speech_soon_after_a_quick_revert_waits_for_its_words() -> None:
+    a = arbiter(short_sound_ms=600, quick_revert_ms=400)
+    a.pause(3, 10.0, speech_ms=160)
+    # "Sorry," 200 ms, then a long comma: quick-reverted...
+    decision, at = _vad(a, 10.0, [(True, 10), (False, 25)])
+    assert decision is Decision.REVERT
+    a.done()
+    # ..."wait" 0.3 s later is the same sound going on: no second quick revert
+    a.pause(3, at + 0.3, speech_ms=160)
+    assert _vad(a, at + 0.3, [(True, 10), (False, 30)])[0] is Decision.WAIT
+    assert a.on_transcript(utterance_id=1, text="Sorry, wait.", is_final=True) is (Decision.CONFIRM)
+    a.done()
+    # a new sound well after it is judged afresh
+    a.pause(4, 20.0, speech_ms=160)
+    assert _vad(a, 20.0, [(True, 10), (False, 25)])[0] is Decision.REVERT

@@ -37,6 +37,9 @@ from shared.backchannel import content_words
 
 ASR_GRACE_S = 2.5  # extra wait for the final text of an utterance the recognizer has started
 SPEECH_STARTED_SLACK_S = 1.0  # an ASR speech start this recent belongs to the barge-in
+# Speech this soon after a quick revert goes on with the same sound ("Sorry, ... wait"): it is
+# not quick-reverted again, its words (or the timeout) decide.
+QUICK_REJOIN_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +53,8 @@ class BargeInPolicy:
     short_sound_ms: int = 600  # a sound over the agent no longer than this may be "mm-hm"
     quick_revert_ms: int = 400  # ...and this much silence after it resumes at once (0: off)
     soft_pause_ms: int = 0  # hold (no clear) until this much speech; 0: clear at the pause
-    probe_ms: int = 120  # a held sound with no VAD speech this long is released
+    probe_ms: int = 250  # a held sound with no VAD speech this long is released...
+    probe_quiet_ms: int = 100  # ...and one that went quiet this long (a click, a thump)
 
 
 class Decision(Enum):
@@ -80,7 +84,10 @@ class BargeInArbiter:
         self._pending_id: int | None = None  # started by the recognizer, no final yet
         self.soft = False  # paused without a clear (Twilio's lead plays out)
         self._probe_at: float | None = None  # a sound's onset held playback (no speech yet)
-        self._probe_speech = 0.0
+        self._probe_speech = 0.0  # last VAD speech (or the onset) while probing
+        self._probe_sound = 0.0  # last frame over the line's floor while probing
+        self._quick_at = -1e9  # the last quick revert
+        self._no_quick = False  # this pause follows a quick revert closely: no second one
 
     @property
     def paused(self) -> bool:
@@ -96,7 +103,7 @@ class BargeInArbiter:
         """A sound began over the agent (before any VAD window): True to hold playback now."""
         if self.policy.soft_pause_ms <= 0 or self.holding:
             return False
-        self._probe_at = self._probe_speech = now
+        self._probe_at = self._probe_speech = self._probe_sound = now
         return True
 
     def pause(self, turn: int, now: float, *, speech_ms: float, soft: bool = False) -> None:
@@ -104,6 +111,7 @@ class BargeInArbiter:
         of caller speech."""
         self._probe_at = None
         self.soft = soft
+        self._no_quick = now - self._quick_at <= QUICK_REJOIN_S
         self.turn = turn
         self._paused_at = now
         self._speech_ms = speech_ms
@@ -119,15 +127,21 @@ class BargeInArbiter:
         self._probe_at = None
         self._pending_id = None
 
-    def on_vad(self, *, speech_ms: float, speaking: bool, now: float) -> Decision:
-        """VAD result of the caller's audio since the last call (``speech_ms`` newly heard)."""
+    def on_vad(
+        self, *, speech_ms: float, speaking: bool, now: float, sounding: bool = True
+    ) -> Decision:
+        """VAD result of the caller's audio since the last call (``speech_ms`` newly heard;
+        ``sounding``: the frame is over the line's floor, speech or not)."""
         p = self.policy
         if self.turn is None:
             if self._probe_at is None:
                 return Decision.WAIT
             if speaking:
                 self._probe_speech = now
-            elif now - self._probe_speech >= p.probe_ms / 1000:
+            if speaking or sounding:
+                self._probe_sound = now
+            quiet = now - self._probe_sound >= p.probe_quiet_ms / 1000
+            if not speaking and (quiet or now - self._probe_speech >= p.probe_ms / 1000):
                 self._probe_at = None
                 self.reason = "no_speech"
                 return Decision.RELEASE
@@ -144,6 +158,7 @@ class BargeInArbiter:
             return Decision.STOP
         if (
             p.quick_revert_ms
+            and not self._no_quick
             and not speaking
             and self._speech_ms <= p.short_sound_ms
             and now - self._last_speech >= p.quick_revert_ms / 1000
@@ -152,6 +167,7 @@ class BargeInArbiter:
             # transcript. If its words turn out to be an interruption ("No."), they cut the
             # resumed audio again (interrupts_playback).
             self.reason = "short_sound"
+            self._quick_at = now
             return Decision.REVERT
         return Decision.WAIT
 

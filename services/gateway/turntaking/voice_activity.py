@@ -217,6 +217,11 @@ class SoundOnset:
         self._loud = loud
         return began
 
+    @property
+    def sounding(self) -> bool:
+        """The last frame was over the floor (a sound goes on)."""
+        return self._loud
+
 
 class BargeInDetector:
     """Decides that the caller is talking over the agent: ``min_speech_ms`` of VAD speech.
@@ -243,6 +248,11 @@ class BargeInDetector:
         self._listening = False  # fed since the last stop(): agent audio is playing
         self._onset = SoundOnset()
         self.onset = False  # the last frame fed began a sound (before the VAD can say more)
+
+    @property
+    def sounding(self) -> bool:
+        """The last frame fed was clearly over the line's floor (speech or not)."""
+        return self._onset.sounding
 
     @property
     def speaking(self) -> bool:
