@@ -1,13 +1,24 @@
-"""Turn-taking measures: barge-in reaction time and false-interruption rate.
+"""Turn-taking measures: sounds over the agent's speech, barge-in speed, false interruptions.
 
-Both drive the real gateway call logic over a real NATS server from Twilio's side of the media
-stream, through the in-process call of :mod:`devkit.call_harness`; the caller's words come from
-the bundled Piper voice.
+All drive the real gateway call logic over a real NATS server from Twilio's side of the media
+stream, through the in-process call of :mod:`devkit.call_harness` (its Twilio leg plays the
+agent's frames in real time, echoes marks, honours ``clear``).
 
 Public entry points (for ``make bench``)::
 
+    calm, cut = await speech_over_agent(nats_url)   # per-trial Trial records (sound_sets())
+    print(speech_table(calm, cut))                  # the table of docs/turn-taking.md
     stats = await barge_in_reaction(nats_url, trials=10)       # {"p50_ms", "p95_ms", ...}
     stats = await false_interruption_rate(nats_url)            # {"rate", "interrupted", ...}
+
+``speech_over_agent`` plays a Piper agent sentence and, at one of several points of it, a sound
+that must not stop it (40: five backchannels in Piper at two rates and espeak at two rates and
+pitches, ten of them under line noise, the "Yes." answers cut out of a real recording, coughs,
+a thump, noise bursts) or one that must (22: four interruptions in the same four voices, six
+sentences cut out of the real recordings of tests/data). It records what the Twilio leg got
+(each ``clear``, each media frame) and played (each 20 ms tick): stops, the gap from a ``clear``
+to the next agent frame, the longest silence of the agent, when it fell silent, and whether
+what the caller heard is the reply's own frames in order, none repeated or skipped.
 
 The recognizer is either the real local ASR worker, run in-process (``asr="local"``: whisper,
 the honest measure of false interruptions), or emulated (``asr="emulated"``: the harness
@@ -125,10 +136,10 @@ async def false_interruption_rate(
 
     For each sample a new reply plays; the caller makes the sound; the turn counts as falsely
     interrupted if an ``Interrupt`` is published within 6 s. Also reports how many sounds
-    paused playback (``paused``: the fast path fired, then had to be reverted) and whether the
-    resumed audio reached Twilio. ``asr="local"`` runs the real local recognizer in process
-    (whisper: slower, the honest measure); ``"emulated"`` publishes each sample's ``asr_text``.
-    Returns ``{"rate", "interrupted", "paused", "resumed", "total", "details"}``.
+    paused or held playback (``paused``: the fast path fired, then had to be reverted) and
+    whether the resumed audio reached Twilio. ``asr="local"`` runs the real local recognizer in
+    process (whisper: slower, the honest measure); ``"emulated"`` publishes each sample's
+    ``asr_text``. Returns ``{"rate", "interrupted", "paused", "resumed", "total", "details"}``.
     """
     items = list(samples) if samples is not None else await default_false_set()
     interrupted = paused = resumed = 0
@@ -151,11 +162,15 @@ async def false_interruption_rate(
                 await asyncio.sleep(0.3)
                 await b.asr_says(item.asr_text)
             deadline = time.monotonic() + 6.0
+            held = False  # paused, or held by the soft pause (no clear)
             while time.monotonic() < deadline and len(b.tap.interrupts) == before:
-                if len(b.leg.clears) > clears and not b.session.playback.paused:
+                pb = b.session.playback
+                if pb.paused or pb.held:
+                    held = True
+                elif held or len(b.leg.clears) > clears:
                     break  # reverted
                 await asyncio.sleep(0.02)
-            was_paused = len(b.leg.clears) > clears
+            was_paused = held or len(b.leg.clears) > clears
             cut = len(b.tap.interrupts) > before
             b.leg.media.clear()
             await asyncio.sleep(0.3)
@@ -329,6 +344,8 @@ class Trial:
     resume_gaps_ms: list[float]  # per clear: clear -> next agent media frame at the leg
     longest_silence_ms: float  # the longest stretch without agent audio while the turn was on
     stopped_ms: float | None  # onset -> the last agent frame heard (None: still playing)
+    first_silent_ms: float | None  # onset -> the end of the last agent frame before the first
+    # silence of >= 100 ms (the first stop; later audio is ``heard_again``)
     interrupted: bool  # the gateway gave the turn up (Interrupt on the bus)
     heard_again: bool  # agent audio played again after >= 100 ms of silence, before the end
     exact: bool  # what the caller heard is the reply's own frames, in order, none twice or lost
@@ -375,13 +392,13 @@ async def _trial(b: Any, turn: int, agent: bytes, sound: Sound, *, cut: bool) ->
         + [(t_end - times[-1]) * 1000 - 20 if not interrupted else 0.0],
         default=0.0,
     )
-    heard_again = any(
-        (y - x) * 1000 - 20 >= 100 and y > t_onset for x, y in itertools.pairwise(times)
-    )
-    heard = b"".join(a for _, a in ticks)
+    first_gap = next((x for x, y in itertools.pairwise(times) if (y - x) * 1000 - 20 >= 100), None)
+    heard_again = first_gap is not None
     stopped = None
     if interrupted or t_end - times[-1] > 0.1:
         stopped = (times[-1] - t_onset) * 1000 + 20
+    first = stopped if first_gap is None else (first_gap - t_onset) * 1000 + 20
+    heard = b"".join(a for _, a in ticks)
     # End the turn (if the gateway has not) so the next sound starts on a fresh reply.
     await b.nc.publish(
         subjects.control(b.call_sid), Interrupt(call_sid=b.call_sid, turn=turn).to_bytes()
@@ -393,6 +410,7 @@ async def _trial(b: Any, turn: int, agent: bytes, sound: Sound, *, cut: bool) ->
         resume_gaps_ms=[round(g, 1) for g in gaps],
         longest_silence_ms=round(max(0.0, silence), 1),
         stopped_ms=None if stopped is None else round(stopped, 1),
+        first_silent_ms=None if first is None else round(first, 1),
         interrupted=interrupted,
         heard_again=heard_again,
         exact=agent.startswith(heard),
@@ -452,18 +470,21 @@ def speech_table(calm: Sequence[Trial], cut: Sequence[Trial]) -> str:
     lines += [
         "",
         "| must stop | trials | onset->clear p50/p95/max ms | onset->silent p50/p95/max ms"
-        " | missed | agent heard again | exact |",
-        "|---|---|---|---|---|---|---|",
+        " | missed | agent heard again | onset->last agent frame p50/p95/max ms | exact |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for k in [*dict.fromkeys(t.sound.kind for t in cut), "all"]:
         ts = [t for t in cut if k in ("all", t.sound.kind)]
         clr = [t.clears[0] * 1000 for t in ts if t.clears]
-        sil = [t.stopped_ms for t in ts if t.stopped_ms is not None]
+        sil = [t.first_silent_ms for t in ts if t.first_silent_ms is not None]
+        last = [t.stopped_ms for t in ts if t.stopped_ms is not None]
         missed = sum(1 for t in ts if not t.interrupted or t.stopped_ms is None)
         lines.append(
             f"| {k} | {len(ts)} | {_ms(clr, 50)}/{_ms(clr, 95)}/{_ms(clr, 100)} | "
             f"{_ms(sil, 50)}/{_ms(sil, 95)}/{_ms(sil, 100)} | {missed} | "
-            f"{sum(t.heard_again for t in ts)} | {sum(t.exact for t in ts)}/{len(ts)} |"
+            f"{sum(t.heard_again for t in ts)} | "
+            f"{_ms(last, 50)}/{_ms(last, 95)}/{_ms(last, 100)} | "
+            f"{sum(t.exact for t in ts)}/{len(ts)} |"
         )
     return "\n".join(lines)
 
@@ -548,7 +569,8 @@ def main() -> None:
                 print(
                     f"{t.sound.name:40s} at {t.sound.at_s:.1f}s clears {t.clears} "
                     f"gaps {t.resume_gaps_ms} silence {t.longest_silence_ms} "
-                    f"stopped {t.stopped_ms} cut {t.interrupted} again {t.heard_again} "
+                    f"first silent {t.first_silent_ms} stopped {t.stopped_ms} "
+                    f"cut {t.interrupted} again {t.heard_again} "
                     f"exact {t.exact}"
                 )
 

@@ -329,7 +329,7 @@ class Settings(BaseSettings):
         "shorter than a comma's pause would resume over 'Wait, stop.')",
     )
     barge_in_soft_pause_ms: int = Field(
-        default=0,
+        default=250,
         description="caller sound over agent audio only holds playback (no Twilio clear: the "
         "buffered lead plays out, a short sound resumes from the next frame) until this much "
         "speech; 0: clear at BARGE_IN_MIN_SPEECH_MS",

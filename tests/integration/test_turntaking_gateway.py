@@ -66,7 +66,8 @@ async def test_barge_in_cuts_a_long_reply_and_reports_what_was_heard(
         "A third sentence nobody hears.",
     ]
     words = "Wait, stop. What about Sunday?"
-    async with bench_call(nats_url, vad_pool=pool) as b:
+    s = settings(nats_url, barge_in_soft_pause_ms=0)  # the hard pause: clear at the VAD's onset
+    async with bench_call(nats_url, settings=s, vad_pool=pool) as b:
         await b.agent_says(1, texts, seconds=1.0)
         await b.wait_playing()
         await asyncio.sleep(1.3)  # segment 0 played, segment 1 playing
@@ -95,7 +96,8 @@ async def test_barge_in_cuts_a_long_reply_and_reports_what_was_heard(
 async def test_backchannel_and_noise_do_not_interrupt_and_playback_resumes(
     nats_url: str, pool: VadPool
 ) -> None:
-    async with bench_call(nats_url, vad_pool=pool) as b:
+    s = settings(nats_url, barge_in_soft_pause_ms=0)  # the hard pause: clear, then resume
+    async with bench_call(nats_url, settings=s, vad_pool=pool) as b:
         await b.agent_says(1, ["A reply the caller listens to, nodding along."], seconds=3.0)
         await b.wait_playing()
         await asyncio.sleep(0.8)
@@ -123,7 +125,7 @@ async def test_backchannel_and_noise_do_not_interrupt_and_playback_resumes(
 async def test_an_interruption_with_no_words_resumes_the_agent(
     nats_url: str, pool: VadPool
 ) -> None:
-    s = settings(nats_url, false_interruption_timeout_ms=600)
+    s = settings(nats_url, false_interruption_timeout_ms=600, barge_in_soft_pause_ms=0)
     async with bench_call(nats_url, settings=s, vad_pool=pool) as b:
         await b.agent_says(1, ["Our opening hours are nine to five."], seconds=3.0)
         await b.wait_playing()
