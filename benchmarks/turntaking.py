@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from devkit.call_harness import AsrMode, bench_call, noise_mulaw
+from devkit.call_harness import SPEECH_RMS, AsrMode, bench_call, noise_mulaw, onset_frame
 from shared import subjects
 from shared.messages import Interrupt
 from shared.settings import Settings
@@ -335,6 +335,18 @@ def sound_sets() -> tuple[bytes, list[Sound], list[Sound]]:
     return agent, spread(calm), spread(cut)
 
 
+def last_sound_frame(mulaw: bytes) -> int:
+    """Index of the last 20 ms frame of ``mulaw`` that carries sound (as ``onset_frame``)."""
+    from shared.audio import frames, ulaw_to_float
+
+    loud = [
+        i
+        for i, f in enumerate(frames(mulaw))
+        if float(np.sqrt(np.mean(ulaw_to_float(f) ** 2))) >= SPEECH_RMS
+    ]
+    return loud[-1] if loud else 0
+
+
 @dataclass(slots=True)
 class Trial:
     """What the caller's Twilio leg saw during one sound over the agent."""
@@ -344,6 +356,7 @@ class Trial:
     resume_gaps_ms: list[float]  # per clear: clear -> next agent media frame at the leg
     longest_silence_ms: float  # the longest stretch without agent audio while the turn was on
     stopped_ms: float | None  # onset -> the last agent frame heard (None: still playing)
+    back_ms: float | None  # the sound's end -> the agent's audio heard again (None: not back)
     first_silent_ms: float | None  # onset -> the end of the last agent frame before the first
     # silence of >= 100 ms (the first stop; later audio is ``heard_again``)
     interrupted: bool  # the gateway gave the turn up (Interrupt on the bus)
@@ -394,6 +407,10 @@ async def _trial(b: Any, turn: int, agent: bytes, sound: Sound, *, cut: bool) ->
     )
     first_gap = next((x for x, y in itertools.pairwise(times) if (y - x) * 1000 - 20 >= 100), None)
     heard_again = first_gap is not None
+    # The sound's end: its last frame above the onset level, on the leg's clock.
+    t_end_sound = t_onset + (last_sound_frame(sound.audio) - onset_frame(sound.audio) + 1) * 0.02
+    back = next((y for x, y in itertools.pairwise(times) if (y - x) * 1000 - 20 >= 100), None)
+    back_ms = None if back is None else max(0.0, (back - t_end_sound) * 1000)
     stopped = None
     if interrupted or t_end - times[-1] > 0.1:
         stopped = (times[-1] - t_onset) * 1000 + 20
@@ -411,6 +428,7 @@ async def _trial(b: Any, turn: int, agent: bytes, sound: Sound, *, cut: bool) ->
         longest_silence_ms=round(max(0.0, silence), 1),
         stopped_ms=None if stopped is None else round(stopped, 1),
         first_silent_ms=None if first is None else round(first, 1),
+        back_ms=None if back_ms is None else round(back_ms, 1),
         interrupted=interrupted,
         heard_again=heard_again,
         exact=agent.startswith(heard),
@@ -451,21 +469,22 @@ def speech_table(calm: Sequence[Trial], cut: Sequence[Trial]) -> str:
     lines = [
         "sounds over agent speech (emulated recognizer in time; Twilio leg echoes marks)",
         "| must not stop | trials | stopped (clear) | interrupted | resume gap p50/max ms"
-        " | silence > 100 ms | silence p50/max ms | exact |",
-        "|---|---|---|---|---|---|---|---|",
+        " | silence > 100 ms | silence p50/max ms | sound end->agent back p50/max ms | exact |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     kinds = [*dict.fromkeys(t.sound.kind for t in calm), "all"]
     for k in kinds:
         ts = [t for t in calm if k in ("all", t.sound.kind)]
         gaps = [g for t in ts for g in t.resume_gaps_ms]
         sil = [t.longest_silence_ms for t in ts]
+        back = [t.back_ms for t in ts if t.back_ms is not None]
         stops = sum(1 for t in ts if t.clears)
         unresumed = sum(1 for t in ts if t.clears and len(t.resume_gaps_ms) < len(t.clears))
         lines.append(
             f"| {k} | {len(ts)} | {stops} ({unresumed} not resumed) | "
             f"{sum(t.interrupted for t in ts)} | {_ms(gaps, 50)}/{_ms(gaps, 100)} | "
             f"{sum(1 for x in sil if x > 100)} | {_ms(sil, 50)}/{_ms(sil, 100)} | "
-            f"{sum(t.exact for t in ts)}/{len(ts)} |"
+            f"{_ms(back, 50)}/{_ms(back, 100)} | {sum(t.exact for t in ts)}/{len(ts)} |"
         )
     lines += [
         "",
@@ -569,7 +588,7 @@ def main() -> None:
                 print(
                     f"{t.sound.name:40s} at {t.sound.at_s:.1f}s clears {t.clears} "
                     f"gaps {t.resume_gaps_ms} silence {t.longest_silence_ms} "
-                    f"first silent {t.first_silent_ms} stopped {t.stopped_ms} "
+                    f"first silent {t.first_silent_ms} back {t.back_ms} stopped {t.stopped_ms} "
                     f"cut {t.interrupted} again {t.heard_again} "
                     f"exact {t.exact}"
                 )
