@@ -392,7 +392,8 @@ class CallSession:
     # ------------------------------------------------------------------ barge-in
 
     async def barge_in(self) -> None:
-        """The caller talks over the agent: ``clear`` Twilio's buffer now and pause the turn.
+        """The caller talks over the agent: pause the turn (``clear`` Twilio's buffer now), or
+        with the soft pause hold it (Twilio's lead plays out; :meth:`_stop_held` clears later).
 
         Nothing crosses the bus yet: :mod:`services.gateway.turntaking.barge_in` confirms the
         interruption (``Interrupt`` + ``Played``, see :meth:`_confirm`) or reverts it (the
