@@ -18,7 +18,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -104,6 +104,9 @@ class TwilioLeg:
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     cleared: asyncio.Event = field(default_factory=asyncio.Event)
     heard: bytearray = field(default_factory=bytearray)
+    # Every 20 ms tick that played agent audio: (when, the bytes played). What the caller heard,
+    # in order: a frame repeated or skipped after a pause shows here.
+    played: list[tuple[float, bytes]] = field(default_factory=list)
     _echo: list[str] = field(default_factory=list)
     _speech: _Speech | None = None
     _chunk: int = 0
@@ -160,6 +163,8 @@ class TwilioLeg:
         await session.on_media(frame, str(self._chunk), str((self._chunk - 1) * 20))
         played, due = self.buffer.play(FRAME_BYTES)
         self.heard += played
+        if played:
+            self.played.append((time.monotonic(), played))
         for name in [*self._echo, *due]:
             self.marks.append(name)
             await session.on_mark(name)
@@ -241,14 +246,25 @@ class TurnBench:
                 await self._clock
         await self.session.end("stop")
 
-    async def agent_says(self, turn: int, texts: Sequence[str], *, seconds: float = 2.0) -> None:
-        """Publish a reply of ``len(texts)`` segments (``seconds`` of audio each), as TTS would."""
+    async def agent_says(
+        self,
+        turn: int,
+        texts: Sequence[str],
+        *,
+        seconds: float = 2.0,
+        audio: Sequence[bytes] | None = None,
+    ) -> None:
+        """Publish a reply of ``len(texts)`` segments, as TTS would: ``audio`` (one mu-law clip a
+        segment) or a tone of ``seconds`` each."""
         for seq, text in enumerate(texts):
             last = seq == len(texts) - 1
             seg = ReplySegment(call_sid=self.call_sid, turn=turn, seq=seq, text=text, last=last)
             await self.nc.publish(subjects.reply(self.call_sid), seg.to_bytes())
-            audio = tone_mulaw(seconds, hz=200.0 + 40 * seq)
-            chunks = [audio[i : i + 1600] for i in range(0, len(audio), 1600)]
+            if audio is not None:
+                audio_seg = audio[seq]
+            else:
+                audio_seg = tone_mulaw(seconds, hz=200.0 + 40 * seq)
+            chunks = [audio_seg[i : i + 1600] for i in range(0, len(audio_seg), 1600)]
             for i, chunk in enumerate(chunks):
                 hdrs = {
                     H.TURN: str(turn),
@@ -276,6 +292,40 @@ class TurnBench:
             await self.nc.publish(subj, tr.to_bytes())
         await self.nc.flush()
         return u
+
+    async def asr_hears(
+        self,
+        text: str | None,
+        *,
+        onset: Awaitable[float],
+        done: Awaitable[float],
+        start_s: float = 0.25,
+        stop_s: float = 0.3,
+        decode_s: float = 0.5,
+    ) -> None:
+        """Emulate a recognizer hearing the caller's sound in time: speech started ``start_s``
+        after ``onset``, stopped ``stop_s`` after the sound ``done`` (its endpointing pause), its
+        final ``text`` ``decode_s`` later (None: the recognizer heard no speech at all)."""
+        if text is None:
+            return
+        self._utterance += 1
+        u = self._utterance
+        sid = self.call_sid
+        subj = subjects.transcript(sid)
+        t_onset = await onset
+        await asyncio.sleep(max(0.0, t_onset + start_s - time.monotonic()))
+        await self.nc.publish(
+            subj, SpeechStarted(call_sid=sid, utterance_id=u, audio_ms=0).to_bytes()
+        )
+        t_done = await done
+        await asyncio.sleep(max(0.0, t_done + stop_s - time.monotonic()))
+        await self.nc.publish(
+            subj, SpeechStopped(call_sid=sid, utterance_id=u, audio_ms=0, speech_ms=0).to_bytes()
+        )
+        await asyncio.sleep(decode_s)
+        tr = Transcript(call_sid=sid, utterance_id=u, text=text, is_final=True)
+        await self.nc.publish(subj, tr.to_bytes())
+        await self.nc.flush()
 
     async def wait_playing(self, timeout_s: float = 5.0) -> None:
         """Until agent audio reaches Twilio."""

@@ -333,6 +333,12 @@ class Settings(BaseSettings):
         description="silence after such a short sound that resumes playback (0: wait for words; "
         "shorter than a comma's pause would resume over 'Wait, stop.')",
     )
+    barge_in_soft_pause_ms: int = Field(
+        default=250,
+        description="caller sound over agent audio only holds playback (no Twilio clear: the "
+        "buffered lead plays out, a short sound resumes from the next frame) until this much "
+        "speech; 0: clear at BARGE_IN_MIN_SPEECH_MS",
+    )
     false_interruption_timeout_ms: int = Field(
         default=1200,
         description="no confirming words this long after the caller stops: resume the agent",

@@ -169,6 +169,7 @@ class CallSession:
                 backchannels=parse_backchannels(settings.backchannel_words),
                 short_sound_ms=settings.barge_in_short_sound_ms,
                 quick_revert_ms=settings.barge_in_quick_revert_ms,
+                soft_pause_ms=settings.barge_in_soft_pause_ms,
             )
         )
         self._guards = CallGuards(
@@ -346,8 +347,8 @@ class CallSession:
         if det is None:
             return
         now = time.monotonic()
-        paused = self._arbiter.paused
-        if not paused and not self.playback.is_playing(now):
+        arb = self._arbiter
+        if not arb.holding and not self.playback.is_playing(now):
             if det.active:
                 det.stop()
             if self._caller_talking:
@@ -357,12 +358,17 @@ class CallSession:
         fired = await det.feed(frame)
         if det.speaking:
             self._guards.caller_activity(now)
-        if fired and not self._arbiter.paused:
+        if det.onset and arb.probe(now):
+            await self._hold(now)  # the lead plays on: nothing is lost if it was nothing
+        if fired and not arb.paused:
             await self.barge_in()
-        elif self._arbiter.paused:
+        elif arb.holding:
             await self._decide(
-                self._arbiter.on_vad(
-                    speech_ms=det.total_speech_ms - before, speaking=det.speaking, now=now
+                arb.on_vad(
+                    speech_ms=det.total_speech_ms - before,
+                    speaking=det.speaking,
+                    now=now,
+                    sounding=det.sounding,
                 )
             )
 
@@ -386,7 +392,8 @@ class CallSession:
     # ------------------------------------------------------------------ barge-in
 
     async def barge_in(self) -> None:
-        """The caller talks over the agent: ``clear`` Twilio's buffer now and pause the turn.
+        """The caller talks over the agent: pause the turn (``clear`` Twilio's buffer now), or
+        with the soft pause hold it (Twilio's lead plays out; :meth:`_stop_held` clears later).
 
         Nothing crosses the bus yet: :mod:`services.gateway.turntaking.barge_in` confirms the
         interruption (``Interrupt`` + ``Played``, see :meth:`_confirm`) or reverts it (the
@@ -395,19 +402,56 @@ class CallSession:
         if self._arbiter.paused:
             return
         now = time.monotonic()
-        turn = self.playback.pause(now)
+        # Soft pause (VAD only, not the recognizer's late onset): hold, clear later if need be.
+        det = self._bargein
+        soft = self._arbiter.policy.soft_pause_ms > 0 and det is not None and det.active
+        if soft:
+            turn = self.playback.playing_turn(now) if self.playback.held else await self._hold(now)
+        else:
+            turn = self.playback.pause(now)
         if turn is None:
+            self._arbiter.done()
+            self.playback.resume(now)
             return
-        await self._send(clear_message(self.stream_sid))
-        speech_ms = self._bargein.speech_ms if self._bargein is not None else 0.0
-        self._arbiter.pause(turn, now, speech_ms=speech_ms)
-        await self._event_named("barge_in.paused", turn=turn, speech_ms=round(speech_ms))
+        if not soft:
+            await self._send(clear_message(self.stream_sid))
+        speech_ms = det.speech_ms if det is not None else 0.0
+        self._arbiter.pause(turn, now, speech_ms=speech_ms, soft=soft)
+        await self._event_named(
+            "barge_in.held" if soft else "barge_in.paused", turn=turn, speech_ms=round(speech_ms)
+        )
 
     async def _decide(self, decision: Decision) -> None:
         if decision is Decision.CONFIRM:
             await self._confirm()
         elif decision is Decision.REVERT:
             await self._revert()
+        elif decision is Decision.STOP:
+            await self._stop_held()
+        elif decision is Decision.RELEASE:
+            self.playback.resume(time.monotonic())
+            self._wake.set()
+
+    async def _hold(self, now: float) -> int | None:
+        """Stop feeding Twilio; its mark says when the buffered lead has played out."""
+        hold = self.playback.hold(now)
+        if hold is None:
+            return None
+        await self._send(mark_message(self.stream_sid, hold.mark))
+        return hold.turn
+
+    async def _stop_held(self) -> None:
+        """A held sound went on: drop what Twilio still buffers (``clear``), keep the rest."""
+        turn = self._arbiter.turn
+        if turn is None:
+            return
+        now = time.monotonic()
+        drained = self.playback.drained  # Twilio holds nothing: no clear, nothing rewound
+        if self.playback.pause(now) is not None and not drained:
+            await self._send(clear_message(self.stream_sid))
+        await self._event_named(
+            "barge_in.paused", turn=turn, why=self._arbiter.reason, cleared=not drained
+        )
 
     async def _confirm(self) -> None:
         """A real interruption: give the paused turn up and tell the bus."""
@@ -653,7 +697,7 @@ class CallSession:
             await asyncio.sleep(GUARD_TICK_S)
             try:
                 now = time.monotonic()
-                if self._arbiter.paused:
+                if self._arbiter.holding:
                     await self._decide(self._arbiter.tick(now))
                 if self._closing:
                     continue

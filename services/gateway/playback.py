@@ -76,6 +76,14 @@ class Interruption:
     dropped_segments: int
 
 
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Result of :meth:`PlaybackQueue.hold`: the turn held, and the mark to send Twilio."""
+
+    turn: int
+    mark: str
+
+
 def mark_name(turn: int, seq: int) -> str:
     """The Twilio mark name of a segment."""
     return f"{turn}:{seq}"
@@ -190,6 +198,10 @@ class PlaybackQueue:
         self._turns_started: set[int] = set()
         self.late_chunks = 0
         self._paused = False
+        self._held = False  # sending stopped, Twilio's buffered lead left to play (hold)
+        self._holds = 0
+        self._hold_mark: str | None = None  # sent after the last frame before the hold
+        self._drained = False  # ...and echoed: Twilio has played everything sent
         self._paused_turn = -1
         self._pause_heard: Heard | None = None
         self._stale_marks: dict[str, int] = {}  # echoes of marks voided by a pause
@@ -250,7 +262,7 @@ class PlaybackQueue:
     def poll(self, now: float) -> tuple[list[Action], float | None]:
         """What to send now, and the monotonic time to poll again (None: when input arrives)."""
         actions: list[Action] = []
-        if self._paused:
+        if self._paused or self._held:
             return actions, None
         while True:
             seg, wake = self._current(now, actions)
@@ -352,6 +364,9 @@ class PlaybackQueue:
 
     def on_mark(self, name: str) -> Heard | None:
         """Twilio echoed a mark: the segment played in full (None if unknown or reported)."""
+        if name == self._hold_mark:
+            self._drained = True  # everything sent before the hold was heard
+            return None
         stale = self._stale_marks.get(name, 0)
         if stale:
             # Twilio echoes pending marks on ``clear``: this one's audio was not heard.
@@ -370,6 +385,7 @@ class PlaybackQueue:
 
     def interrupt(self, turn: int, now: float) -> Interruption:
         """Stop ``turn`` (and anything older): what was heard, and whether to send ``clear``."""
+        self._unhold()
         if self._paused:
             return self._interrupt_paused(turn)
         clear = any(s.turn <= turn for s in self._inflight)
@@ -418,11 +434,15 @@ class PlaybackQueue:
         """
         if self._paused or not self.is_playing(now):
             return None
+        drained = self.drained
+        self._unhold()
         rewound: list[_Segment] = []
         for seg in list(self._inflight):
             unplayed = max(0.0, seg.end_at - now)
             played_s = max(0.0, _bytes_s(seg.sent) - unplayed)
             heard = min(seg.sent, int(played_s * SAMPLE_RATE) // FRAME_BYTES * FRAME_BYTES)
+            if drained:
+                heard = seg.sent  # Twilio said so (the hold's mark): no clock estimate
             if heard >= seg.sent and seg.mark_sent:
                 continue  # heard in full: its echoed mark reports it
             if seg.mark_sent:
@@ -458,8 +478,40 @@ class PlaybackQueue:
         self._paused_turn = turn if turn is not None else self._done_turn
         return turn
 
+    def hold(self, now: float) -> Hold | None:
+        """Stop sending new frames but leave Twilio's buffered lead playing (no ``clear``).
+
+        A sound that ends while the lead still plays costs the caller nothing: :meth:`resume`
+        sends the next frame where the last one ended. :meth:`pause` or :meth:`interrupt`
+        follow when it does not. The caller of this sends the returned mark: its echo says
+        Twilio has played everything sent (:attr:`drained`), so a later :meth:`pause` rewinds
+        nothing and needs no ``clear``. None: nothing is playing (or already held).
+        """
+        turn = self.playing_turn(now)
+        if self._paused or self._held or turn is None or not self.is_playing(now):
+            return None
+        self._held = True
+        self._holds += 1
+        self._hold_mark = f"hold:{self._holds}"
+        self._drained = False
+        return Hold(turn=turn, mark=self._hold_mark)
+
+    @property
+    def drained(self) -> bool:
+        """Held, and Twilio has played everything sent before the hold (its mark echoed)."""
+        return self._held and self._drained
+
+    def _unhold(self) -> None:
+        self._held = False
+        self._hold_mark = None
+        self._drained = False
+
     def resume(self, now: float) -> None:
-        """Play again from where :meth:`pause` cut (the false interruption is forgotten)."""
+        """Play again from where :meth:`pause` cut or :meth:`hold` stopped sending."""
+        if self._held:
+            self._unhold()
+            self._play_end = max(self._play_end, now)
+            return
         if not self._paused:
             return
         self._paused = False
@@ -470,6 +522,11 @@ class PlaybackQueue:
     def paused(self) -> bool:
         """Sending is stopped by :meth:`pause`."""
         return self._paused
+
+    @property
+    def held(self) -> bool:
+        """Sending is stopped by :meth:`hold` (Twilio's lead still plays)."""
+        return self._held
 
     def _interrupt_paused(self, turn: int) -> Interruption:
         """:meth:`interrupt` after :meth:`pause`: Twilio's buffer is already cleared."""

@@ -66,7 +66,8 @@ async def test_barge_in_cuts_a_long_reply_and_reports_what_was_heard(
         "A third sentence nobody hears.",
     ]
     words = "Wait, stop. What about Sunday?"
-    async with bench_call(nats_url, vad_pool=pool) as b:
+    s = settings(nats_url, barge_in_soft_pause_ms=0)  # the hard pause: clear at the VAD's onset
+    async with bench_call(nats_url, settings=s, vad_pool=pool) as b:
         await b.agent_says(1, texts, seconds=1.0)
         await b.wait_playing()
         await asyncio.sleep(1.3)  # segment 0 played, segment 1 playing
@@ -95,7 +96,8 @@ async def test_barge_in_cuts_a_long_reply_and_reports_what_was_heard(
 async def test_backchannel_and_noise_do_not_interrupt_and_playback_resumes(
     nats_url: str, pool: VadPool
 ) -> None:
-    async with bench_call(nats_url, vad_pool=pool) as b:
+    s = settings(nats_url, barge_in_soft_pause_ms=0)  # the hard pause: clear, then resume
+    async with bench_call(nats_url, settings=s, vad_pool=pool) as b:
         await b.agent_says(1, ["A reply the caller listens to, nodding along."], seconds=3.0)
         await b.wait_playing()
         await asyncio.sleep(0.8)
@@ -123,7 +125,7 @@ async def test_backchannel_and_noise_do_not_interrupt_and_playback_resumes(
 async def test_an_interruption_with_no_words_resumes_the_agent(
     nats_url: str, pool: VadPool
 ) -> None:
-    s = settings(nats_url, false_interruption_timeout_ms=600)
+    s = settings(nats_url, false_interruption_timeout_ms=600, barge_in_soft_pause_ms=0)
     async with bench_call(nats_url, settings=s, vad_pool=pool) as b:
         await b.agent_says(1, ["Our opening hours are nine to five."], seconds=3.0)
         await b.wait_playing()
@@ -191,3 +193,50 @@ async def test_call_limit_says_goodbye_then_ends_the_call(nats_url: str, pool: V
         assert played_complete(b, 4)
     ended = [m for m in b.tap.other if isinstance(m, CallEnded)]
     assert ended and ended[0].reason == "call_limit"
+
+
+AGENT_SENTENCE = "Your appointment is on Tuesday the fourth at ten thirty, with doctor Patel."
+
+
+async def test_soft_pause_a_backchannel_over_agent_speech_does_not_stop_playback(
+    nats_url: str, pool: VadPool
+) -> None:
+    s = settings(nats_url, barge_in_soft_pause_ms=250)
+    reply = synthesize_mulaw(AGENT_SENTENCE)
+    async with bench_call(nats_url, settings=s, vad_pool=pool) as b:
+        await b.agent_says(1, [AGENT_SENTENCE], audio=[reply])
+        await b.wait_playing()
+        await asyncio.sleep(0.8)
+        onset, done = b.leg.say(synthesize_mulaw("Mm-hmm."))
+        asr = asyncio.create_task(b.asr_hears("Mm-hmm.", onset=onset, done=done))
+        await until(lambda: played_complete(b, 1), 10.0)
+        await asr
+        assert not b.leg.clears  # Twilio was never told to drop the agent's audio
+        assert not b.tap.interrupts
+        # The caller heard the whole reply once, in order: no frame repeated, none lost.
+        assert b"".join(a for _, a in b.leg.played) == reply
+
+
+async def test_soft_pause_a_real_interruption_silences_the_agent_fast(
+    nats_url: str, pool: VadPool
+) -> None:
+    s = settings(nats_url, barge_in_soft_pause_ms=250)
+    reply = synthesize_mulaw(AGENT_SENTENCE)
+    words = "Wait, stop. What about Sunday?"
+    async with bench_call(nats_url, settings=s, vad_pool=pool) as b:
+        await b.agent_says(1, [AGENT_SENTENCE], audio=[reply])
+        await b.wait_playing()
+        await asyncio.sleep(1.0)
+        onset, done = b.leg.say(synthesize_mulaw(words))
+        asr = asyncio.create_task(b.asr_hears(words, onset=onset, done=done))
+        t_onset = await onset
+        await until(lambda: b.tap.interrupts, 6.0)
+        await asr
+        assert [i.turn for _, i in b.tap.interrupts] == [1]
+        # The agent fell silent a lead (200 ms) after the onset, and stayed silent: no word of
+        # it between "Wait," and "stop" (a clear at the VAD's 150 ms of speech would be later).
+        last = max(t for t, _ in b.leg.played)
+        assert last - t_onset < 0.33
+        await until(lambda: b.tap.played, 2.0)
+        heard = b.tap.played[0]
+        assert not heard.complete and AGENT_SENTENCE.startswith(heard.heard_text)

@@ -4,7 +4,7 @@ playback queue, silence and call-length guards, pacing measurement."""
 from __future__ import annotations
 
 from services.gateway.pacing import pacing_stats
-from services.gateway.playback import SendMark, SendMedia
+from services.gateway.playback import PlaybackQueue, SendMark, SendMedia
 from services.gateway.turntaking.barge_in import BargeInArbiter, BargeInPolicy, Decision
 from services.gateway.turntaking.call_guards import AskPrompt, CallGuards, EndCall
 from shared.backchannel import content_words, parse_backchannels
@@ -206,3 +206,113 @@ def test_a_pause_inside_an_interruption_does_not_resume_the_agent() -> None:
     decision, _ = _vad(a, 10.0, [(True, 10), (False, 12), (True, 30), (False, 5)])
     assert decision is Decision.WAIT
     assert a.on_transcript(utterance_id=1, text="Wait, stop.", is_final=False) is Decision.CONFIRM
+
+
+def test_an_onset_with_no_speech_releases_the_hold_before_the_lead_runs_out() -> None:
+    a = arbiter(soft_pause_ms=250)
+    assert a.probe(10.0) and a.holding
+    assert not a.probe(10.02)  # one hold at a time
+    # a thump: 60 ms of sound, no VAD speech; released once quiet for 100 ms, inside the lead
+    t, decision = 10.0, Decision.WAIT
+    for k in range(20):
+        t += 0.02
+        decision = a.on_vad(speech_ms=0, speaking=False, now=t, sounding=k < 3)
+        if decision is not Decision.WAIT:
+            break
+    assert decision is Decision.RELEASE and a.reason == "no_speech"
+    assert 10.16 - 1e-6 <= t <= 10.18 + 1e-6 and not a.holding  # 100 ms after the last loud frame
+    # a sustained noise the VAD never calls speech: released after probe_ms (250)
+    assert a.probe(11.0)
+    decision, at = _vad(a, 11.0, [(False, 20)])
+    assert decision is Decision.RELEASE and 11.25 - 1e-6 <= at <= 11.27 + 1e-6
+    # speech that the VAD is slow to see keeps the hold meanwhile
+    assert a.probe(12.0)
+    assert _vad(a, 12.0, [(False, 10), (True, 5)])[0] is Decision.WAIT and a.holding
+    assert not arbiter().probe(10.0)  # soft pause off: nothing is held
+
+
+def test_a_held_backchannel_is_released_without_a_stop() -> None:
+    a = arbiter(soft_pause_ms=250, short_sound_ms=600, quick_revert_ms=400)
+    assert a.probe(10.0)
+    assert _vad(a, 10.0, [(True, 3)])[0] is Decision.WAIT  # speech: the hold stays
+    a.pause(3, 10.06, speech_ms=160, soft=True)
+    # "yeah": 80 ms more of speech (240 in all, under the soft pause), then silence
+    decision, at = _vad(a, 10.06, [(True, 4), (False, 30)])
+    assert decision is Decision.REVERT and a.reason == "short_sound"
+    assert at <= 10.06 + 0.08 + 0.42
+
+
+def test_a_held_sound_that_goes_on_is_stopped_then_confirmed() -> None:
+    a = arbiter(soft_pause_ms=250, short_sound_ms=600, quick_revert_ms=400)
+    a.probe(10.0)
+    a.pause(3, 10.16, speech_ms=160, soft=True)
+    decision, at = _vad(a, 10.16, [(True, 10)])
+    assert decision is Decision.STOP and a.reason == "long_sound" and not a.soft
+    assert abs(at - (10.16 + 0.1)) < 1e-6  # 160 + 100 ms of speech reached 250
+    assert _vad(a, at, [(True, 2)])[0] is Decision.WAIT  # stopped once
+    assert a.on_transcript(utterance_id=1, text="Sorry, wait.", is_final=False) is (
+        Decision.CONFIRM
+    )
+
+
+def _held_queue(audio: bytes, until: float) -> tuple[PlaybackQueue, bytearray]:
+    q = PlaybackQueue(lead_s=0.2)
+    q.add_reply(turn=1, seq=0, text="one two three", last=True, speech_ended_at=None, now=0)
+    q.add_chunk(turn=1, seq=0, chunk=0, data=audio, last=True, now=0)
+    sent = bytearray()
+    t = 0.0
+    while t < until - 1e-9:
+        actions, _ = q.poll(t)
+        sent += b"".join(a.data for a in actions if isinstance(a, SendMedia))
+        t += 0.02
+    return q, sent
+
+
+def _drain(q: PlaybackQueue, t: float, until: float) -> bytearray:
+    out = bytearray()
+    while t < until:
+        actions, _ = q.poll(t)
+        out += b"".join(a.data for a in actions if isinstance(a, SendMedia))
+        t += 0.02
+    return out
+
+
+def test_hold_sends_nothing_new_and_resume_goes_on_from_the_next_frame() -> None:
+    audio = bytes(range(256)) * 40  # 1.28 s, every frame different
+    q, sent = _held_queue(audio, 0.4)
+    hold = q.hold(0.4)
+    assert hold is not None and hold.turn == 1 and q.held and not q.drained
+    assert q.poll(0.5) == ([], None)  # held: nothing goes out, Twilio plays its lead
+    assert q.is_playing(0.5)  # still this turn's: the silence guard is not fooled
+    q.resume(0.7)
+    after = _drain(q, 0.7, 2.0)
+    assert bytes(sent + after) == audio  # no frame twice, none lost
+
+
+def test_pause_after_the_hold_drained_rewinds_nothing() -> None:
+    audio = bytes(range(256)) * 40
+    q, sent = _held_queue(audio, 0.4)
+    hold = q.hold(0.4)
+    assert hold is not None
+    assert q.on_mark(hold.mark) is None and q.drained  # Twilio played all it had
+    assert q.pause(0.45) == 1  # a clock that says otherwise is not believed
+    q.resume(0.9)
+    after = _drain(q, 0.9, 2.2)
+    assert bytes(sent + after) == audio
+
+
+def test_speech_soon_after_a_quick_revert_waits_for_its_words() -> None:
+    a = arbiter(short_sound_ms=600, quick_revert_ms=400)
+    a.pause(3, 10.0, speech_ms=160)
+    # "Sorry," 200 ms, then a long comma: quick-reverted...
+    decision, at = _vad(a, 10.0, [(True, 10), (False, 25)])
+    assert decision is Decision.REVERT
+    a.done()
+    # ..."wait" 0.3 s later is the same sound going on: no second quick revert
+    a.pause(3, at + 0.3, speech_ms=160)
+    assert _vad(a, at + 0.3, [(True, 10), (False, 30)])[0] is Decision.WAIT
+    assert a.on_transcript(utterance_id=1, text="Sorry, wait.", is_final=True) is (Decision.CONFIRM)
+    a.done()
+    # a new sound well after it is judged afresh
+    a.pause(4, 20.0, speech_ms=160)
+    assert _vad(a, 20.0, [(True, 10), (False, 25)])[0] is Decision.REVERT

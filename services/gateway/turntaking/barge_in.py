@@ -14,6 +14,15 @@ Phase 2 (this arbiter) decides what the sound was:
   recognizer rejected the sound) or only backchannels, or no qualifying words came within
   ``FALSE_INTERRUPTION_TIMEOUT_MS`` after the caller stopped. Playback resumes where it was cut.
 
+**Soft pause** (``BARGE_IN_SOFT_PAUSE_MS`` > 0): the very start of a sound (a frame well over
+the line's floor, before any VAD window) only *holds* playback: no new frames are sent, and
+Twilio's buffered lead (``PLAYBACK_LEAD_MS``) plays on, so the agent falls silent a lead after
+the onset either way. No speech within ``probe_ms`` (a click, a thump): feeding resumes before
+the lead has run out, and the caller hears nothing. Speech of ``BARGE_IN_MIN_SPEECH_MS`` starts
+the decision above without a ``clear``; the ``clear`` (**stop**) is sent only when the sound
+outlasts ``BARGE_IN_SOFT_PAUSE_MS`` of speech (or words or long speech confirm it). A reverted
+hold resumes from the next unsent frame: nothing was dropped, so nothing is repeated or lost.
+
 While the recognizer has started an utterance but not finished it, the arbiter waits a little
 longer for its final text (``ASR_GRACE_S``) before reverting: a slow recognizer must not turn a
 real interruption into a resumed agent.
@@ -28,6 +37,9 @@ from shared.backchannel import content_words
 
 ASR_GRACE_S = 2.5  # extra wait for the final text of an utterance the recognizer has started
 SPEECH_STARTED_SLACK_S = 1.0  # an ASR speech start this recent belongs to the barge-in
+# Speech this soon after a quick revert goes on with the same sound ("Sorry, ... wait"): it is
+# not quick-reverted again, its words (or the timeout) decide.
+QUICK_REJOIN_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +52,9 @@ class BargeInPolicy:
     backchannels: frozenset[str] = frozenset()
     short_sound_ms: int = 600  # a sound over the agent no longer than this may be "mm-hm"
     quick_revert_ms: int = 400  # ...and this much silence after it resumes at once (0: off)
+    soft_pause_ms: int = 0  # hold (no clear) until this much speech; 0: clear at the pause
+    probe_ms: int = 250  # a held sound with no VAD speech this long is released...
+    probe_quiet_ms: int = 100  # ...and one that went quiet this long (a click, a thump)
 
 
 class Decision(Enum):
@@ -48,6 +63,8 @@ class Decision(Enum):
     WAIT = "wait"
     CONFIRM = "confirm"
     REVERT = "revert"
+    STOP = "stop"  # a held sound outlasted the soft pause: clear Twilio's buffer now
+    RELEASE = "release"  # a held onset was no speech: feed playback again
 
 
 class BargeInArbiter:
@@ -65,14 +82,36 @@ class BargeInArbiter:
         self._started_at = -1e9
         self._starts: dict[int, float] = {}  # utterance -> when its speech start arrived
         self._pending_id: int | None = None  # started by the recognizer, no final yet
+        self.soft = False  # paused without a clear (Twilio's lead plays out)
+        self._probe_at: float | None = None  # a sound's onset held playback (no speech yet)
+        self._probe_speech = 0.0  # last VAD speech (or the onset) while probing
+        self._probe_sound = 0.0  # last frame over the line's floor while probing
+        self._quick_at = -1e9  # the last quick revert
+        self._no_quick = False  # this pause follows a quick revert closely: no second one
 
     @property
     def paused(self) -> bool:
         """A turn is paused, waiting for the decision."""
         return self.turn is not None
 
-    def pause(self, turn: int, now: float, *, speech_ms: float) -> None:
-        """Playback of ``turn`` was just paused after ``speech_ms`` of caller speech."""
+    @property
+    def holding(self) -> bool:
+        """Playback is held or paused: a sound is being judged."""
+        return self.turn is not None or self._probe_at is not None
+
+    def probe(self, now: float) -> bool:
+        """A sound began over the agent (before any VAD window): True to hold playback now."""
+        if self.policy.soft_pause_ms <= 0 or self.holding:
+            return False
+        self._probe_at = self._probe_speech = self._probe_sound = now
+        return True
+
+    def pause(self, turn: int, now: float, *, speech_ms: float, soft: bool = False) -> None:
+        """Playback of ``turn`` was just paused (``soft``: held, no clear) after ``speech_ms``
+        of caller speech."""
+        self._probe_at = None
+        self.soft = soft
+        self._no_quick = now - self._quick_at <= QUICK_REJOIN_S
         self.turn = turn
         self._paused_at = now
         self._speech_ms = speech_ms
@@ -84,21 +123,42 @@ class BargeInArbiter:
     def done(self) -> None:
         """The decision was carried out."""
         self.turn = None
+        self.soft = False
+        self._probe_at = None
         self._pending_id = None
 
-    def on_vad(self, *, speech_ms: float, speaking: bool, now: float) -> Decision:
-        """VAD result of the caller's audio since the last call (``speech_ms`` newly heard)."""
+    def on_vad(
+        self, *, speech_ms: float, speaking: bool, now: float, sounding: bool = True
+    ) -> Decision:
+        """VAD result of the caller's audio since the last call (``speech_ms`` newly heard;
+        ``sounding``: the frame is over the line's floor, speech or not)."""
+        p = self.policy
         if self.turn is None:
+            if self._probe_at is None:
+                return Decision.WAIT
+            if speaking:
+                self._probe_speech = now
+            if speaking or sounding:
+                self._probe_sound = now
+            quiet = now - self._probe_sound >= p.probe_quiet_ms / 1000
+            if not speaking and (quiet or now - self._probe_speech >= p.probe_ms / 1000):
+                self._probe_at = None
+                self.reason = "no_speech"
+                return Decision.RELEASE
             return Decision.WAIT
         if speaking:
             self._last_speech = now
         self._speech_ms += speech_ms
-        p = self.policy
         if self._speech_ms >= p.confirm_speech_ms:
             self.reason = "long_speech"
             return Decision.CONFIRM
+        if self.soft and self._speech_ms >= p.soft_pause_ms:
+            self.soft = False
+            self.reason = "long_sound"
+            return Decision.STOP
         if (
             p.quick_revert_ms
+            and not self._no_quick
             and not speaking
             and self._speech_ms <= p.short_sound_ms
             and now - self._last_speech >= p.quick_revert_ms / 1000
@@ -107,6 +167,7 @@ class BargeInArbiter:
             # transcript. If its words turn out to be an interruption ("No."), they cut the
             # resumed audio again (interrupts_playback).
             self.reason = "short_sound"
+            self._quick_at = now
             return Decision.REVERT
         return Decision.WAIT
 
@@ -165,6 +226,13 @@ class BargeInArbiter:
     def tick(self, now: float) -> Decision:
         """Time passed: revert when no words came in time."""
         if self.turn is None:
+            if (
+                self._probe_at is not None
+                and now - self._probe_speech >= self.policy.probe_ms / 1000 + 0.5
+            ):
+                self._probe_at = None  # no caller frames came to judge it: do not hold for ever
+                self.reason = "no_speech"
+                return Decision.RELEASE
             return Decision.WAIT
         wait = self.policy.timeout_s + (ASR_GRACE_S if self._pending_id is not None else 0.0)
         if now - self._last_speech >= wait:

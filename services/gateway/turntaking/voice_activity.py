@@ -38,6 +38,9 @@ HYSTERESIS = 0.15  # a window this far below the threshold ends a speech run
 # -120): such windows are silence without asking the model.
 FLOOR_DBFS = -60.0
 IDLE_S = 60.0  # a pooled model unused this long is dropped (beyond the few kept warm)
+ONSET_MARGIN_DB = 10.0  # a frame this far over the line's floor starts a sound...
+ONSET_MIN_DBFS = -50.0  # ...if it is at least this loud (a quiet line's floor is -60 to -120)
+FLOOR_RISE_DB = 0.05  # per frame (2.5 dB/s): a sound does not become the floor while it lasts
 
 
 class Vad(Protocol):
@@ -189,6 +192,37 @@ class VadPool:
         self._idle.clear()
 
 
+class SoundOnset:
+    """The first 20 ms frame of a sound: clearly over the line's own floor (no model, no window).
+
+    The floor follows the quietest frames: it drops at once to a quieter frame and rises slowly,
+    so steady line noise becomes the floor and a word on top of it does not.
+    """
+
+    def __init__(
+        self, *, margin_db: float = ONSET_MARGIN_DB, min_dbfs: float = ONSET_MIN_DBFS
+    ) -> None:
+        self.margin_db = margin_db
+        self.min_dbfs = min_dbfs
+        self.floor = -90.0
+        self._loud = False
+
+    def feed(self, dbfs: float) -> bool:
+        """One frame's level; True on the frame a sound begins (not again until it ends)."""
+        loud = dbfs >= max(self.floor + self.margin_db, self.min_dbfs)
+        self.floor = (
+            max(-90.0, dbfs) if dbfs < self.floor else min(dbfs, self.floor + FLOOR_RISE_DB)
+        )
+        began = loud and not self._loud
+        self._loud = loud
+        return began
+
+    @property
+    def sounding(self) -> bool:
+        """The last frame was over the floor (a sound goes on)."""
+        return self._loud
+
+
 class BargeInDetector:
     """Decides that the caller is talking over the agent: ``min_speech_ms`` of VAD speech.
 
@@ -212,6 +246,13 @@ class BargeInDetector:
         self._fired = False  # this run of speech already fired
         self.total_speech_ms = 0.0  # every speech window heard while active
         self._listening = False  # fed since the last stop(): agent audio is playing
+        self._onset = SoundOnset()
+        self.onset = False  # the last frame fed began a sound (before the VAD can say more)
+
+    @property
+    def sounding(self) -> bool:
+        """The last frame fed was clearly over the line's floor (speech or not)."""
+        return self._onset.sounding
 
     @property
     def speaking(self) -> bool:
@@ -243,7 +284,9 @@ class BargeInDetector:
         self._listening = True
         if not self._pool.available:
             return False
-        self._buf = np.concatenate((self._buf, ulaw_to_float(mulaw)))
+        samples = ulaw_to_float(mulaw)
+        self.onset = self._onset.feed(rms_dbfs(samples)) if samples.size else False
+        self._buf = np.concatenate((self._buf, samples))
         fired = False
         while len(self._buf) >= WINDOW:
             window = np.ascontiguousarray(self._buf[:WINDOW])

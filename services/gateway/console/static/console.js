@@ -324,8 +324,10 @@ function applyEvent(c, item) {
     c.hasTimeline = true;
   } else if (name === "agent.turn_started") {
     if (typeof d.utterance_id === "number") c.turnUtt.set(item.turn, d.utterance_id);
-  } else if (name === "barge_in.paused") {
-    c.pauses.set(item.turn, { turn: item.turn, start: at, end: null });
+  } else if (name === "barge_in.paused" || name === "barge_in.held") {
+    // A held sound that goes on is paused later: the pause began at the hold.
+    const open = c.pauses.get(item.turn);
+    if (!open || open.end !== null) c.pauses.set(item.turn, { turn: item.turn, start: at, end: null });
   } else if (name === "barge_in.reverted") {
     const p = c.pauses.get(item.turn) || { turn: item.turn, start: at };
     p.end = at;
