@@ -53,7 +53,7 @@ class BargeInPolicy:
     short_sound_ms: int = 600  # a sound over the agent no longer than this may be "mm-hm"
     quick_revert_ms: int = 400  # ...and this much silence after it resumes at once (0: off)
     soft_pause_ms: int = 0  # hold (no clear) until this much speech; 0: clear at the pause
-    probe_ms: int = 250  # a held sound with no VAD speech this long is released...
+    probe_ms: int = 150  # a held sound with no VAD speech this long is released...
     probe_quiet_ms: int = 100  # ...and one that went quiet this long (a click, a thump)
 
 
