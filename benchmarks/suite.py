@@ -18,8 +18,8 @@ Output = Callable[[str], None]
 EXTRA_BENCHES = ("benchmarks.turntaking", "benchmarks.endpointing")
 
 # The soak (waves, calls per wave) when ``--soak-waves`` / ``--soak-calls`` are not given.
-# Embedded: off. Whisper on 2 cores serves a wave of 8 callers in ~N s, so a soak long enough
-# to tell (6 waves) would add minutes to ``make bench``; ask for it with ``--soak-waves``.
+# Embedded: off. A wave of 8 callers took ~50 s on the 2-core machine (whisper), so a soak long
+# enough to tell (6-8 waves) would add 5-7 minutes to ``make bench``'s ~8; ask with --soak-waves.
 SOAK_DEFAULTS: dict[str, tuple[int, int]] = {"instant": (5, 20), "embedded": (0, 8)}
 
 

@@ -259,3 +259,21 @@ def test_bench_ab_settings_are_parsed_and_bad_ones_refused() -> None:
     for bad in ("asr_min_window_s=30", "ASR_MIN_WINDOW_S", "=3"):
         with pytest.raises(argparse.ArgumentTypeError):
             _settings(bad)
+
+
+def test_the_soak_is_off_in_embedded_mode_unless_asked_and_the_flags_apply_to_every_mode() -> None:
+    import argparse
+
+    from benchmarks.suite import soak_for
+    from voiceagent.bench_cli import add_bench_parser
+
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers())
+
+    defaults = parser.parse_args(["bench"])
+    assert soak_for(defaults, "instant") == (5, 20)
+    assert soak_for(defaults, "embedded") == (0, 8)  # make bench does not soak whisper
+    asked = parser.parse_args(["bench", "--mode", "embedded", "--soak-waves", "6"])
+    assert soak_for(asked, "embedded") == (6, 8) and soak_for(asked, "instant") == (6, 20)
+    sized = parser.parse_args(["bench", "--soak-waves", "3", "--soak-calls", "4"])
+    assert soak_for(sized, "embedded") == (3, 4)
