@@ -200,6 +200,7 @@ class Row:
     label: str = ""  # which variant of an A/B run (``voiceagent bench --ab``)
     utterances: int = 0  # finals the ASR workers published (each one decode or more)
     asr_cpu_ms: float | None = None  # ASR workers' CPU time over the step per utterance
+    asr_claims: dict[str, int] = field(default_factory=dict)  # calls each ASR worker took
 
 
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -721,6 +722,9 @@ def build_row(
                     claims.append(float(ms))
             elif ev.service == "gateway" and ev.name == "asr.lost":
                 row.asr_lost += 1
+            elif ev.service == "asr" and ev.name == "asr.claimed":
+                if isinstance(wid := ev.data.get("worker_id"), str):
+                    row.asr_claims[wid] = row.asr_claims.get(wid, 0) + 1
     row.claim_ms_p50 = percentile(claims, 50)
     row.in_gateway_p50 = percentile(observer.in_gateway_ms, 50)
     row.in_gateway_p99 = percentile(observer.in_gateway_ms, 99)
@@ -958,25 +962,15 @@ async def run_bench(opts: BenchOptions, *, out: Output = print) -> list[Row]:
                     out(f"bench: N={n} broke (calls failed or frames lost): stopping here")
                     break
             if opts.soak_waves > 0:
-                waves: list[SoakWave] = []
-                services = {k: v for k, v in pids.items() if k != "fakes"}
-                for w in range(1, opts.soak_waves + 1):
-                    out(f"bench: soak wave {w}/{opts.soak_waves}: {opts.soak_calls} calls ...")
-                    row = await run_step(
-                        n=opts.soak_calls,
-                        mode=opts.mode,
-                        info=info,
-                        pids=pids,
-                        nc=nc,
-                        utterance=utterance,
-                        ramp_s=min(opts.ramp_s, 0.05 * opts.soak_calls),
-                        lead_frames=lead_frames,
-                        progress=out,
-                    )
-                    await asyncio.sleep(2.0)  # calls released everywhere
-                    waves.append(
-                        SoakWave(w, opts.soak_calls, row.calls_failed, rss_by_service(services))
-                    )
+                waves = await run_soak(
+                    opts,
+                    info=info,
+                    pids=pids,
+                    nc=nc,
+                    utterance=utterance,
+                    lead_frames=lead_frames,
+                    out=out,
+                )
                 out(format_soak(waves))
         finally:
             await nc.close()
@@ -992,67 +986,121 @@ async def run_bench(opts: BenchOptions, *, out: Output = print) -> list[Row]:
 
 # ---------------------------------------------------------------- soak
 
-SOAK_SLACK_MIB = 8.0  # RSS a service may still gain after the first wave (allocator noise)
+SOAK_SLACK_MIB = 8.0  # RSS a process may still gain after the first wave (allocator noise)
 SOAK_SLACK_FRAC = 0.05
+SOAK_SETTLE_S = 2.0  # after a wave, before memory is read: every call released everywhere
 
 
 @dataclass
 class SoakWave:
-    """Memory after one wave of calls (all ended), per service (replicas summed)."""
+    """Memory after one wave of calls (all ended), per process (``asr-1``, ``gateway``, ...)."""
 
     wave: int
     calls: int
     failed: int
     rss_mib: dict[str, float]
+    served: dict[str, int] = field(default_factory=dict)  # calls each ASR worker took so far
+    asr_lost: int = 0  # calls of the wave re-claimed from a worker that missed heartbeats
+
+
+async def run_soak(
+    opts: BenchOptions,
+    *,
+    info: Any,
+    pids: dict[str, int | None],
+    nc: Any,
+    utterance: bytes,
+    lead_frames: int,
+    out: Output,
+) -> list[SoakWave]:
+    """``opts.soak_waves`` waves of ``opts.soak_calls`` concurrent calls on the running stack,
+    each process's memory read after each wave, with the calls each ASR worker served so far."""
+    waves: list[SoakWave] = []
+    procs = {k: v for k, v in pids.items() if k != "fakes"}
+    # An ASR worker's id ends with its pid (shared.service.worker_id): claims to process names.
+    asr_of_pid = {str(p): k for k, p in procs.items() if p and service_of(k) == "asr"}
+    served = dict.fromkeys(sorted(asr_of_pid.values()), 0)
+    for w in range(1, opts.soak_waves + 1):
+        out(f"bench: soak wave {w}/{opts.soak_waves}: {opts.soak_calls} calls ...")
+        row = await run_step(
+            n=opts.soak_calls,
+            mode=opts.mode,
+            info=info,
+            pids=pids,
+            nc=nc,
+            utterance=utterance,
+            ramp_s=min(opts.ramp_s, 0.05 * opts.soak_calls),
+            lead_frames=lead_frames,
+            progress=out,
+        )
+        for wid, n in row.asr_claims.items():
+            name = asr_of_pid.get(wid.rsplit("-", 1)[-1])
+            if name is not None:
+                served[name] += n
+        await asyncio.sleep(SOAK_SETTLE_S)
+        wave = SoakWave(
+            w, opts.soak_calls, row.calls_failed, rss_by_process(procs), dict(served), row.asr_lost
+        )
+        waves.append(wave)
+        mem = ", ".join(f"{k} {v:.0f}" for k, v in sorted(wave.rss_mib.items()))
+        out(f"    after {w * opts.soak_calls} calls: RSS MiB {mem}; ASR calls served {served}")
+    return waves
+
+
+def soak_baseline(waves: Sequence[SoakWave]) -> int:
+    """Index of the wave memory is compared against: the first half of the soak warms pools and
+    caches (with several replicas one wave may hardly reach each; whisper's buffers grow to the
+    largest batch seen), the second half must not grow."""
+    return (len(waves) - 1) // 2
 
 
 def soak_growth(waves: Sequence[SoakWave]) -> list[str]:
-    """Services whose memory kept growing after the first wave (which warms caches and pools).
+    """Processes whose memory kept growing over the second half of the soak.
 
     Flat means: after the last wave, at most ``SOAK_SLACK_MIB`` or ``SOAK_SLACK_FRAC`` above
-    what it held after the first wave.
+    what it held after the baseline wave (:func:`soak_baseline`; wave 1 of 2, 3 of 5 or 6).
     """
     if len(waves) < 2:
         return []
-    first, last = waves[0].rss_mib, waves[-1].rss_mib
+    first, last = waves[soak_baseline(waves)].rss_mib, waves[-1].rss_mib
     grew = []
-    for svc, mib in sorted(last.items()):
-        base = first.get(svc)
+    for name, mib in sorted(last.items()):
+        base = first.get(name)
         if base is not None and mib - base > max(SOAK_SLACK_MIB, SOAK_SLACK_FRAC * base):
-            grew.append(f"{svc} +{mib - base:.0f} MiB ({base:.0f} -> {mib:.0f})")
+            grew.append(f"{name} +{mib - base:.0f} MiB ({base:.0f} -> {mib:.0f})")
     return grew
 
 
 def format_soak(waves: Sequence[SoakWave]) -> str:
-    """The soak table and its verdict."""
-    services = sorted({s for w in waves for s in w.rss_mib})
-    cols = " ".join(f"{s + ' MiB':>12}" for s in services)
-    head = f"{'wave':>4} {'calls':>5} {'failed':>6} {cols}"
-    lines = [head]
+    """The soak table (RSS per process, calls served so far) and its verdict."""
+    procs = sorted({s for w in waves for s in w.rss_mib})
+    workers = sorted({s for w in waves for s in w.served})
+    cols = " ".join(f"{s + ' MiB':>12}" for s in procs)
+    served_cols = "".join(f" {s + ' calls':>11}" for s in workers)
+    head = f"{'wave':>4} {'calls':>5} {'so far':>6} {'failed':>6} {'moved':>5}"
+    lines = [f"{head} {cols}{served_cols}"]
+    total = 0
     for w in waves:
-        cells = " ".join(f"{w.rss_mib.get(s, float('nan')):>12.0f}" for s in services)
-        lines.append(f"{w.wave:>4} {w.calls:>5} {w.failed:>6} {cells}")
+        total += w.calls
+        cells = " ".join(f"{w.rss_mib.get(s, float('nan')):>12.0f}" for s in procs)
+        served = "".join(f" {w.served.get(s, 0):>11}" for s in workers)
+        row = f"{w.wave:>4} {w.calls:>5} {total:>6} {w.failed:>6} {w.asr_lost:>5}"
+        lines.append(f"{row} {cells}{served}")
     grew = soak_growth(waves)
-    total = sum(w.calls for w in waves)
     if grew:
         lines.append(f"soak: memory NOT flat over {total} calls: {'; '.join(grew)}")
     else:
         lines.append(
-            f"soak: memory flat over {total} calls (every service within "
-            f"{SOAK_SLACK_MIB:.0f} MiB / {SOAK_SLACK_FRAC:.0%} of its size after wave 1)"
+            f"soak: memory flat over {total} calls (every process within "
+            f"{SOAK_SLACK_MIB:.0f} MiB / {SOAK_SLACK_FRAC:.0%} of its size after wave "
+            f"{waves[soak_baseline(waves)].wave})"
         )
     return "\n".join(lines)
 
 
-def rss_by_service(pids: dict[str, int | None]) -> dict[str, float]:
-    """Resident memory per service, replicas summed."""
-    out: dict[str, float] = {}
-    for name, pid in pids.items():
-        mib = rss_mib(pid) if pid else None
-        if mib is not None:
-            svc = service_of(name)
-            out[svc] = out.get(svc, 0.0) + mib
-    return out
+def rss_by_process(pids: dict[str, int | None]) -> dict[str, float]:
+    """Resident memory per process (those still running under their pid)."""
+    return {name: mib for name, pid in pids.items() if pid and (mib := rss_mib(pid)) is not None}
 
 
 def capacity_line(rows: Sequence[Row]) -> str:

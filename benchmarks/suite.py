@@ -17,6 +17,21 @@ Output = Callable[[str], None]
 # Benchmarks other modules contribute: each module's ``run_bench`` is called when present.
 EXTRA_BENCHES = ("benchmarks.turntaking", "benchmarks.endpointing")
 
+# The soak (waves, calls per wave) when ``--soak-waves`` / ``--soak-calls`` are not given.
+# Embedded: off. A wave of 8 callers took ~50 s on the 2-core machine (whisper), so a soak long
+# enough to tell (6-8 waves) would add 5-7 minutes to ``make bench``'s ~8; ask with --soak-waves.
+SOAK_DEFAULTS: dict[str, tuple[int, int]] = {"instant": (5, 20), "embedded": (0, 8)}
+
+
+def soak_for(args: argparse.Namespace, mode: str) -> tuple[int, int]:
+    """(waves, calls per wave) of ``mode``'s soak: the flags when given, else its defaults."""
+    waves, calls = SOAK_DEFAULTS[mode]
+    if args.soak_waves is not None:
+        waves = args.soak_waves
+    if args.soak_calls is not None:
+        calls = args.soak_calls
+    return waves, calls
+
 
 async def _extra(module: str, out: Output) -> None:
     try:
@@ -91,6 +106,7 @@ async def run_suite(args: argparse.Namespace, *, out: Output) -> int:
             await _run_ab(args, mode, out=out)
             continue
         cap = args.max_calls if mode == "instant" else args.embedded_max_calls
+        soak_waves, soak_calls = soak_for(args, mode)
         opts = BenchOptions(
             mode=mode,
             steps=args.steps,
@@ -99,8 +115,8 @@ async def run_suite(args: argparse.Namespace, *, out: Output) -> int:
             agent=args.agent,
             tts=args.tts,
             keep_going=args.keep_going,
-            soak_waves=args.soak_waves if mode == "instant" else 0,
-            soak_calls=args.soak_calls,
+            soak_waves=soak_waves,
+            soak_calls=soak_calls,
         )
         out(f"\n=== bench: {mode} providers, up to {cap} concurrent calls ===")
         await run_bench(opts, out=out)

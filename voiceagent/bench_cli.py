@@ -67,12 +67,19 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     b.add_argument(
         "--soak-waves",
         type=int,
-        default=5,
+        default=None,  # benchmarks.suite.SOAK_DEFAULTS: instant 5, embedded 0
         metavar="N",
-        help="instant mode, after the steps: N waves of --soak-calls calls, each service's "
-        "memory sampled after each (flat memory check; 0: skip)",
+        help="after the steps: N waves of --soak-calls calls, each process's memory read after "
+        "each (flat memory check; default 5 in instant mode, 0 (skip) in embedded mode; given, "
+        "it applies to every mode run)",
     )
-    b.add_argument("--soak-calls", type=int, default=20, metavar="N", help="calls per soak wave")
+    b.add_argument(
+        "--soak-calls",
+        type=int,
+        default=None,
+        metavar="N",
+        help="calls per soak wave (default 20 in instant mode, 8 in embedded mode)",
+    )
     b.add_argument(
         "--keep-going", action="store_true", help="run every step even after one misses a target"
     )

@@ -8,6 +8,11 @@ size, so only utterances that fit the minimum window are batched, and only with 
 waiting: a decode never waits for others to arrive, and a short utterance is never put in a batch
 with a long one (with two decoders, one busy on a long utterance leaves the other free for the
 short ones queued behind it).
+
+When the pool has been idle for ``idle_s`` after work (nothing queued, nothing decoding), it
+calls ``on_idle`` once: the engine gives the decodes' freed heap back to the OS there, so a
+worker's memory after a busy spell goes back down instead of staying at its peak (issue 12's
+soak). A pool that is never idle that long (under load) never pays for it.
 """
 
 from __future__ import annotations
@@ -36,17 +41,31 @@ class Job:
 
 
 Runner = Callable[[Sequence[Job]], None]  # decodes jobs and sets each one's future
+IDLE_S = 1.0  # idle this long after work: ``on_idle`` runs
 
 
 class DecodePool:
     """Worker threads taking jobs in arrival order, batching the batchable ones."""
 
-    def __init__(self, *, workers: int, batch: int, run: Runner, name: str = "whisper") -> None:
+    def __init__(
+        self,
+        *,
+        workers: int,
+        batch: int,
+        run: Runner,
+        name: str = "whisper",
+        on_idle: Callable[[], None] | None = None,
+        idle_s: float = IDLE_S,
+    ) -> None:
         self._run = run
         self._batch = max(1, batch)
         self._jobs: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._on_idle = on_idle
+        self._idle_s = idle_s
+        self._running = 0  # batches being decoded now
+        self._worked = False  # work done since on_idle last ran
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
             for i in range(max(1, workers))
@@ -88,8 +107,17 @@ class DecodePool:
                 else:
                     if self._closed:
                         return None
+                    if self._idle_due():
+                        # Under the lock: a decode submitted meanwhile waits for it (~2 ms).
+                        if not self._cond.wait(self._idle_s) and self._idle_due():
+                            self._worked = False
+                            assert self._on_idle is not None
+                            self._on_idle()
+                        continue
                     self._cond.wait()
                     continue
+                self._running += 1
+                self._worked = True
                 taken = [first]
                 if first.batchable and self._batch > 1:
                     for job in list(self._jobs):
@@ -100,6 +128,10 @@ class DecodePool:
                             if job.future.set_running_or_notify_cancel():
                                 taken.append(job)
                 return taken
+
+    def _idle_due(self) -> bool:
+        """Work was done since ``on_idle`` last ran, and now none is queued or running."""
+        return self._on_idle is not None and self._worked and not self._jobs and not self._running
 
     def _work(self) -> None:
         while (jobs := self._take()) is not None:
@@ -112,3 +144,6 @@ class DecodePool:
             for j in jobs:  # a runner that forgot one must not hang its caller
                 if not j.future.done():
                     j.future.set_exception(RuntimeError("decode produced no result"))
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()  # a worker waiting for the pool to go idle rechecks

@@ -35,6 +35,7 @@ from services.asr.whisper_window import (
 from shared.audio import SAMPLE_RATE, resample
 from shared.errors import ProviderError
 from shared.logging import kv
+from shared.memory import give_back_memory
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,10 @@ class WhisperEngine:
         #: decodes by outcome ("short", "not_speech", "full:<why the short one was not kept>")
         self.outcomes: Counter[str] = Counter()
         self._outcomes_lock = threading.Lock()
-        self.pool = DecodePool(workers=decoders, batch=batch, run=self._run_jobs)
+        # Idle after decodes: their freed heap back to the OS (else RSS stays at the peak).
+        self.pool = DecodePool(
+            workers=decoders, batch=batch, run=self._run_jobs, on_idle=give_back_memory
+        )
 
     def _count(self, outcome: str) -> None:
         with self._outcomes_lock:

@@ -321,16 +321,22 @@ class AsrWorker:
         while True:
             next_at += HEARTBEAT_S
             await asyncio.sleep(max(0.0, next_at - loop.time()))
-            now = time.monotonic()
-            for sid, call in list(self._calls.items()):
-                if now - call.last_audio > AUDIO_IDLE_S:
-                    log.warning("no audio for a while; releasing the call", **kv(call=sid))
-                    self._spawn(self.release(sid, reason="idle"))
-                    continue
-                try:
-                    await self._beat(sid)
-                except Exception as e:  # reconnecting: the next beat goes out after it
-                    log.debug("heartbeat failed", **kv(error=type(e).__name__))
+            await self._beat_held()
+
+    async def _beat_held(self) -> None:
+        """A heartbeat for every held call; a call without audio for ``AUDIO_IDLE_S`` is let go."""
+        # Not inline in the endless loop above: its loop variable would keep the last call
+        # visited alive there, recognizer state and all, after the call ended (issue 12 soak).
+        now = time.monotonic()
+        for sid, call in list(self._calls.items()):
+            if now - call.last_audio > AUDIO_IDLE_S:
+                log.warning("no audio for a while; releasing the call", **kv(call=sid))
+                self._spawn(self.release(sid, reason="idle"))
+                continue
+            try:
+                await self._beat(sid)
+            except Exception as e:  # reconnecting: the next beat goes out after it
+                log.debug("heartbeat failed", **kv(error=type(e).__name__))
 
     # ------------------------------------------------------------------ plumbing
 

@@ -93,3 +93,31 @@ def test_a_decode_cancelled_while_it_waits_never_runs_and_failures_reach_the_cal
         assert pool.submit(_audio(2), batchable=True).exception(timeout=WAIT_S) is not None
     finally:
         pool.close()
+
+
+def test_the_pool_gives_memory_back_once_per_idle_spell_never_while_a_decode_runs() -> None:
+    run = Runner()
+    idle = threading.Semaphore(0)
+    calls: list[int] = []
+
+    def on_idle() -> None:
+        calls.append(len(run.batches))
+        idle.release()
+
+    pool = DecodePool(workers=2, batch=4, run=run, on_idle=on_idle, idle_s=0.05)
+    try:
+        assert not idle.acquire(timeout=0.3)  # no work yet: nothing to give back
+        long = pool.submit(_audio(-1), batchable=False)
+        short = pool.submit(_audio(1), batchable=True)
+        assert short.result(timeout=WAIT_S) == 1.0 and run.long_started.wait(WAIT_S)
+        assert not idle.acquire(timeout=0.3)  # the other decoder is still busy
+        run.release.set()
+        assert long.result(timeout=WAIT_S) == -1.0
+        assert idle.acquire(timeout=WAIT_S)  # both idle: once
+        assert not idle.acquire(timeout=0.3)  # and not again while nothing happens
+        assert pool.submit(_audio(2), batchable=True).result(timeout=WAIT_S) == 2.0
+        assert idle.acquire(timeout=WAIT_S)  # the next spell of work, the next give-back
+        assert calls == [2, 3]
+    finally:
+        run.release.set()
+        pool.close()

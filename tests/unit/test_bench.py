@@ -212,16 +212,22 @@ async def test_audio_batcher_keeps_order_and_flushes_on_demand() -> None:
     assert [d[0] for s, d in rec.sent if s == "c"] == [1, 2]  # the oldest went when full
 
 
-def test_soak_flags_a_service_whose_memory_keeps_growing_after_the_first_wave() -> None:
-    flat = [
-        SoakWave(1, 20, 0, {"gateway": 170.0, "asr": 300.0}),
-        SoakWave(2, 20, 0, {"gateway": 176.0, "asr": 301.0}),
-        SoakWave(3, 20, 0, {"gateway": 174.0, "asr": 302.0}),
-    ]
-    assert "memory flat over 60 calls" in format_soak(flat)
-    leaking = [*flat, SoakWave(4, 20, 0, {"gateway": 260.0, "asr": 303.0})]
+def test_soak_flags_a_process_whose_memory_keeps_growing_over_the_second_half() -> None:
+    def wave(n: int, gateway: float, asr1: float, asr2: float) -> SoakWave:
+        served = {"asr-1": 5 * n, "asr-2": 3 * n}
+        return SoakWave(n, 8, 0, {"gateway": gateway, "asr-1": asr1, "asr-2": asr2}, served)
+
+    # asr-2 warms up late (few calls in wave 1): growth in the first half is not a leak.
+    flat = [wave(1, 170, 300, 200), wave(2, 176, 301, 290), wave(3, 174, 302, 296)]
+    flat.append(wave(4, 175, 303, 297))
+    text = format_soak(flat)
+    assert "memory flat over 32 calls" in text and "after wave 2" in text
+    assert text.splitlines()[0].endswith("asr-1 calls asr-2 calls")
+    assert text.splitlines()[-2].split()[-2:] == ["20", "12"]  # calls served so far per worker
+    leaking = [*flat, wave(5, 260, 304, 298), wave(6, 262, 305, 299)]
     text = format_soak(leaking)
-    assert "NOT flat" in text and "gateway +90 MiB" in text and "asr +" not in text
+    assert "NOT flat over 48 calls" in text and "gateway +88 MiB (174 -> 262)" in text
+    assert "asr-1 +" not in text and "asr-2 +" not in text
 
 
 def test_ab_table_gives_medians_per_variant_and_the_after_before_ratio() -> None:
@@ -253,3 +259,21 @@ def test_bench_ab_settings_are_parsed_and_bad_ones_refused() -> None:
     for bad in ("asr_min_window_s=30", "ASR_MIN_WINDOW_S", "=3"):
         with pytest.raises(argparse.ArgumentTypeError):
             _settings(bad)
+
+
+def test_the_soak_is_off_in_embedded_mode_unless_asked_and_the_flags_apply_to_every_mode() -> None:
+    import argparse
+
+    from benchmarks.suite import soak_for
+    from voiceagent.bench_cli import add_bench_parser
+
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers())
+
+    defaults = parser.parse_args(["bench"])
+    assert soak_for(defaults, "instant") == (5, 20)
+    assert soak_for(defaults, "embedded") == (0, 8)  # make bench does not soak whisper
+    asked = parser.parse_args(["bench", "--mode", "embedded", "--soak-waves", "6"])
+    assert soak_for(asked, "embedded") == (6, 8) and soak_for(asked, "instant") == (6, 20)
+    sized = parser.parse_args(["bench", "--soak-waves", "3", "--soak-calls", "4"])
+    assert soak_for(sized, "embedded") == (3, 4)

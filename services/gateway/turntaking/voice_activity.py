@@ -15,7 +15,6 @@ the recognizer marks as the caller talking) are not speech, so a TV does not cut
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import numpy.typing as npt
 from shared.audio import SAMPLE_RATE, ulaw_to_float
 from shared.level import SpeechLevel, rms_dbfs
 from shared.logging import kv
+from shared.memory import give_back_memory
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,6 @@ def load_silero() -> Vad:
 
     vad: Vad = SileroVAD(SAMPLE_RATE)
     return vad
-
-
-def _give_back_memory() -> None:
-    """Ask glibc to return freed heap to the OS (models are many small native allocations)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the memory is reused, only not returned
-        pass
 
 
 class VadPool:
@@ -166,7 +158,7 @@ class VadPool:
         old = sum(1 for _, at in self._idle[:spare] if at <= cutoff)
         if old:
             del self._idle[:old]
-            _give_back_memory()
+            give_back_memory()
         if len(self._idle) > self._keep_min:
             loop = asyncio.get_running_loop()
             self._trim_timer = loop.call_later(self._idle_s, self.trim)
