@@ -91,6 +91,11 @@ class DecodePool:
         with self._cond:
             return len(self._jobs)
 
+    def free_worker(self) -> bool:
+        """A decoder would start a job submitted now at once (none busy or queued for it)."""
+        with self._cond:
+            return self._running + len(self._jobs) < len(self._threads)
+
     def close(self) -> None:
         """Stop the workers once the queue is empty."""
         with self._cond:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -120,4 +121,26 @@ def test_the_pool_gives_memory_back_once_per_idle_spell_never_while_a_decode_run
         assert calls == [2, 3]
     finally:
         run.release.set()
+        pool.close()
+
+
+def test_free_worker_says_whether_a_job_would_start_at_once() -> None:
+    """The local recognizer's early decode asks this: speculation only on a free decoder."""
+    release = threading.Event()
+
+    def run(jobs: object) -> None:
+        release.wait(5)
+        for j in jobs:  # type: ignore[attr-defined]
+            j.future.set_result(None)
+
+    pool = DecodePool(workers=1, batch=1, run=run)
+    try:
+        assert pool.free_worker()
+        pool.submit(np.zeros(8, dtype=np.float32), batchable=False)
+        deadline = time.monotonic() + 2
+        while pool.waiting and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not pool.free_worker()  # the one decoder is busy
+    finally:
+        release.set()
         pool.close()

@@ -11,9 +11,9 @@ under the caller's own speech level count as silence whatever the VAD says
 (:mod:`shared.level`, ``VAD_LEVEL_MARGIN_DB``): talk in the background does not hold a turn open.
 
 The words are decoded as soon as the speech has paused ``ASR_EARLY_DECODE_MS`` (a ``pause``
-boundary): when the pause goes on to close the utterance, its final is that decode, ready up to
-``ENDPOINTING_MIN_MS - ASR_EARLY_DECODE_MS`` sooner; when the caller speaks again first, the
-decode is dropped (cancelled if it has not started).
+boundary), when a decoder is free: when the pause goes on to close the utterance, its final
+is that decode, ready up to ``ENDPOINTING_MIN_MS - ASR_EARLY_DECODE_MS`` sooner; when the
+caller speaks again first, the decode is dropped (cancelled if it has not started).
 
 Events of one call come out in order: a finished utterance's final precedes the next
 utterance's ``speech_started``.
@@ -209,8 +209,10 @@ class LocalAsr(AsrProvider):
             reuse = None
         pad = ms_to_samples(SPEECH_PAD_MS)
         if b.kind == "pause":
-            samples = buf.slice(b.start - pad, b.end + pad).copy()
-            early.append(_EarlyDecode(b.start, b.end, engine.submit(samples, meter=meter)))
+            # Speculate only on a free decoder: under load a wasted decode delays other calls'.
+            if engine.pool.free_worker():
+                samples = buf.slice(b.start - pad, b.end + pad).copy()
+                early.append(_EarlyDecode(b.start, b.end, engine.submit(samples, meter=meter)))
             return
         if b.kind == "start":
             out.put_nowait(
