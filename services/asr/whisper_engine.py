@@ -86,6 +86,10 @@ class WhisperEngine:
         ) <= window_frames(0, min_window_s=self.short.min_window_s)
         return self.pool.submit(samples8k, batchable=batchable, meter=meter)
 
+    def free_worker(self) -> bool:
+        """A decode submitted now would start at once (a decoder is idle)."""
+        return self.pool.free_worker()
+
     def transcribe(self, samples8k: npt.NDArray[np.float32]) -> tuple[str, float] | None:
         """Whisper on one utterance, blocking: a window sized to the utterance, or the full 30 s
         window when that decode looks wrong."""

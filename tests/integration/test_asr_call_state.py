@@ -50,6 +50,9 @@ OBJECT_SLACK = 400
 class InstantEngine:
     """Stands in for the whisper engine: every decode is done at once, with the same words."""
 
+    def free_worker(self) -> bool:
+        return True
+
     def submit(
         self, samples8k: npt.NDArray[np.float32], *, meter: CpuMeter | None = None
     ) -> Future[tuple[str, float] | None]:

@@ -210,7 +210,7 @@ class LocalAsr(AsrProvider):
         pad = ms_to_samples(SPEECH_PAD_MS)
         if b.kind == "pause":
             # Speculate only on a free decoder: under load a wasted decode delays other calls'.
-            if engine.pool.free_worker():
+            if engine.free_worker():
                 samples = buf.slice(b.start - pad, b.end + pad).copy()
                 early.append(_EarlyDecode(b.start, b.end, engine.submit(samples, meter=meter)))
             return
