@@ -146,10 +146,7 @@ async def false_interruption_rate(
     details: list[dict[str, Any]] = []
     async with bench_call(nats_url, settings=settings, asr=asr) as b:
         if asr == "local":
-            await asyncio.sleep(1.5)  # the ASR claim
-            _, done = b.leg.say(await _caller_audio("Hello."))  # the recognizer's first decode
-            await done
-            await asyncio.sleep(3.0)
+            await _warm_recognizer(b)
         for k, item in enumerate(items):
             turn = k + 1
             await b.agent_says(turn, ["A reply that the caller listens to."], seconds=7.0)
@@ -364,7 +361,9 @@ class Trial:
     exact: bool  # what the caller heard is the reply's own frames, in order, none twice or lost
 
 
-async def _trial(b: Any, turn: int, agent: bytes, sound: Sound, *, cut: bool) -> Trial:
+async def _trial(
+    b: Any, turn: int, agent: bytes, sound: Sound, *, cut: bool, emulate: bool = True
+) -> Trial:
     leg = b.leg
     for _ in range(100):  # the last turn's audio is gone from Twilio's buffer
         if not leg.buffer.buffered_bytes:
@@ -376,7 +375,9 @@ async def _trial(b: Any, turn: int, agent: bytes, sound: Sound, *, cut: bool) ->
     await b.wait_playing()
     await asyncio.sleep(sound.at_s)
     onset, done = leg.say(sound.audio)
-    asr = asyncio.create_task(b.asr_hears(sound.asr_text, onset=onset, done=done))
+    asr = asyncio.create_task(
+        b.asr_hears(sound.asr_text, onset=onset, done=done) if emulate else asyncio.sleep(0)
+    )
     t_onset = await onset
     t_done = await done
     deadline = t_done + (3.5 if cut else 3.0)
@@ -441,33 +442,51 @@ async def speech_over_agent(
     calm: Sequence[Sound] | None = None,
     cut: Sequence[Sound] | None = None,
     settings: Settings | None = None,
+    asr: AsrMode = "emulated",
 ) -> tuple[list[Trial], list[Trial]]:
     """Every sound of ``calm`` (must not stop the agent) and ``cut`` (must), one agent turn each,
-    on one call; the recognizer emulated in time (:meth:`TurnBench.asr_hears`)."""
+    on one call; the recognizer emulated in time (:meth:`TurnBench.asr_hears`) or, with
+    ``asr="local"``, the real local ASR worker hearing the caller's audio."""
     agent, default_calm, default_cut = await asyncio.to_thread(sound_sets)
     calm = default_calm if calm is None else calm
     cut = default_cut if cut is None else cut
     out_calm: list[Trial] = []
     out_cut: list[Trial] = []
-    async with bench_call(nats_url, settings=settings) as b:
+    emulate = asr == "emulated"
+    async with bench_call(nats_url, settings=settings, asr=asr) as b:
+        if not emulate:
+            await _warm_recognizer(b)
         turn = 0
         for s in calm:
             turn += 1
-            out_calm.append(await _trial(b, turn, agent, s, cut=False))
+            out_calm.append(await _trial(b, turn, agent, s, cut=False, emulate=emulate))
         for s in cut:
             turn += 1
-            out_cut.append(await _trial(b, turn, agent, s, cut=True))
+            out_cut.append(await _trial(b, turn, agent, s, cut=True, emulate=emulate))
     return out_calm, out_cut
+
+
+async def _warm_recognizer(b: Any) -> None:
+    """The ASR claim and the recognizer's first decode, before anything is measured."""
+    await asyncio.sleep(1.5)
+    _, done = b.leg.say(await _caller_audio("Hello."))
+    await done
+    await asyncio.sleep(3.0)
 
 
 def _ms(xs: Sequence[float], q: float) -> str:
     return "-" if not xs else f"{percentile(xs, q):.0f}"
 
 
-def speech_table(calm: Sequence[Trial], cut: Sequence[Trial]) -> str:
+def speech_table(calm: Sequence[Trial], cut: Sequence[Trial], *, asr: AsrMode = "emulated") -> str:
     """The turn-taking table of sounds over the agent (see docs/turn-taking.md)."""
+    heard = (
+        "the local recognizer (whisper) hearing the caller"
+        if asr == "local"
+        else "emulated recognizer in time"
+    )
     lines = [
-        "sounds over agent speech (emulated recognizer in time; Twilio leg echoes marks)",
+        f"sounds over agent speech ({heard}; Twilio leg echoes marks)",
         "| must not stop | trials | stopped (clear) | interrupted | resume gap p50/max ms"
         " | silence > 100 ms | silence p50/max ms | sound end->agent back p50/max ms | exact |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -536,13 +555,13 @@ async def _private_bus() -> tuple[str, Any, str]:
 
 
 async def run_bench() -> str:
-    """The ``make bench`` rows: sounds over the agent (stops, resumes, barge-in speed) and false
-    interruptions through the real local recognizer, on a private bus."""
+    """The ``make bench`` rows: sounds over the agent (stops, resumes, barge-in speed) heard by
+    the real local recognizer, and false interruptions through it, on a private bus."""
     import shutil
 
     url, proc, store = await _private_bus()
     try:
-        calm, cut = await speech_over_agent(url)
+        calm, cut = await speech_over_agent(url, asr="local")
         rate = await false_interruption_rate(url, asr="local")
     finally:
         proc.terminate()
@@ -551,7 +570,7 @@ async def run_bench() -> str:
     return "\n".join(
         [
             "turn-taking (private bus)",
-            speech_table(calm, cut),
+            speech_table(calm, cut, asr="local"),
             "",
             "| local recognizer (whisper in process) | value |",
             "|---|---|",
@@ -563,11 +582,14 @@ async def run_bench() -> str:
 
 
 def main() -> None:
-    """``python -m benchmarks.turntaking [NATS_URL] [--verbose] [--no-local]``: the table."""
+    """``python -m benchmarks.turntaking [NATS_URL] [--verbose] [--no-local] [--emulated]``: the
+    table (``--no-local``: sounds over the agent only; ``--emulated``: with the recognizer
+    emulated in time instead of the local one)."""
     import sys
 
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    if "--no-local" not in sys.argv and not args:
+    asr: AsrMode = "emulated" if "--emulated" in sys.argv else "local"
+    if "--no-local" not in sys.argv and not args and asr == "local":
         print(asyncio.run(run_bench()))
         return
 
@@ -576,13 +598,13 @@ def main() -> None:
 
         url, proc, store = (args[0], None, "") if args else await _private_bus()
         try:
-            calm, cut = await speech_over_agent(url)
+            calm, cut = await speech_over_agent(url, asr=asr)
         finally:
             if proc is not None:
                 proc.terminate()
                 await proc.wait()
                 shutil.rmtree(store, ignore_errors=True)
-        print(speech_table(calm, cut))
+        print(speech_table(calm, cut, asr=asr))
         if "--verbose" in sys.argv:
             for t in [*calm, *cut]:
                 print(

@@ -10,6 +10,8 @@ looks wrong; what whisper heard passes :mod:`services.asr.transcript_filter`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -218,3 +220,36 @@ async def final_event(decode: Awaitable[Decoded], start_ms: int, end_ms: int) ->
         speech_start_ms=start_ms,
         speech_end_ms=end_ms,
     )
+
+
+def interim_event(
+    decode: Future[Decoded], start_ms: int, end_ms: int
+) -> asyncio.Future[SpeechEvent | None]:
+    """The ``interim`` of an early decode once it lands; None when it heard no words, failed or
+    was dropped (its final, if any, reports a failure)."""
+    loop = asyncio.get_running_loop()
+    event: asyncio.Future[SpeechEvent | None] = loop.create_future()
+
+    def settle(f: Future[Decoded]) -> None:
+        if event.done():
+            return
+        result = None if f.cancelled() or f.exception() is not None else f.result()
+        event.set_result(
+            None
+            if result is None or not result[0].strip()
+            else SpeechEvent(
+                kind="interim",
+                audio_ms=end_ms,
+                text=result[0],
+                confidence=result[1],
+                speech_start_ms=start_ms,
+                speech_end_ms=end_ms,
+            )
+        )
+
+    def landed(f: Future[Decoded]) -> None:  # on a decoder thread
+        with contextlib.suppress(RuntimeError):  # the call's loop is gone: nobody waits
+            loop.call_soon_threadsafe(settle, f)
+
+    decode.add_done_callback(landed)
+    return event

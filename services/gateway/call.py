@@ -681,7 +681,7 @@ class CallSession:
                     utterance_id=tr.utterance_id, text=tr.text, playing_since=self._audio_since
                 )
                 decision = arb.on_transcript(
-                    utterance_id=tr.utterance_id, text=tr.text, is_final=tr.is_final
+                    utterance_id=tr.utterance_id, text=tr.text, is_final=tr.is_final, now=now
                 )
                 if words and self.playback.is_playing(now):
                     await self.barge_in()  # words the VAD did not catch: cut and confirm

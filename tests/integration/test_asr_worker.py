@@ -84,6 +84,7 @@ class Call:
         self.nc = nc
         self.sid = "CA" + uuid.uuid4().hex
         self.speech: asyncio.Queue[SpeechStarted | SpeechStopped | Transcript] = asyncio.Queue()
+        self.interims: list[Transcript] = []
         self.events: list[Event] = []
         self.raw_events: list[bytes] = []
         self.heartbeats: list[float] = []
@@ -97,7 +98,11 @@ class Call:
         await self.nc.flush()
 
     async def _on_transcript(self, msg: Msg) -> None:
-        self.speech.put_nowait(parse_transcript(msg.data))
+        tr = parse_transcript(msg.data)
+        if isinstance(tr, Transcript) and not tr.is_final:
+            self.interims.append(tr)  # words so far: kept aside, the queue has the boundaries
+            return
+        self.speech.put_nowait(tr)
 
     async def _on_event(self, msg: Msg) -> None:
         self.raw_events.append(msg.data)
@@ -171,6 +176,9 @@ async def test_a_claimed_call_gets_its_transcript(nc: NATS) -> None:
     assert stopped.audio_ms > started.audio_ms and stopped.speech_ms > 1000
     assert isinstance(final, Transcript) and final.is_final and final.utterance_id == 1
     assert {"speak", "pharmacy"} <= set(normalize_words(final.text))
+    # The words were on the bus before the turn ended: the early decode's interim.
+    assert [i.utterance_id for i in call.interims] == [1]
+    assert call.interims[0].at < stopped.at and "pharmacy" in normalize_words(call.interims[0].text)
     assert final.endpointing_ms is not None and 550 <= final.endpointing_ms <= 900
     assert final.asr_ms is not None and 0 < final.asr_ms < 10_000
     assert final.speech_ended_at is not None and abs(final.speech_ended_at - time.time()) < 10

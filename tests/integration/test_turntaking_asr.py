@@ -73,10 +73,13 @@ async def test_a_pause_mid_sentence_gives_one_transcript() -> None:
 
 def test_the_decision_beats_the_timer_on_the_fixed_set() -> None:
     s = Settings(_env_file=None)
-    # Fragments whose words say they go on (a trailing "for", "my date of birth is"), paused
-    # longer than the timer; and complete answers said once.
+    # Fragments whose words say they go on ("And so, my fellow", "my date of birth is"), paused
+    # longer than the timer; and complete answers said once. Not "I'd like to book an
+    # appointment for": on some CPUs (int8 kernels differ) whisper tiny writes that fragment as
+    # "... for Tuesday.", words that read finished. That is the recognizer's error, counted by
+    # the bench (`python -m benchmarks.endpointing`), not the decision's.
     cases = synthetic_cases(
-        Renderer(threads=2), VOICES[:1], (1000,), names=("book-for", "date-um", "yes", "name")
+        Renderer(threads=2), VOICES[:1], (1000,), names=("fellow", "date-um", "yes", "name")
     )
     result = evaluate(cases, settings=s)
     print(table(result))

@@ -317,3 +317,29 @@ def test_speech_soon_after_a_quick_revert_waits_for_its_words() -> None:
     # a new sound well after it is judged afresh
     a.pause(4, 20.0, speech_ms=160)
     assert _vad(a, 20.0, [(True, 10), (False, 25)])[0] is Decision.REVERT
+
+
+def test_a_backchannel_interim_after_the_sound_resumes_before_the_quick_revert() -> None:
+    a = arbiter(soft_pause_ms=250, short_sound_ms=600, quick_revert_ms=400)
+    a.pause(3, 10.0, speech_ms=160, soft=True)
+    decision, at = _vad(a, 10.0, [(True, 4), (False, 6)])  # "mm-hm", then 120 ms quiet
+    assert decision is Decision.WAIT
+    # the recognizer's interim from its first pause: only a backchannel, the caller is quiet
+    d = a.on_transcript(utterance_id=1, text="Mm-hmm.", is_final=False, now=at)
+    assert d is Decision.REVERT and a.reason == "backchannel"
+    assert at - 10.08 < 0.4  # sooner than the quick revert's 400 ms of silence
+    a.done()
+    # an interim while the caller still speaks ("Yeah, ... but") does not revert
+    a.pause(4, 20.0, speech_ms=160, soft=True)
+    _, at = _vad(a, 20.0, [(True, 4)])
+    assert a.on_transcript(utterance_id=2, text="Yeah.", is_final=False, now=at) is Decision.WAIT
+    a.done()
+    # words that interrupt are confirmed by their interim, whatever the pause
+    a.pause(5, 30.0, speech_ms=160, soft=True)
+    _, at = _vad(a, 30.0, [(True, 4), (False, 6)])
+    assert a.on_transcript(utterance_id=3, text="No.", is_final=False, now=at) is (Decision.CONFIRM)
+    a.done()
+    # a sound that outlasted the short-sound limit waits for its final
+    a.pause(6, 40.0, speech_ms=160)
+    _, at = _vad(a, 40.0, [(True, 30), (False, 6)])
+    assert a.on_transcript(utterance_id=4, text="Okay.", is_final=False, now=at) is (Decision.WAIT)

@@ -13,7 +13,9 @@ under the caller's own speech level count as silence whatever the VAD says
 The words are decoded as soon as the speech has paused ``ASR_EARLY_DECODE_MS`` (a ``pause``
 boundary), when a decoder is free: when the pause goes on to close the utterance, its final
 is that decode, ready up to ``ENDPOINTING_MIN_MS - ASR_EARLY_DECODE_MS`` sooner; when the
-caller speaks again first, the decode is dropped (cancelled if it has not started).
+caller speaks again first, the decode is dropped (cancelled if it has not started). Either way
+its words go out as an ``interim`` as soon as they are known (the words so far): the gateway
+tells "mm-hm" from "No." over agent audio by them without waiting for the pause to end.
 
 Events of one call come out in order: a finished utterance's final precedes the next
 utterance's ``speech_started``.
@@ -51,6 +53,7 @@ from services.asr.whisper_engine import (
     WhisperEngine,
     final_event,
     get_engine,
+    interim_event,
     loaded_engine,
 )
 from shared.audio import SAMPLE_RATE, ulaw_to_float
@@ -122,6 +125,8 @@ class LocalAsr(AsrProvider):
                     raise item
                 if isinstance(item, asyncio.Future):
                     item = await item
+                    if item is None:  # an early decode that heard nothing (or was dropped)
+                        continue
                 yield item
         finally:
             reader.cancel()
@@ -212,7 +217,9 @@ class LocalAsr(AsrProvider):
             # Speculate only on a free decoder: under load a wasted decode delays other calls'.
             if engine.free_worker():
                 samples = buf.slice(b.start - pad, b.end + pad).copy()
-                early.append(_EarlyDecode(b.start, b.end, engine.submit(samples, meter=meter)))
+                decode = engine.submit(samples, meter=meter)
+                early.append(_EarlyDecode(b.start, b.end, decode))
+                out.put_nowait(interim_event(decode, start_ms, end_ms))
             return
         if b.kind == "start":
             out.put_nowait(

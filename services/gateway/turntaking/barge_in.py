@@ -12,7 +12,10 @@ Phase 2 (this arbiter) decides what the sound was:
   ``BARGE_IN_QUICK_REVERT_MS`` of silence followed it (no wait for the recognizer: words that
   turn out to interrupt cut the resumed audio again), or the final transcript is empty (the
   recognizer rejected the sound) or only backchannels, or no qualifying words came within
-  ``FALSE_INTERRUPTION_TIMEOUT_MS`` after the caller stopped. Playback resumes where it was cut.
+  ``FALSE_INTERRUPTION_TIMEOUT_MS`` after the caller stopped, or an interim of only backchannels
+  arrives after a short sound has stopped (the local recognizer decodes at the first 100 ms of
+  pause: "Mm-hmm." resumes the agent before the quick revert's silence is over, and "No." is
+  confirmed by its words before it). Playback resumes where it was cut.
 
 **Soft pause** (``BARGE_IN_SOFT_PAUSE_MS`` > 0): the very start of a sound (a frame well over
 the line's floor, before any VAD window) only *holds* playback: no new frames are sent, and
@@ -40,6 +43,9 @@ SPEECH_STARTED_SLACK_S = 1.0  # an ASR speech start this recent belongs to the b
 # Speech this soon after a quick revert goes on with the same sound ("Sorry, ... wait"): it is
 # not quick-reverted again, its words (or the timeout) decide.
 QUICK_REJOIN_S = 1.0
+# An interim of only backchannels reverts once the caller's VAD has been quiet this long (the
+# recognizer's interim comes from a pause; words still being said keep the decision open).
+INTERIM_QUIET_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +193,11 @@ class BargeInArbiter:
         if self.turn is not None and utterance_id > self._last_final_id:
             self._last_speech = max(self._last_speech, now)
 
-    def on_transcript(self, *, utterance_id: int, text: str, is_final: bool) -> Decision:
-        """Words of an utterance; decides when they are (or are not) an interruption."""
+    def on_transcript(
+        self, *, utterance_id: int, text: str, is_final: bool, now: float | None = None
+    ) -> Decision:
+        """Words of an utterance; decides when they are (or are not) an interruption (``now``:
+        an interim of only backchannels after the caller went quiet reverts at once)."""
         if utterance_id <= self._last_final_id:
             return Decision.WAIT  # an utterance that ended before the pause
         recent = self._began_after(utterance_id, self._paused_at)
@@ -204,6 +213,19 @@ class BargeInArbiter:
         if content_words(text, self.policy.backchannels) >= self.policy.min_words:
             self.reason = "words"
             return Decision.CONFIRM
+        if (
+            not is_final
+            and now is not None
+            and text.strip()
+            and not self._no_quick
+            and self._speech_ms <= self.policy.short_sound_ms
+            and now - self._last_speech >= INTERIM_QUIET_S
+        ):
+            # A short sound whose words so far are only backchannels ("Mm-hmm.") and that has
+            # stopped: resume now, before the quick revert's silence runs out.
+            self.reason = "backchannel"
+            self._quick_at = now
+            return Decision.REVERT
         if is_final and self._pending_id is None:
             self.reason = "no_words" if not text.strip() else "backchannel"
             return Decision.REVERT
