@@ -305,13 +305,16 @@ def test_pause_after_the_hold_drained_rewinds_nothing() -> None:
 def test_speech_soon_after_a_quick_revert_waits_for_its_words() -> None:
     a = arbiter(short_sound_ms=600, quick_revert_ms=400)
     a.pause(3, 10.0, speech_ms=160)
-    # "Sorry," 200 ms, then a long comma: quick-reverted...
-    decision, at = _vad(a, 10.0, [(True, 10), (False, 25)])
+    a.on_speech_started(1, 10.25)  # the recognizer heard the utterance begin
+    # A slow "Sorry," 400 ms more, then a long comma: quick-reverted...
+    decision, at = _vad(a, 10.0, [(True, 20), (False, 25)])
     assert decision is Decision.REVERT
     a.done()
-    # ..."wait" 0.3 s later is the same sound going on: no second quick revert
-    a.pause(3, at + 0.3, speech_ms=160)
-    assert _vad(a, at + 0.3, [(True, 10), (False, 30)])[0] is Decision.WAIT
+    # ..."wait" 0.6 s later is the same sound going on: no second quick revert
+    a.pause(3, at + 0.6, speech_ms=160)
+    assert _vad(a, at + 0.6, [(True, 10), (False, 30)])[0] is Decision.WAIT
+    # its final names the utterance that began before the first pause, over 1 s before this
+    # one: the same sound, so its words still decide
     assert a.on_transcript(utterance_id=1, text="Sorry, wait.", is_final=True) is (Decision.CONFIRM)
     a.done()
     # a new sound well after it is judged afresh
@@ -328,6 +331,12 @@ def test_a_backchannel_interim_after_the_sound_resumes_before_the_quick_revert()
     d = a.on_transcript(utterance_id=1, text="Mm-hmm.", is_final=False, now=at)
     assert d is Decision.REVERT and a.reason == "backchannel"
     assert at - 10.08 < 0.4  # sooner than the quick revert's 400 ms of silence
+    a.done()
+    # no words yet (whisper declined the first part of "Sorry, ... wait"): the quick revert or
+    # the final decides, not an empty interim
+    a.pause(7, 15.0, speech_ms=160, soft=True)
+    _, at = _vad(a, 15.0, [(True, 4), (False, 6)])
+    assert a.on_transcript(utterance_id=5, text="", is_final=False, now=at) is Decision.WAIT
     a.done()
     # an interim while the caller still speaks ("Yeah, ... but") does not revert
     a.pause(4, 20.0, speech_ms=160, soft=True)

@@ -119,7 +119,8 @@ class BargeInArbiter:
         self.soft = soft
         self._no_quick = now - self._quick_at <= QUICK_REJOIN_S
         self.turn = turn
-        self._paused_at = now
+        if not self._no_quick:  # else the same sound goes on: its words count from its start
+            self._paused_at = now
         self._speech_ms = speech_ms
         self._last_speech = now
         recent = now - self._started_at <= SPEECH_STARTED_SLACK_S
