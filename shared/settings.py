@@ -344,7 +344,7 @@ class Settings(BaseSettings):
         description="no confirming words this long after the caller stops: resume the agent",
     )
     backchannel_words: str = Field(
-        default="mm-hm,mhm,mm,hmm,uh-huh,uh,um,okay,ok,yeah,yes,yep,right,sure,alright,i see",
+        default="mm-hm,mhm,mm,hmm,uh-huh,uh,um,oh,okay,ok,yeah,yes,yep,right,sure,alright,i see",
         description="comma-separated words/phrases that never interrupt the agent",
     )
     silence_reprompt_s: float = Field(
