@@ -106,3 +106,28 @@ def normalize_for_speech(text: str) -> str:
     text = _PHONE_RE.sub(_phone, text)
     text = _DIGITS_RE.sub(lambda m: _digits(m.group(0)), text)
     return _SPACES_RE.sub(" ", text).strip()
+
+
+_CLAUSE_BREAK_RE = re.compile(r"[,;:](?=\s)")
+_SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)")
+LEAD_SPLIT_CHARS = 80  # a first sentence longer than this is said in two pieces...
+LEAD_MIN_CHARS = 25  # ...at its first clause break with at least this much on either side
+
+
+def lead_clause(text: str) -> tuple[str, str]:
+    """``text`` split after the first clause of a long first sentence, else ``(text, "")``.
+
+    A synthesizer that renders a sentence at a time (Piper) makes the caller wait for the whole
+    first sentence before any audio: its first clause alone comes out in about half the time,
+    and the rest is ready long before the clause has been played. The split is at a comma,
+    semicolon or colon, where a reader pauses anyway.
+    """
+    end = _SENTENCE_END_RE.search(text)
+    first = text[: end.end()] if end else text
+    if len(first) <= LEAD_SPLIT_CHARS:
+        return text, ""
+    for m in _CLAUSE_BREAK_RE.finditer(first):
+        cut = m.end()
+        if cut >= LEAD_MIN_CHARS and len(first) - cut >= LEAD_MIN_CHARS:
+            return text[:cut].strip(), text[cut:].strip()
+    return text, ""

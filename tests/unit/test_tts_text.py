@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.tts.text import normalize_for_speech, number_words
+from services.tts.text import lead_clause, normalize_for_speech, number_words
 
 
 @pytest.mark.parametrize(
@@ -65,3 +65,28 @@ def test_sentence_end_title_is_not_expanded() -> None:
 
 def test_blank_text_stays_blank() -> None:
     assert normalize_for_speech("  ** ") == ""
+
+
+def test_a_long_first_sentence_is_said_from_its_first_clause() -> None:
+    opening = (
+        "We're open Monday to Friday from eight am to six pm, and on Saturdays from nine am "
+        "to one pm. We're closed on Sundays."
+    )
+    head, rest = lead_clause(opening)
+    assert head == "We're open Monday to Friday from eight am to six pm,"
+    assert rest == "and on Saturdays from nine am to one pm. We're closed on Sundays."
+    assert f"{head} {rest}" == opening  # nothing lost or added
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Your appointment is on Tuesday at ten.",  # short: one piece
+        "Yes, and I can also move your other appointment to the following week if you like.",
+        "Thank you for calling the clinic today and have a wonderful rest of your day ahead.",
+        "Of course. Your appointment on Tuesday, the fourth, at ten in the morning is booked.",
+    ],
+    ids=["short", "break-too-early", "no-break", "long-second-sentence"],
+)
+def test_short_or_unbreakable_first_sentences_stay_whole(text: str) -> None:
+    assert lead_clause(text) == (text, "")

