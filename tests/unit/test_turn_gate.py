@@ -236,3 +236,24 @@ def test_call_turns_hold_a_pause_whose_resumed_voice_dips_between_words() -> Non
     dip = ulaw(0.0, 70, seed=0)  # the wait (300 ms) runs out here, 70 ms into the dip
     assert finals_after(silent + ulaw(0.1, 80, seed=3) + dip) == 0
     assert finals_after(silent + ulaw(0.003, 80, seed=3) + dip) == 1
+
+
+def test_a_wordless_sound_inside_a_held_fragment_does_not_hang_the_turn() -> None:
+    """ "My date of birth is ... um" with the "um" heard as no words, then silence: the turn
+    still ends (after the fragment's wait, counted from the "um"), it does not wait for ever."""
+    gate = TurnGate(decide=_decide, rejoin_ms=1500)
+    script: list[tuple[int, SpeechEvent | None]] = [
+        (0, _start(0)),
+        (1300, _final("My date of birth is", 0, 1000)),
+        (1500, _start(1500)),
+        (2100, SpeechEvent(kind="final", audio_ms=1800, text="", speech_end_ms=1800)),
+    ]
+    out = _run(gate, script, until=6000)
+    assert _finals(out) == [("My date of birth is", 0)]
+    ended = _ended(out)
+    assert ended and ended[0].reason == "trailing_word"
+    assert ended[0].pause_ms == 1800 - 1000 + 2000  # 2 s after the "um", not after the words
+    # ...and speech within the wait after the "um" still joins the same turn
+    gate = TurnGate(decide=_decide, rejoin_ms=1500)
+    script += [(3000, _start(3000)), (3900, _final("March fourth.", 3000, 3600))]
+    assert _finals(_run(gate, script, until=6000)) == [("My date of birth is March fourth.", 0)]
