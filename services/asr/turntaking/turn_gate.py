@@ -70,6 +70,7 @@ class TurnGate:
         self._verdict: Verdict | None = None
         self._continues = False
         self._own = 0  # segments of words the open turn added (a continuation starts with old ones)
+        self._sound_end = 0  # end of the last wordless sound inside the held turn
         self._last: _Ended | None = None
 
     @property
@@ -107,11 +108,12 @@ class TurnGate:
         if not self.holding or self._verdict is None:
             return []
         pause = position_ms - self._segs[-1].end_ms
-        if pause < self._verdict.wait_ms:
+        quiet = position_ms - max(self._segs[-1].end_ms, self._sound_end)
+        if quiet < self._verdict.wait_ms:
             return []
         if (
             sounding is not None
-            and pause < self._verdict.wait_ms + SOUNDING_GRACE_MS
+            and quiet < self._verdict.wait_ms + SOUNDING_GRACE_MS
             and sounding()
         ):
             return []
@@ -151,7 +153,11 @@ class TurnGate:
                 # not speech (a cough, noise): end at once, as an empty final, so a paused
                 # barge-in reverts without waiting; a fragment before it stays joinable
                 return self._empty(ev)
-            return self.tick(position_ms=position_ms)  # noise inside a held turn: words stand
+            # A sound with no words inside a held turn ("um" heard as nothing, a cough): the
+            # words stand, and the pause they wait for counts from the end of that sound.
+            self._sound_end = max(self._sound_end, end)
+            self._verdict = self._decide(self._segs)
+            return self.tick(position_ms=position_ms)
         if not self._open:
             out.extend(self._open_turn(start if start is not None else end, None))
         self._own += 1
@@ -185,6 +191,7 @@ class TurnGate:
         if self._continues and self._segs:  # the fragment before stays joinable
             self._last = _Ended(segments=self._segs, ended_ms=end, joinable=True)
         self._segs, self._open, self._continues, self._verdict = [], False, False, None
+        self._sound_end = 0
         ended = EndOfTurn(reason="not_speech", wait_ms=0, pause_ms=0, segments=0, continues=False)
         return [
             SpeechEvent(
@@ -209,7 +216,7 @@ class TurnGate:
             segments=list(segs), ended_ms=end + pause_ms, joinable=not verdict.complete
         )
         self._segs, self._open, self._verdict, self._continues = [], False, None, False
-        self._own = 0
+        self._own, self._sound_end = 0, 0
         return [
             SpeechEvent(
                 kind="speech_stopped", audio_ms=end, speech_start_ms=start, speech_end_ms=end
