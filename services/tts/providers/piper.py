@@ -29,7 +29,14 @@ import numpy.typing as npt
 
 from services.tts.providers.base import CHUNK_BYTES, TtsProvider
 from services.tts.text import lead_clause, normalize_for_speech
-from shared.audio import SAMPLE_RATE, float_to_pcm16, frames, pcm16_to_ulaw, resample
+from shared.audio import (
+    FRAME_BYTES,
+    SAMPLE_RATE,
+    float_to_pcm16,
+    frames,
+    pcm16_to_ulaw,
+    resample,
+)
 from shared.errors import ProviderError
 from shared.logging import kv
 from shared.settings import Settings
@@ -145,6 +152,7 @@ class PiperTts(TtsProvider):
             return
         loop = asyncio.get_running_loop()
         voice = self._voice or await loop.run_in_executor(self._executor, self._load)
+        carry = b""  # a sentence's last partial frame: chunks stay aligned to Twilio's frames
         for part in lead_clause(text):  # a long first sentence: its first clause on its own
             if not part:
                 continue
@@ -154,8 +162,13 @@ class PiperTts(TtsProvider):
                 mulaw = await loop.run_in_executor(self._executor, self._next_sentence, sentences)
                 if mulaw is None:
                     break
-                for piece in frames(mulaw, size=CHUNK_BYTES):
+                mulaw = carry + mulaw
+                whole = len(mulaw) - len(mulaw) % FRAME_BYTES
+                carry = mulaw[whole:]
+                for piece in frames(mulaw[:whole], size=CHUNK_BYTES):
                     yield piece
+        if carry:
+            yield carry
 
     async def aclose(self) -> None:
         """Stop the thread pool (waits for a sentence still being synthesized)."""
