@@ -118,10 +118,12 @@ async def test_asr_worker_killed_another_claims_within_2s_and_hears_the_next_sen
         _report("asr kill", bus, sid, killed_at, reclaimed_s=round(took, 2), claim=reclaim.data)
 
         # The next sentence is recognized and answered; the replayed audio did not make the new
-        # worker recognize the first sentence again.
+        # worker recognize the first sentence again. The next sentence may arrive as two finals
+        # ("Thank you." then "Goodbye.": the gateway joins them into one turn), so it is judged
+        # on the finals' joined words, and a repeat on its resemblance to the first sentence.
         after = [m for at, m in bus.finals(sid) if at > killed_at]
-        assert any(word_recall(S2, m.text) >= 0.6 for m in after), ctx
-        again = [m.text for m in after if word_recall(S2, m.text) < 0.5]
+        assert word_recall(S2, " ".join(m.text for m in after)) >= 0.6, ctx
+        again = [m.text for m in after if word_recall(S1, m.text) >= 0.5]
         assert again == [], f"recognized again after the failover: {again}" + ctx
         assert _answered(result, 1), ctx
 
