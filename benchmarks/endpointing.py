@@ -1,8 +1,7 @@
 """End of turn as the product decides it vs the plain silence timer, on synthetic and real callers.
 
 The product's rule is the real path on a virtual clock: the local recognizer's
-:class:`~services.asr.segmenter.Endpointer` at ``ENDPOINTING_MIN_MS`` (pauses dated from the
-speech's energy end in the case's audio, as the provider dates them) closes segments, each
+:class:`~services.asr.segmenter.Endpointer` at ``ENDPOINTING_MIN_MS`` closes segments, each
 segment's real whisper decode (memoized on its audio), started where the local provider starts
 it (at the ``ASR_EARLY_DECODE_MS`` pause, reused when that pause closes the segment), lands
 after its measured CPU time (or a fixed :data:`DECODE_MS`, as the tests run it), as a final
@@ -483,21 +482,10 @@ def vad_scores(audio: Audio, s: Settings) -> list[float]:
     return out
 
 
-def heard(case: Case) -> Any:
-    """The case's samples as the local provider holds a call's (the endpointer dates a pause
-    from the speech's energy end in them; it reads only audio already scored)."""
-    from services.asr.segmenter import SampleBuffer
-
-    buf = SampleBuffer()
-    buf.append(case.audio)
-    return buf
-
-
 def run_timer(
     case: Case, scores: list[float], dec: Decoder, s: Settings, decode_ms: int | None
 ) -> list[Turn]:
-    """The single silence timer (``ENDPOINTING_MS``): every segment is a turn (pauses from the
-    VAD's end: the local provider dates them from the energy end only with the decision)."""
+    """The single silence timer (``ENDPOINTING_MS``): every segment is a turn."""
     from services.asr.segmenter import Endpointer, samples_to_ms
 
     ep = Endpointer(
@@ -541,7 +529,6 @@ def run_product(
         min_speech_ms=s.min_speech_ms,
         endpointing_ms=s.endpointing_min_ms,
         early_ms=s.asr_early_decode_ms,
-        audio=heard(case),
     )
     gate = call_turns(s)
     early: list[tuple[int, int, str, float | None, int]] = []  # the pause's decode, ready at

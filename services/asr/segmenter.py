@@ -5,11 +5,6 @@ samples and scored by a Silero VAD instance of its own (:func:`new_vad`, ``siler
 ~0.1 ms per window). :class:`Endpointer` turns the scores into utterance boundaries (pure logic,
 no I/O); :class:`SampleBuffer` keeps the samples an utterance still needs. Positions are in
 8 kHz samples since the stream began.
-
-Silero's score stays over its "speech" bar for ~50-110 ms after a voice's energy has ended (its
-hangover). Given the call's audio, the :class:`Endpointer` dates each pause from where the
-speech's energy ends (:func:`speech_end`, at most :data:`END_ADVANCE_MAX_MS` before the VAD's
-end), so ``ENDPOINTING_MIN_MS`` of pause is that much real silence, not silence plus hangover.
 """
 
 from __future__ import annotations
@@ -27,11 +22,6 @@ SPEECH_PAD_MS = 200  # audio kept around each utterance for whisper (onsets are 
 ONSET_GAP_MS = 100  # silence that cancels a not-yet-confirmed onset
 MAX_UTTERANCE_MS = 25_000  # whisper sees 30 s at most: cut longer monologues
 NEG_THRESHOLD_OFFSET = 0.15  # hysteresis: speech ends below threshold - this (Silero's rule)
-END_BLOCK = 160  # 20 ms: the blocks the speech's energy end is found in
-END_MARGIN_DB = 20.0  # a block this far under the utterance's loud blocks is not speech
-END_LOUD_PERCENTILE = 90  # the utterance's loud level: this percentile of its blocks' levels
-END_ADVANCE_MAX_MS = 128  # the VAD's hangover measured 50-110 ms: never date an end earlier
-END_LEVEL_MS = 5000  # the loud level is taken over the utterance's last seconds at most
 
 
 def samples_to_ms(samples: int) -> int:
@@ -44,31 +34,6 @@ def ms_to_samples(ms: int) -> int:
     return ms * SAMPLE_RATE // 1000
 
 
-def speech_end(
-    samples: npt.NDArray[np.float32],
-    *,
-    margin_db: float = END_MARGIN_DB,
-    max_advance: int = ms_to_samples(END_ADVANCE_MAX_MS),
-    block: int = END_BLOCK,
-) -> int:
-    """Where the speech's energy ends in ``samples`` (an utterance up to the VAD's end): just
-    past its last ``block`` within ``margin_db`` of its loud level (the
-    :data:`END_LOUD_PERCENTILE` of its blocks' levels), blocks aligned on the end; never more
-    than ``max_advance`` samples before ``len(samples)`` (a soft ending the VAD still heard is
-    kept, up to that bound)."""
-    n = len(samples) // block
-    if n == 0:
-        return len(samples)
-    blocks = samples[len(samples) - n * block :].reshape(n, block).astype(np.float64)
-    db = 10.0 * np.log10(np.mean(np.square(blocks), axis=1) + 1e-12)
-    loud = float(np.percentile(db, END_LOUD_PERCENTILE))
-    steps = min(n, max(0, max_advance) // block)  # whole blocks it may move back
-    for k in range(steps):
-        if db[n - 1 - k] >= loud - margin_db:
-            return len(samples) - k * block
-    return len(samples) - steps * block
-
-
 @dataclass(frozen=True)
 class Boundary:
     """An utterance boundary, in 8 kHz samples since the stream began.
@@ -77,9 +42,8 @@ class Boundary:
     the window that confirmed it). ``pause``: the utterance has been silent for the early-decode
     time; it spans ``start``..``end`` so far and will close with exactly this span unless speech
     resumes (its words can be decoded now). ``stop``: the utterance is over; it spans
-    ``start``..``end`` (``end`` is the end of its last speech window, or where its energy ends
-    when the endpointer has the audio). ``forced`` marks a cut at :data:`MAX_UTTERANCE_MS` or at
-    the end of the stream.
+    ``start``..``end`` (``end`` is the end of its last speech window). ``forced`` marks a cut
+    at :data:`MAX_UTTERANCE_MS` or at the end of the stream.
     """
 
     kind: Literal["start", "pause", "stop"]
@@ -96,8 +60,6 @@ class Endpointer:
     ``endpointing_ms`` of windows under ``threshold - 0.15`` (hysteresis) after the last speech.
     ``early_ms`` (0: off; below ``endpointing_ms``) of such windows first yields a ``pause``: the
     words can be decoded while the pause runs on, and are ready when it closes the utterance.
-    With ``audio`` (the call's samples, holding every window pushed) a pause runs from where the
-    speech's energy ends (:func:`speech_end`), not from the VAD's end.
     """
 
     def __init__(
@@ -109,7 +71,6 @@ class Endpointer:
         early_ms: int = 0,
         window: int = WINDOW,
         max_utterance_ms: int = MAX_UTTERANCE_MS,
-        audio: SampleBuffer | None = None,
     ) -> None:
         self._threshold = threshold
         self._neg = max(0.01, threshold - NEG_THRESHOLD_OFFSET)
@@ -126,9 +87,6 @@ class Endpointer:
         self._speech = 0  # speech samples in the candidate
         self._silence = 0  # silence samples since the last speech window
         self._last_speech_end = 0
-        self._audio = audio
-        self._level_span = ms_to_samples(END_LEVEL_MS)
-        self._end = 0  # where the current pause runs from (<= _last_speech_end)
 
     @property
     def in_speech(self) -> bool:
@@ -174,36 +132,21 @@ class Endpointer:
         assert self._start is not None
         if prob >= self._neg:
             self._silence, self._paused = 0, False
-            self._last_speech_end = self._end = self.position
+            self._last_speech_end = self.position
         else:
-            if self._silence == 0:
-                self._end = self._energy_end()
             self._silence += self._window
-            if self.position - self._end >= self._endpoint:
+            if self._silence >= self._endpoint:
                 return self._stop(forced=False)
         if self.position - self._start >= self._max_len:
             return self._stop(forced=True)
-        quiet = self.position - self._end if self._silence else 0
-        if self._early and not self._paused and quiet >= self._early:
+        if self._early and not self._paused and self._silence >= self._early:
             self._paused = True
-            return Boundary(kind="pause", start=self._start, end=self._end)
+            return Boundary(kind="pause", start=self._start, end=self._last_speech_end)
         return None
-
-    def _energy_end(self) -> int:
-        """Where the pause that begins now runs from: the speech's energy end, if we have the
-        audio (else the VAD's end)."""
-        end = self._last_speech_end
-        if self._audio is None or self._start is None:
-            return end
-        first = max(self._start, end - self._level_span)
-        speech = self._audio.slice(first, end)
-        if len(speech) < end - first:  # not all held: judge nothing
-            return end
-        return first + speech_end(speech)
 
     def _stop(self, *, forced: bool) -> Boundary:
         assert self._start is not None
-        end = self.position if forced and self._silence == 0 else self._end
+        end = self.position if forced and self._silence == 0 else self._last_speech_end
         b = Boundary(kind="stop", start=self._start, end=end, forced=forced)
         self._in_speech, self._paused = False, False
         self._start, self._speech, self._silence = None, 0, 0

@@ -151,15 +151,14 @@ class LocalAsr(AsrProvider):
         # Smart end of turn: segments close at the short pause, and the worker's end-of-turn
         # decision joins them into turns (services/asr/turntaking/).
         smart = s.smart_endpointing
-        buf = SampleBuffer()
         ep = Endpointer(
             threshold=s.vad_threshold,
             min_speech_ms=s.min_speech_ms,
             endpointing_ms=s.endpointing_min_ms if smart else s.endpointing_ms,
             early_ms=s.asr_early_decode_ms,
-            audio=buf if smart else None,  # smart: pauses run from the speech's energy end
         )
         early: list[_EarlyDecode] = []  # at most one: the current pause's
+        buf = SampleBuffer()
         # Background talk well under the caller's own level is silence (shared/level.py).
         level = SpeechLevel(
             margin_db=s.vad_level_margin_db, hold_windows=HOLD_WINDOWS, background=True

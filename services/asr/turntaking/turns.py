@@ -41,10 +41,6 @@ ACOUSTIC_MS = 1000
 _BYTES_PER_MS = 8  # 8 kHz mu-law
 SOUNDING_MARGIN_DB = 15.0  # within this of the last segment's loud frames: the caller again
 RECENT_MS = 60
-# A resumed number ("one, two, ...") dips between its words: the loudest RECENT_MS of the last
-# SOUNDING_LOOKBACK_MS counts, so one dip in the grace does not end the turn under its onset.
-SOUNDING_LOOKBACK_MS = 200
-SOUNDING_STEP_MS = 20
 SOUNDING_FLOOR_DBFS = -55.0  # quieter than this is silence, whatever the caller's level
 
 
@@ -98,9 +94,8 @@ class CallTurns:
             del self._tail[:excess]
 
     def _sounding(self) -> bool:
-        """A :data:`RECENT_MS` of the last :data:`SOUNDING_LOOKBACK_MS` of audio is at the level
-        of the held segment's speech (its loud 20 ms blocks), not line noise: the caller may be
-        speaking again."""
+        """The last :data:`RECENT_MS` of audio is at the level of the held segment's speech
+        (its loud 20 ms blocks), not line noise: the caller may be speaking again."""
         segs = self.gate.held
         if not segs:
             return False
@@ -112,10 +107,7 @@ class CallTurns:
             self._level_of = last.end_ms
         if self._level is None:
             return False
-        now = self._tail_end_ms
-        ends = range(now, now - SOUNDING_LOOKBACK_MS, -SOUNDING_STEP_MS)
-        # Only what came after the segment's end: never its own speech.
-        recent = max(rms_dbfs(self._audio(max(e - RECENT_MS, last.end_ms), e)) for e in ends)
+        recent = rms_dbfs(self._audio(self._tail_end_ms - RECENT_MS, self._tail_end_ms))
         return recent > SOUNDING_FLOOR_DBFS and recent >= self._level - SOUNDING_MARGIN_DB
 
     def _audio(self, start_ms: int, end_ms: int) -> npt.NDArray[np.float32]:
