@@ -381,9 +381,10 @@ class TurnResult:
 
     @property
     def agent_text(self) -> str:
-        """The agent's reply text, segments in (turn, seq) order."""
-        segs = sorted(self.segments, key=lambda s: (s.turn, s.seq))
-        return " ".join(s.text.strip() for s in segs if s.text.strip())
+        """The agent's reply text, segments in (turn, seq) order; a segment sent again (a
+        taken-over turn) counts once, as the gateway plays it once."""
+        segs = {(s.turn, s.seq): s for s in reversed(self.segments)}
+        return " ".join(t for _, s in sorted(segs.items()) if (t := s.text.strip()))
 
     @property
     def recognized_text(self) -> str:

@@ -4,8 +4,8 @@ Every stage reports its own quantities as it goes (the gateway prices them at th
 call, :mod:`shared.cost`): ASR audio seconds per provider (at the end of the call), LLM prompt
 and completion tokens from the provider's own usage report (per model round), TTS characters
 per synthesized segment (prompt-cache hits included: an upper bound), Twilio call seconds and
-direction (at the end of the call). Embedded engines report ``cpu_s``: the seconds the engine
-was busy on this call's work (an upper bound of CPU-seconds with one thread per engine).
+direction (at the end of the call). Embedded engines report ``cpu_s``: the CPU seconds of this
+call's work, the engine's own native threads included (``services/asr/engine_cpu.py``).
 """
 
 from __future__ import annotations

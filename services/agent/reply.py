@@ -78,6 +78,21 @@ class ReplyOut:
         self._skip = [_norm(t) for t in said]
         self._said = said
         self.seq = len(said)
+        # Progress is recorded before each publish, so the dead holder's last sentence may
+        # never have gone out: it is sent again under its own number (:meth:`resend`), which
+        # the gateway drops if it already has it.
+        self._resend: ReplySegment | None = None
+        if said:
+            self._resend = ReplySegment(
+                call_sid=call_sid,
+                turn=turn,
+                seq=len(said) - 1,
+                text=said[-1],
+                last=False,
+                utterance_id=utterance_id,
+                speech_ended_at=speech_ended_at,
+                cacheable=cacheable(said[-1]),
+            )
         self.held: str | None = None
         self.entries: list[dict[str, Any]] = []
         self._spoken: list[str] = list(said)
@@ -90,6 +105,12 @@ class ReplyOut:
     def published(self) -> int:
         """Segments published so far."""
         return self.seq
+
+    async def resend(self) -> None:
+        """A taken-over turn: publish the dead holder's last recorded sentence again (once)."""
+        if self._resend is not None:
+            seg, self._resend = self._resend, None
+            await self._publish(seg)
 
     async def sentence(self, text: str) -> None:
         """A complete sentence: publish the held one, hold this one."""
@@ -138,6 +159,7 @@ class ReplyOut:
             self._spoken = []
 
     async def _segment(self, text: str, *, last: bool, cacheable: bool | None = None) -> None:
+        await self.resend()
         if self._skip:
             if _norm(text) == self._skip[0]:
                 self._skip.pop(0)
@@ -156,15 +178,18 @@ class ReplyOut:
             speech_ended_at=self._speech_ended_at,
             cacheable=self._cacheable(text) if cacheable is None else cacheable,
         )
+        if text:
+            # Recorded before it is published: a replica killed in between leaves a sentence
+            # its successor sends again (dropped as a duplicate), never one said twice.
+            self._said.append(text)
+            if self._record is not None:
+                await self._record(TurnProgress(turn=self.turn, said=list(self._said)))
         await self._publish(seg)
         if text:
             if not self._spoken:
                 self._spoken_seq0 = self.seq
             self._spoken.append(text)
             self.last_spoken_seq = self.seq
-            self._said.append(text)
-            if self._record is not None:
-                await self._record(TurnProgress(turn=self.turn, said=list(self._said)))
         self.seq += 1
         if last:
             # What the reply ends by asking for: the ASR's end-of-turn decision waits for it.

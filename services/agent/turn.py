@@ -163,6 +163,7 @@ class Turns:
         actions: list[Action] = []
         try:
             await self._announce(me, turn, prev, resume)
+            await reply.resend()  # a taken-over turn: its last sentence may not have gone out
             history = await self._history_with_input(me.job, turn, resume)
             actions, outcome = await self._respond(me.job, reply, history)
             me.cancellable = False

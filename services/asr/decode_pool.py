@@ -73,6 +73,11 @@ class DecodePool:
         for t in self._threads:
             t.start()
 
+    @property
+    def busy(self) -> int:
+        """Batches being decoded now (at least 1 from inside a runner)."""
+        return max(1, self._running)
+
     def submit(
         self, samples: npt.NDArray[np.float32], *, batchable: bool, meter: CpuMeter | None = None
     ) -> Future[Any]:

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.asr.decode_pool import DecodePool, Job
+from services.asr.engine_cpu import CpuMark
 from services.asr.providers.base import CpuMeter, SpeechEvent
 from services.asr.transcript_filter import ANSWER_PHRASES, HALLUCINATIONS, accept_transcript
 from services.asr.whisper_window import (
@@ -105,7 +106,7 @@ class WhisperEngine:
         """Decode ``jobs`` (one batch on the short window), setting each future as soon as its
         words are known; the ones that need the full window are decoded after. Each job's
         meter gets its CPU time (a batch's shared) before its result is set."""
-        started = time.thread_time()
+        started = CpuMark.now()
         audio = [resample(j.samples, from_rate=SAMPLE_RATE, to_rate=WHISPER_RATE) for j in jobs]
         retry = list(range(len(jobs)))
         live: list[int] = []
@@ -114,7 +115,7 @@ class WhisperEngine:
             live = [i for i in retry if len(audio[i])]
             decoded = self.short.decode([audio[i] for i in live]) if live else []
             retry = [i for i in retry if not len(audio[i])]
-        credit(jobs, time.thread_time() - started)
+        credit(jobs, started.spent(sharing=self.pool.busy))
         for i, d in zip(live, decoded, strict=True):
             verdict, why = judge(d, stock_phrases=HALLUCINATIONS, answers=ANSWER_PHRASES)
             if verdict == "not_speech":
@@ -130,14 +131,14 @@ class WhisperEngine:
         for i in retry:
             if self.short is None:
                 self._count("full")
-            started = time.thread_time()
+            started = CpuMark.now()
             try:
                 result = self.transcribe_full(audio[i])
             except Exception as e:
                 jobs[i].future.set_exception(e)
                 continue
             finally:
-                credit(jobs[i : i + 1], time.thread_time() - started)
+                credit(jobs[i : i + 1], started.spent(sharing=self.pool.busy))
             jobs[i].future.set_result(result)
 
     def transcribe_full(self, audio16k: npt.NDArray[np.float32]) -> tuple[str, float] | None:
@@ -197,7 +198,7 @@ def loaded_engine() -> WhisperEngine | None:
 
 
 def credit(jobs: Sequence[Job], cpu_s: float) -> None:
-    """Share ``cpu_s`` of this thread's time evenly among the calls of ``jobs``."""
+    """Share ``cpu_s`` of a decode evenly among the calls of ``jobs``."""
     for j in jobs:
         if j.meter is not None:
             j.meter.add(cpu_s / len(jobs))

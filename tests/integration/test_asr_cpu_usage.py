@@ -47,5 +47,9 @@ async def test_each_call_is_charged_the_cpu_its_own_recognition_took() -> None:
     # Both paid for their VAD (the same length of audio); the caller who spoke also for a
     # decode (whisper's encoder alone is tens of ms); together never more than the process spent.
     assert silent.seconds > 0, silent.seconds
-    assert talker.seconds > silent.seconds + 0.01, (talker.seconds, silent.seconds)
+    assert talker.seconds > silent.seconds + 0.05, (talker.seconds, silent.seconds)
     assert talker.seconds + silent.seconds <= spent + 0.01, (talker.seconds, silent.seconds, spent)
+    # ...and a good share of it (the rest is this test feeding frames): whisper computes on
+    # CTranslate2's own threads, which the account must see (counting only the thread that
+    # asked for the decode charged ~5% of a decode).
+    assert talker.seconds + silent.seconds >= 0.35 * spent, (talker.seconds, silent.seconds, spent)
