@@ -20,6 +20,22 @@ class _Call:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     cancelled: deque[int] = field(default_factory=lambda: deque(maxlen=CANCELLED_TURNS_PER_CALL))
     tasks: dict[int, set[asyncio.Task[None]]] = field(default_factory=dict)
+    # The latest turn's audio so far: when its first chunk went out, and how many seconds.
+    audio_turn: int | None = None
+    audio_start: float = 0.0
+    audio_s: float = 0.0
+
+    def needed_at(self, turn: int, now: float) -> float:
+        """When ``turn``'s next segment starts to play: after the audio sent for it so far."""
+        if turn != self.audio_turn:
+            return now
+        return self.audio_start + self.audio_s
+
+    def sent(self, turn: int, seconds: float, now: float) -> None:
+        """``seconds`` more audio of ``turn`` went out at ``now``."""
+        if turn != self.audio_turn:
+            self.audio_turn, self.audio_start, self.audio_s = turn, now, 0.0
+        self.audio_s += seconds
 
 
 class CallRegistry:

@@ -25,11 +25,12 @@ from faststream.nats import NatsBroker, NatsMessage
 
 from services.tts.calls import CallRegistry
 from services.tts.prompt_cache import PromptCache
-from services.tts.providers.base import TtsProvider
+from services.tts.providers.base import NEEDED_AT, TtsProvider
 from services.tts.providers.fallback import FallbackProvider
 from services.tts.segment_out import SegmentOut
 from shared import subjects
 from shared.asyncapi import contract_app
+from shared.audio import SAMPLE_RATE
 from shared.backoff import stream_with_retries
 from shared.bus import audio_client, make_broker
 from shared.errors import ProviderError
@@ -190,12 +191,19 @@ class TtsWorker:
                     **kv(call=seg.call_sid, provider=provider, error=type(e).__name__),
                 )
 
-            first = self._primary(seg.text, cacheable=seg.cacheable)
-            speech = self._voice.speak(seg.text, first=first, on_failure=failed)
-            async for chunk in speech:
-                first_at = first_at or self._first_audio(seg, received, speech.provider)
-                await out.send(chunk)
-            used, fallback = speech.provider, speech.fell_back
+            call = self._calls.get(seg.call_sid)
+            # Local synthesizers do first what plays first (services/tts/deadline_pool.py).
+            needed = NEEDED_AT.set(call.needed_at(seg.turn, time.monotonic()))
+            try:
+                first = self._primary(seg.text, cacheable=seg.cacheable)
+                speech = self._voice.speak(seg.text, first=first, on_failure=failed)
+                async for chunk in speech:
+                    first_at = first_at or self._first_audio(seg, received, speech.provider)
+                    await out.send(chunk)
+                    call.sent(seg.turn, len(chunk) / SAMPLE_RATE, time.monotonic())
+                used, fallback = speech.provider, speech.fell_back
+            finally:
+                NEEDED_AT.reset(needed)
         synth_s = time.perf_counter() - start
         STAGE_LATENCY.labels(SERVICE, "tts_segment").observe(synth_s)
         await self._event(

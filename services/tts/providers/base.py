@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 
 from shared.audio import FRAME_BYTES
 
@@ -11,6 +12,12 @@ from shared.audio import FRAME_BYTES
 # small enough to start playback early and to stop promptly on barge-in, large enough that a
 # segment is a handful of bus messages.
 CHUNK_BYTES = FRAME_BYTES * 8
+
+#: When the audio of the segment being synthesized starts to be needed (``time.monotonic()``),
+#: set by the worker around :meth:`TtsProvider.synthesize`: "now" for a reply's first segment,
+#: later for one that plays after the audio already sent (a context variable, so the one-method
+#: interface stays as it is). Providers that compute locally order their work by it.
+NEEDED_AT: ContextVar[float | None] = ContextVar("tts_needed_at", default=None)
 
 
 class TtsProvider(ABC):

