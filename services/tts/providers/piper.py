@@ -106,7 +106,11 @@ class PiperTts(TtsProvider):
         self._settings = settings
         workers = concurrency or default_concurrency()
         self._pool = DeadlinePool(workers=workers, name="piper")
-        self._threads = max(1, os.cpu_count() or 1)
+        # One ONNX thread per sentence: two made a lone sentence no faster (first audio
+        # 198 vs 205 ms at N=1) and, with the sentences of several calls at once, cost more
+        # than they gave (N=10 voice-to-voice p50 658 vs 2213 ms, prompt cache off; make bench
+        # 2026-12-02): the parallelism is in synthesizing several sentences at once.
+        self._threads = 1
         self._voice: Any = None
         self._syn_config: Any = None
 
