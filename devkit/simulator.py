@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import re
 import time
@@ -66,6 +67,8 @@ from shared.settings import nats_servers
 
 SILENCE_FRAME = bytes([MULAW_SILENCE]) * FRAME_BYTES
 FRAME_S = FRAME_MS / 1000
+# After the agent's hangup control, how long the caller waits for the gateway to drop the line.
+HANGUP_WAIT_S = 3.0
 _SPEECH_RMS = 0.01  # frames below this (about -40 dBFS) count as silence for end-of-speech
 _MARK_TURN_SEQ = re.compile(r"^(\d+):(\d+)$")
 
@@ -874,6 +877,11 @@ class SimulatedCall:
                     first_timeout = self.reply_timeout_s
                 await self._await_reply(res, first_timeout)
                 await self._describe(res)
+            if "hangup" in r.control and not self._ended.is_set():
+                # The agent said it is hanging up: a person waits for the line to drop rather
+                # than hanging up over it; a gateway that never drops it still ends as "caller".
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ended.wait(), HANGUP_WAIT_S)
             if not self._ended.is_set():
                 await self._send(
                     {
