@@ -33,12 +33,12 @@ import numpy as np
 import numpy.typing as npt
 
 from services.asr.turntaking.end_of_turn import (
-    FILLERS,
     FUNCTION_WORDS,
     EndOfTurnPolicy,
     Evidence,
     Word,
     decide,
+    is_filler,
     text_completeness,
     tokens,
 )
@@ -329,7 +329,7 @@ def prefix_ends_in_function_word(c: Clip) -> bool:
         _, i, cut = c.name.split("/")
         ws = tokens(SENTENCES[int(i)][0])
         last = (ws[min(int(cut[3:]), len(ws) - 1)],)
-    return last[0] in FUNCTION_WORDS or last[0] in FILLERS
+    return last[0] in FUNCTION_WORDS or is_filler(last[0])
 
 
 def combined(c: Clip, policy: EndOfTurnPolicy) -> tuple[float, int]:

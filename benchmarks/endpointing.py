@@ -19,8 +19,9 @@ The evaluation set (:func:`cases`):
   citizens", digits in groups). A TTS engine says the end of any text with final prosody, so
   the WHOLE sentence is rendered and the pause is inserted where the rendering is cut: after
   the word whisper's word timestamps place there, at the quietest 10 ms within 150 ms of that
-  boundary (if whisper wrote the words differently, at the same share of the speech, within
-  300 ms);
+  boundary and no later than 40 ms into the next word (a stop's closure inside it, "Tues|day",
+  is as quiet as a gap between words) (if whisper wrote the words differently, at the same
+  share of the speech, within 300 ms);
 - complete answers said once ("Yes.", "Thanks.", "My name is Maria Lopez.", ...);
 - voices: Piper (the bundled joe voice) at two rates, espeak at two rates and pitches, and two
   of them again under line noise; all at 8 kHz through G.711 mu-law, as Twilio delivers them;
@@ -59,6 +60,7 @@ Audio = npt.NDArray[np.float32]
 LEAD_MS = 300
 DECODE_MS = 150  # whisper tiny.en on the short window (decision 0039: 45-160 ms a segment)
 TAIL_MS = 3000  # longer than ENDPOINTING_MAX_MS plus a decode: every turn ends in the audio
+NEXT_WORD_SLACK_MS = 40  # whisper's word starts run a little late
 TOLERANCE_MS = 250  # a turn ending this close to a sentence's end ends that sentence
 FRAME_MS = 20
 PAUSES_MS = (600, 1000, 1500)
@@ -282,11 +284,14 @@ def cut_point(
     """Sample where the rendering of ``sentence`` is cut after ``prefix`` (module docstring)."""
     want = _tokens(prefix)
     said: list[str] = []
-    guess, within = None, 300.0
+    guess, within, before = None, 300.0, float("inf")
     for i, (w, _s, e) in enumerate(words[:-1]):
         said += _tokens(w)
         if said == want:
             guess, within = (e + words[i + 1][1]) / 2, 150.0
+            # Never inside the next word: a stop's closure there ("Tues|day") is as quiet as
+            # the gap between words, and a cut in it is a pause no caller makes.
+            before = words[i + 1][1] + NEXT_WORD_SLACK_MS
             break
         if len(said) >= len(want):
             break
@@ -296,7 +301,7 @@ def cut_point(
         guess = s0 + (s1 - s0) * share
     rms = _frame_rms(audio)
     lo = min(len(rms) - 1, max(0, int((guess - within) / 10)))
-    hi = max(lo + 1, min(len(rms), int((guess + within) / 10) + 1))
+    hi = max(lo + 1, min(len(rms), int((min(guess + within, before)) / 10) + 1))
     quiet = lo + int(np.argmin(rms[lo:hi]))
     return (quiet * 10 + 5) * SAMPLE_RATE // 1000
 

@@ -184,3 +184,33 @@ def test_what_the_agent_asked_for_is_awaited_when_announced_as_a_kind() -> None:
     assert decide(replace(said("March fourth.", 400), expects="date")).action is Action.END
     phone = decide(replace(said("Five five five, one two three.", 400), expects="phone"))
     assert phone.action is Action.WAIT
+
+
+def test_a_filler_spelled_long_still_waits() -> None:
+    """Whisper writes a held "um" as it heard it ("umm...", "uhhh", "hmmm")."""
+    for text in ("My date of birth is, umm...", "It was uhhh", "Let me see, hmmm."):
+        d = decide(said(text, 700))
+        assert d.action is Action.WAIT, text
+        assert d.wait_ms == POLICY.max_wait_ms, text
+        assert "filler" in d.reason, text
+    assert decide(said("Mmm.", 300)).action is Action.WAIT  # a lone "mmm" is thinking, not yes
+
+
+def test_an_announced_number_with_no_digits_heard_waits() -> None:
+    """"five five five" misheard as words ("time time time"): the number is still coming."""
+    d = decide(said("My number is time time time.", 600))
+    assert d.action is Action.WAIT
+    assert d.wait_ms > 1000
+    assert "announced number" in d.reason
+    assert decide(said("My phone number is.", 600)).action is Action.WAIT
+    # A value heard, or a sentence about the value, ends as before.
+    assert decide(said("My number is 555-123-4567.", 300)).action is Action.END
+    assert decide(said("My phone number is on file.", 300)).action is Action.END
+    assert decide(said("My date of birth is March fourth.", 300)).action is Action.END
+    assert decide(said("My date of birth is the same.", 300)).action is Action.END
+
+
+def test_an_announced_date_with_no_date_heard_waits() -> None:
+    d = decide(said("My date of birth is a.m. more.", 600))
+    assert d.action is Action.WAIT
+    assert "announced date" in d.reason

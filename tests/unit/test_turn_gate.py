@@ -224,3 +224,36 @@ def test_a_wordless_sound_inside_a_held_fragment_does_not_hang_the_turn() -> Non
     gate = TurnGate(decide=_decide, rejoin_ms=1500)
     script += [(3000, _start(3000)), (3900, _final("March fourth.", 3000, 3600))]
     assert _finals(_run(gate, script, until=6000)) == [("My date of birth is March fourth.", 0)]
+
+
+def test_call_turns_hold_a_pause_whose_resumed_voice_dips_between_words() -> None:
+    """The wait runs out in a dip between resumed words ("one, | two"): the voice of the last
+    200 ms still holds it; the same dip after line noise does not."""
+    import numpy as np
+
+    from services.asr.turntaking.end_of_turn import EndOfTurnPolicy
+    from services.asr.turntaking.turns import CallTurns
+    from shared.audio import float_to_pcm16, pcm16_to_ulaw
+
+    def ulaw(level: float, ms: int, seed: int) -> bytes:
+        rng = np.random.default_rng(seed)
+        x = (level * rng.standard_normal(8 * ms)).astype(np.float32)
+        return pcm16_to_ulaw(float_to_pcm16(x))
+
+    def finals_after(pause: bytes) -> int:
+        turns = CallTurns(policy=EndOfTurnPolicy(min_wait_ms=300), rejoin_ms=0, acoustic=False)
+        voice = ulaw(0.1, 1000, seed=1)
+        out = [e for i in range(0, len(voice), 160) for e in turns.hear(voice[i : i + 160])]
+        out += turns.on_event(
+            SpeechEvent(
+                kind="final", audio_ms=1000, text="Yes.", speech_start_ms=0, speech_end_ms=1000
+            )
+        )
+        for i in range(0, len(pause), 160):
+            out += turns.hear(pause[i : i + 160])
+        return sum(e.kind == "final" for e in out)
+
+    silent = ulaw(0.0, 150, seed=0)
+    dip = ulaw(0.0, 70, seed=0)  # the wait (300 ms) runs out here, 70 ms into the dip
+    assert finals_after(silent + ulaw(0.1, 80, seed=3) + dip) == 0
+    assert finals_after(silent + ulaw(0.003, 80, seed=3) + dip) == 1

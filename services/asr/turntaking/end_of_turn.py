@@ -227,6 +227,8 @@ _PREPOSITIONS = frozenset(
     "to of for with at on in into onto from by about like as over under through via".split()
 )
 FILLERS = frozenset("um uh er erm uhm hmm mm ah eh".split())
+# Whisper spells a held filler as it heard it ("umm...", "uhhh", "hmmm", "errr"): the same word.
+_FILLER = re.compile(r"u+h*m+|u+h+|e+r+m*|h+m+|m{2,}|a+h+|e+h+")
 MONTHS = frozenset(
     "january february march april may june july august september october november december"
     " jan feb mar apr jun jul aug sep sept oct nov dec".split()
@@ -262,6 +264,18 @@ _OPEN_PHRASES = (
         r"\b(like|want|need|wanted|trying|going|have) to (book|make|schedule|cancel|change|"
         r"move|get|see|order|pay|check|ask|confirm|reschedule|renew|refill|update)$"
     ),
+)
+# "my phone number is <value>", "my date of birth is <value>": the value's kind, and the words
+# after the announcement (judged by _announced_value_missing).
+_ANNOUNCED = re.compile(
+    r"\b(my|the|your|our|his|her) (?:(?:phone|cell|mobile|home|work|account|member|card|policy|"
+    r"insurance|callback|contact|id|pin|zip) )?(?P<kind>number|date of birth|birthday|birth date)"
+    r" is (?P<rest>[a-z0-9' -]+)$"
+)
+_ANNOUNCED_MAX_WORDS = 4
+# Words that make the rest a statement about the value, not the value misheard.
+_NOT_A_VALUE = frozenset(
+    "file same changed different wrong new old not listed above below there here it".split()
 )
 # Main-verb "do" ends sentences ("... what you can do.", "I do."): not a dangling auxiliary.
 _FINAL_VERBS = frozenset("do does did".split())
@@ -360,6 +374,28 @@ def _has_time(ws: tuple[str, ...]) -> bool:
     )
 
 
+def is_filler(word: str) -> bool:
+    """A hesitation ("um", "uhh", "hmmm"), however the recognizer spells its length."""
+    return word in FILLERS or _FILLER.fullmatch(word) is not None
+
+
+def _announced_value_missing(joined: str) -> str | None:
+    """The caller announced a number or a date ("my phone number is ...") and the few words
+    after it hold none: a recognizer that mishears digits ("time time time" for "five five
+    five") or a caller who is still looking it up. The kind announced, or None."""
+    m = _ANNOUNCED.search(joined)
+    if m is None:
+        return None
+    rest = tuple(m.group("rest").split())
+    if len(rest) > _ANNOUNCED_MAX_WORDS or any(w in _NOT_A_VALUE for w in rest):
+        return None  # a sentence of its own ("... is on file", "... is the same as before")
+    kind = "number" if m.group("kind") == "number" else "date"
+    value = NUMBER_WORDS | ({"oh"} if kind == "number" else MONTHS | ORDINALS | WEEKDAYS)
+    if any(w in value or any(ch.isdigit() for ch in w) for w in rest):
+        return None
+    return kind
+
+
 def _digit_count(ws: tuple[str, ...]) -> int:
     n = 0
     for w in ws:
@@ -381,7 +417,7 @@ def text_completeness(
         return TextCue(0.5, 0.0, "no words", ws)
     last = ws[-1]
     joined = " ".join(ws)
-    if last in FILLERS:
+    if is_filler(last):
         return TextCue(0.05, 1.0, f"trailing filler '{last}'", ws)
     prev = ws[-2] if len(ws) > 1 else ""
     if last == "may" and (prev in ("in", "of", "early", "late", "mid") or prev in NUMBER_WORDS):
@@ -401,6 +437,8 @@ def text_completeness(
     for pat in _OPEN_PHRASES:
         if pat.search(joined):
             return TextCue(0.05, 1.0, "an announced value not said yet", ws)
+    if (kind := _announced_value_missing(joined)) is not None:
+        return TextCue(0.25, 0.8, f"the announced {kind} not heard yet", ws)
 
     want = expects or expected_answer(agent_question)
     answered: bool | None = None

@@ -21,13 +21,13 @@ import numpy.typing as npt
 
 from services.asr.providers.base import SpeechEvent
 from services.asr.turntaking.end_of_turn import (
-    FILLERS,
     FUNCTION_WORDS,
     Action,
     EndOfTurnPolicy,
     Evidence,
     Word,
     decide,
+    is_filler,
 )
 from services.asr.turntaking.prosody import Finality, finality
 from services.asr.turntaking.turn_gate import Segment, TurnGate, Verdict
@@ -41,6 +41,10 @@ ACOUSTIC_MS = 1000
 _BYTES_PER_MS = 8  # 8 kHz mu-law
 SOUNDING_MARGIN_DB = 15.0  # within this of the last segment's loud frames: the caller again
 RECENT_MS = 60
+# A resumed number ("one, two, ...") dips between its words: the loudest RECENT_MS of the last
+# SOUNDING_LOOKBACK_MS counts, so one dip in the grace does not end the turn under its onset.
+SOUNDING_LOOKBACK_MS = 200
+SOUNDING_STEP_MS = 20
 SOUNDING_FLOOR_DBFS = -55.0  # quieter than this is silence, whatever the caller's level
 
 
@@ -94,8 +98,9 @@ class CallTurns:
             del self._tail[:excess]
 
     def _sounding(self) -> bool:
-        """The last :data:`RECENT_MS` of audio is at the level of the held segment's speech
-        (its loud 20 ms blocks), not line noise: the caller may be speaking again."""
+        """A :data:`RECENT_MS` of the last :data:`SOUNDING_LOOKBACK_MS` of audio is at the level
+        of the held segment's speech (its loud 20 ms blocks), not line noise: the caller may be
+        speaking again."""
         segs = self.gate.held
         if not segs:
             return False
@@ -107,7 +112,10 @@ class CallTurns:
             self._level_of = last.end_ms
         if self._level is None:
             return False
-        recent = rms_dbfs(self._audio(self._tail_end_ms - RECENT_MS, self._tail_end_ms))
+        now = self._tail_end_ms
+        ends = range(now, now - SOUNDING_LOOKBACK_MS, -SOUNDING_STEP_MS)
+        # Only what came after the segment's end: never its own speech.
+        recent = max(rms_dbfs(self._audio(max(e - RECENT_MS, last.end_ms), e)) for e in ends)
         return recent > SOUNDING_FLOOR_DBFS and recent >= self._level - SOUNDING_MARGIN_DB
 
     def _audio(self, start_ms: int, end_ms: int) -> npt.NDArray[np.float32]:
@@ -199,6 +207,6 @@ def safe_reason(reason: str) -> str:
 
     def keep(m: re.Match[str]) -> str:
         words = m.group(1).split()
-        return m.group(0) if all(w in FUNCTION_WORDS or w in FILLERS for w in words) else "…"
+        return m.group(0) if all(w in FUNCTION_WORDS or is_filler(w) for w in words) else "…"
 
     return _QUOTED.sub(keep, reason) or "complete"
