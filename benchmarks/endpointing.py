@@ -123,6 +123,7 @@ class Case:
     audio: Audio  # 8 kHz, mu-law round-tripped, lead and tail silence included
     sentences: tuple[tuple[int, int], ...]  # (start, end of speech) of each complete sentence
     pause_ms: int = 0  # the thinking pause inside the (one) sentence, 0: none
+    said: str = ""  # the words of a synthetic case (the reference of the turns' words)
 
     @property
     def human(self) -> bool:
@@ -148,6 +149,8 @@ class Score:
     split: int = 0  # ... not joined to the rest by a continuation (two utterances)
     delays: list[float] = field(default_factory=list)  # per complete sentence, ms
     opportunities: int = 0  # sentences that could be cut (with a pause, or human speech)
+    word_errors: float = 0.0  # the turns' words joined against ``said`` (synthetic cases)
+    words: int = 0  # reference words
 
 
 def score(case: Case, turns: Sequence[Turn]) -> Score:
@@ -165,6 +168,15 @@ def score(case: Case, turns: Sequence[Turn]) -> Score:
         ends = [t for t in spoken if abs(t.end - s1) <= TOLERANCE_MS]
         if ends:
             sc.delays.append(float(ends[0].ready - s1))
+    if case.said:
+        from benchmarks.robustness import wer, words
+
+        # What the agent was handed: a continuation replaces the fragment it continues.
+        final = [
+            t for i, t in enumerate(spoken) if i + 1 == len(spoken) or not spoken[i + 1].continues
+        ]
+        sc.words = len(words(case.said))
+        sc.word_errors = wer(case.said, " ".join(t.text for t in final)) * sc.words
     return sc
 
 
@@ -321,11 +333,12 @@ def _finish(
     sentences: list[tuple[int, int]],
     pause: int,
     seed: int,
+    said: str = "",
 ) -> Case:
     audio = np.concatenate([_silence(LEAD_MS), *pieces, _silence(TAIL_MS)]).astype(np.float32)
     if voice.noise:
         audio = mulaw_round_trip(audio + line_noise(len(audio), seed))
-    return Case(name, voice.name, audio, tuple(sentences), pause)
+    return Case(name, voice.name, audio, tuple(sentences), pause, said)
 
 
 def synthetic_cases(
@@ -354,14 +367,15 @@ def synthetic_cases(
                 seed += 1
                 pieces = [audio[:cut], _silence(pause), audio[cut:]]
                 span = (LEAD_MS + s0, LEAD_MS + s1 + pause)
-                out.append(_finish(f"{name}/{pause}", voice, pieces, [span], pause, seed))
+                out.append(_finish(f"{name}/{pause}", voice, pieces, [span], pause, seed, sentence))
         for name, sentence in COMPLETE:
             if names is not None and name not in names:
                 continue
             seed += 1
             audio = renderer.render(voice, sentence)
             s0, s1 = speech_span(audio)
-            out.append(_finish(name, voice, [audio], [(LEAD_MS + s0, LEAD_MS + s1)], 0, seed))
+            spans = [(LEAD_MS + s0, LEAD_MS + s1)]
+            out.append(_finish(name, voice, [audio], spans, 0, seed, sentence))
     return out
 
 
@@ -636,6 +650,8 @@ class Row:
             total.premature += part.premature
             total.split += part.split
             total.delays += part.delays
+            total.word_errors += part.word_errors
+            total.words += part.words
 
 
 @dataclass
@@ -787,6 +803,10 @@ def _pct(xs: Sequence[float], q: float) -> str:
     return f"{np.percentile(xs, q):.0f}" if xs else "-"
 
 
+def _wer(sc: Score) -> str:
+    return f"{sc.word_errors / sc.words:.3f}" if sc.words else "-"
+
+
 def table(result: Result, *, limit: int = 12) -> str:
     """Both rules, per condition and overall, as a fixed-width table."""
     s = result.settings
@@ -796,9 +816,9 @@ def table(result: Result, *, limit: int = 12) -> str:
         f"{s.endpointing_max_ms} ms) vs timer (ENDPOINTING_MS={s.endpointing_ms})",
         f"{result.path}",
         f"{'condition':<18} {'cases':>5} {'cuttable':>8} | {'premature':>9} {'split':>7} | "
-        f"{'delay p50':>11} {'delay p95':>11} {'n':>4}",
+        f"{'delay p50':>11} {'delay p95':>11} {'n':>4} | {'WER':>11}",
         f"{'':<18} {'':>5} {'':>8} | {'rule/timer':>9} {'r/t':>7} | {'rule/timer':>11} "
-        f"{'rule/timer':>11}",
+        f"{'rule/timer':>11} {'':>4} | {'rule/timer':>11}",
     ]
     for r in result.rows:
         p, t = r.product, r.timer
@@ -806,12 +826,15 @@ def table(result: Result, *, limit: int = 12) -> str:
             f"{r.label:<18} {r.cases:>5} {r.opportunities:>8} | "
             f"{f'{p.premature}/{t.premature}':>9} {f'{p.split}/{t.split}':>7} | "
             f"{f'{_pct(p.delays, 50)}/{_pct(t.delays, 50)}':>11} "
-            f"{f'{_pct(p.delays, 95)}/{_pct(t.delays, 95)}':>11} {len(p.delays):>4}"
+            f"{f'{_pct(p.delays, 95)}/{_pct(t.delays, 95)}':>11} {len(p.delays):>4} | "
+            f"{f'{_wer(p)}/{_wer(t)}':>11}"
         )
     lines.append(
         "premature: turns ended inside a sentence (a reply to an incomplete utterance); split: "
         "not rejoined by a continuation; delay ms: end of a complete sentence's speech to its "
-        "turn's final (decode included; n: sentences the product rule ended)"
+        "turn's final (decode included; n: sentences the product rule ended); WER: the words "
+        "the agent is handed (a continuation's replacing its fragment's) against the sentence "
+        "said (synthetic cases)"
     )
     for ex in result.examples[:limit]:
         lines.append(f"  premature or slow (product rule): {ex}")

@@ -214,3 +214,10 @@ def test_an_announced_date_with_no_date_heard_waits() -> None:
     d = decide(said("My date of birth is a.m. more.", 600))
     assert d.action is Action.WAIT
     assert "announced date" in d.reason
+
+
+def test_a_word_said_three_times_at_the_end_waits_like_a_digit_group() -> None:
+    d = decide(said("Might have a very time time time.", 600))
+    assert d.action is Action.WAIT
+    assert d.wait_ms >= 1500
+    assert decide(said("No, no, no.", 300)).action is Action.END  # a short answer

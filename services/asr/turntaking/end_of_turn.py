@@ -475,6 +475,10 @@ def text_completeness(
         # three and six digits (3-3-4); seven or ten digits may be the whole number.
         return TextCue(0.15, 0.8, "digits still being said", ws)
 
+    if len(ws) >= 4 and ws[-1] == ws[-2] == ws[-3] and last not in SHORT_ANSWERS:
+        # The shape of a digit group said word by word ("five five five") that the recognizer
+        # wrote as some other word ("time time time"): more digits are likely coming.
+        return TextCue(0.3, 0.6, "a word said three times (a digit group?)", ws)
     if answered is False:
         return TextCue(0.2, 0.8, f"the agent's question ({want}) not answered yet", ws)
     if not answered and _clause_pending(ws, text):
