@@ -197,7 +197,7 @@ def test_a_filler_spelled_long_still_waits() -> None:
 
 
 def test_an_announced_number_with_no_digits_heard_waits() -> None:
-    """"five five five" misheard as words ("time time time"): the number is still coming."""
+    """ "five five five" misheard as words ("time time time"): the number is still coming."""
     d = decide(said("My number is time time time.", 600))
     assert d.action is Action.WAIT
     assert d.wait_ms > 1000
