@@ -320,6 +320,15 @@ def _wanted(text: str, offered: dict[str, dict[str, Any]], *, skip: set[str]) ->
     if wanted and wanted[0] in _ENDING_TOOLS:
         return wanted[:1]
     wanted = [name for name in wanted if name not in _ENDING_TOOLS]
+    if (
+        VERIFY_TOOL in offered
+        and VERIFY_TOOL not in skip
+        and any(name in _RECORD_TOOLS and pattern.search(text) for name, pattern in TOOL_RULES)
+        and _find_birth_date(text) is not None
+    ):
+        # A records request holding a full date is the caller identifying, as a model reads it
+        # even when the recognizer lost "birth" ("member 842, date of 1 January 15, 1990").
+        wanted = [VERIFY_TOOL]
     if VERIFY_TOOL in wanted:
         return [VERIFY_TOOL]  # verify first; the lookups follow once it answered
     return wanted

@@ -185,3 +185,18 @@ def _wire(call: Any) -> dict[str, Any]:
         "type": "function",
         "function": {"name": call.name, "arguments": call.arguments},
     }
+
+
+def test_a_records_request_with_a_full_date_verifies_though_birth_was_misheard() -> None:
+    # What whisper made of "date of birth" in one CI run: a model still reads an identity.
+    text = "Can you check the insurance for member 842, date of 1 January 15, 1990?"
+    (call,) = decide(_user(text), [VERIFY_TOOL], call_ids=itertools.count()).tool_calls
+    assert call.name == "verify_member"
+    assert json.loads(call.arguments) == {"member_id": "842", "date_of_birth": "1990-01-15"}
+    # No date at all: still asked to verify, never verified on a guess.
+    from devkit.fakes.openai import ASK_VERIFY
+
+    asked = decide(
+        _user("Check the insurance for member 842."), [VERIFY_TOOL], call_ids=itertools.count()
+    )
+    assert asked.content == ASK_VERIFY and not asked.tool_calls
