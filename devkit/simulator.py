@@ -67,8 +67,10 @@ from shared.settings import nats_servers
 
 SILENCE_FRAME = bytes([MULAW_SILENCE]) * FRAME_BYTES
 FRAME_S = FRAME_MS / 1000
-# After the agent's hangup control, how long the caller waits for the gateway to drop the line.
-HANGUP_WAIT_S = 3.0
+# After the agent's hangup control, how long the caller waits for the gateway to drop the line:
+# past the gateway's own HANGUP_IDLE_S (2 s after its last audio when a mark never came back),
+# with room for a loaded machine.
+HANGUP_WAIT_S = 5.0
 _SPEECH_RMS = 0.01  # frames below this (about -40 dBFS) count as silence for end-of-speech
 _MARK_TURN_SEQ = re.compile(r"^(\d+):(\d+)$")
 

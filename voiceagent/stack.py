@@ -407,7 +407,11 @@ class Stack:
         if not token:
             token = secrets.token_hex(16)
             self._say("TWILIO_AUTH_TOKEN not set: using a development token for this stack")
-        account = env.get("TWILIO_ACCOUNT_SID") or s.twilio_account_sid or new_sid("AC")
+        given_account = env.get("TWILIO_ACCOUNT_SID") or s.twilio_account_sid
+        # Simulated calls carry an AccountSid; the services get one only when it was given:
+        # with credentials the gateway also ends calls through Twilio's REST API, and a
+        # made-up account would send the development token to api.twilio.com on every hang-up.
+        account = given_account or new_sid("AC")
         admin = env.get("ADMIN_TOKEN") or s.admin_token.get_secret_value()
         if not admin:
             # A development stack gets its console: behind a fresh token, never open.
@@ -420,7 +424,7 @@ class Stack:
             "PORT": str(port),
             "PUBLIC_URL": public_url,
             "TWILIO_AUTH_TOKEN": token,
-            "TWILIO_ACCOUNT_SID": account,
+            "TWILIO_ACCOUNT_SID": given_account,
             "ADMIN_TOKEN": admin,
         }
         child_env.setdefault("LOG_FORMAT", os.environ.get("LOG_FORMAT", "text"))
