@@ -755,7 +755,11 @@ async def evaluate_deepgram(
     from devkit.fakes.deepgram import FakeDeepgram
 
     base = settings or Settings()
-    with FakeDeepgram(api_key=DEEPGRAM_KEY) as fake:
+    # Deepgram honours the short pause the product asks for (ENDPOINTING_MIN_MS); the fake's
+    # default floor (600 ms) would hold every segment twice as long (tests/integration/
+    # test_end_of_turn.py serves it the same way).
+    floor = min(base.endpointing_min_ms, base.endpointing_ms)
+    with FakeDeepgram(api_key=DEEPGRAM_KEY, default_endpointing_ms=floor) as fake:
         from pydantic import SecretStr
 
         over = {"deepgram_url": fake.url, "deepgram_api_key": SecretStr(DEEPGRAM_KEY)}
