@@ -83,7 +83,14 @@ def create_app(*, settings: Settings, gateway: Gateway | None = None) -> FastAPI
             await admin.aclose()
             log.info("gateway stopped")
 
-    app = FastAPI(title="voiceagent gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No schema or docs pages: a stranger would get every route, the operator API's included.
+    app = FastAPI(
+        title="voiceagent gateway",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.gateway = gw
     trusted = parse_networks(settings.trusted_proxies)
     limiter = RateLimiter(

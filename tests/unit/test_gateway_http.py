@@ -131,6 +131,12 @@ def test_metrics_exposes_gateway_series(client: TestClient) -> None:
     assert "voice_active_calls" in text and "voice_frames_total" in text
 
 
+def test_no_api_schema_or_docs_for_strangers(client: TestClient) -> None:
+    # The route list (the operator API's included) is not served to whoever asks.
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert client.get(path).status_code == 404, path
+
+
 def test_stream_upgrade_with_bad_or_missing_signature_is_refused(client: TestClient) -> None:
     wrong = RequestValidator("another-token").compute_signature(
         "wss://gw.example.com/twilio-stream", {}
