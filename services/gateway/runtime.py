@@ -10,6 +10,7 @@ import socket
 import uuid
 
 from nats.aio.client import Client as NATS
+from tenacity import AsyncRetrying, retry_if_result, wait_exponential_jitter
 
 from services.gateway.call import CallSession
 from services.gateway.outbound_records import OutboundRecords
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 SERVICE = "gateway"
 CONNECT_WAIT_S = 5.0  # startup waits this long for NATS, then serves (healthz 503) meanwhile
 END_WAIT_S = 5.0  # shutdown: time left to calls to publish CallEnded after their socket closed
+STREAMS_RETRY_MAX_S = 10.0  # stream setup is retried, at most this far apart, until it holds
 
 _ACTIVE = ACTIVE_CALLS.labels(SERVICE)
 
@@ -59,6 +61,7 @@ class Gateway:
         self.streams: set[asyncio.Task[None]] = set()
         self.draining = False
         self._connect_task: asyncio.Task[None] | None = None
+        self._streams_task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -77,7 +80,12 @@ class Gateway:
         if not s.validate_signatures:
             log.warning("Twilio signature validation is OFF (never do this in production)")
         self._connect_task = asyncio.create_task(self._connect(), name="gateway-nats-connect")
+        started = asyncio.get_running_loop().time()
         await asyncio.wait({self._connect_task}, timeout=CONNECT_WAIT_S)
+        if self._streams_task is not None:
+            # Usually the first try holds: then the streams exist before the first call.
+            left = CONNECT_WAIT_S - (asyncio.get_running_loop().time() - started)
+            await asyncio.wait({self._streams_task}, timeout=max(0.0, left))
         if self.vad_pool is not None:
             await self.vad_pool.warm_up()
         log.info(
@@ -95,18 +103,40 @@ class Gateway:
         # nats-py keeps trying until the server answers (max_reconnect_attempts=-1).
         self.nc = await bus.connect(self.settings, name=self.settings.service_name or SERVICE)
         log.info("nats connected")
-        await callevents.ensure_stream(self.nc, self.settings)  # never raises
-        try:
-            # Created here, not on the first export, so it gets JETSTREAM_REPLICAS copies.
-            await audit.ensure_stream(
-                self.nc,
-                max_age_days=self.settings.audit_max_age_days,
-                replicas=self.settings.jetstream_replicas,
-            )
-        except Exception as e:
-            log.warning(
-                "audit stream not ready (exports refused until it is)", **kv(error=type(e).__name__)
-            )
+        # A cluster that has just formed may not have a JetStream leader yet: the streams are
+        # set up in the background until they hold, never once and given up on.
+        self._streams_task = asyncio.create_task(self._ensure_streams(), name="gateway-streams")
+
+    async def _ensure_streams(self) -> None:
+        """Create the events and audit streams, retrying with backoff until both exist."""
+        assert self.nc is not None
+        nc, s = self.nc, self.settings
+        want_events = s.events_retention_h > 0  # 0: events are not stored, nothing to create
+        done = {"events": not want_events, "audit": False}
+
+        async def attempt() -> bool:
+            if not done["events"]:
+                done["events"] = await callevents.ensure_stream(nc, s)  # never raises
+            if not done["audit"]:
+                try:
+                    # Created here, not on the first export, so it gets JETSTREAM_REPLICAS copies.
+                    await audit.ensure_stream(
+                        nc, max_age_days=s.audit_max_age_days, replicas=s.jetstream_replicas
+                    )
+                    done["audit"] = True
+                except Exception as e:
+                    log.warning(
+                        "audit stream not ready (exports refused until it is)",
+                        **kv(error=type(e).__name__),
+                    )
+            return done["events"] and done["audit"]
+
+        retrying = AsyncRetrying(
+            wait=wait_exponential_jitter(multiplier=0.5, max=STREAMS_RETRY_MAX_S, jitter=0.2),
+            retry=retry_if_result(lambda ok: not ok),
+        )
+        await retrying(attempt)
+        log.info("streams ready", **kv(events=want_events))
 
     async def stop(self) -> None:
         """Refuse new calls, end the ones left, drain the bus connection."""
@@ -115,6 +145,10 @@ class Gateway:
             self._connect_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._connect_task
+        if self._streams_task is not None and not self._streams_task.done():
+            self._streams_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._streams_task
         for session in list(self.calls.values()):
             session.request_close(after_turn=None, reason="shutdown")
         if self.streams:

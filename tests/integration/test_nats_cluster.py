@@ -35,6 +35,8 @@ import httpx
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js.api import StreamInfo
+from nats.js.errors import NotFoundError
 
 from devkit.fakes import openai as fake_llm
 from devkit.fakes.elevenlabs import FakeElevenLabs
@@ -175,6 +177,18 @@ async def _jetstream_ready(
         await asyncio.sleep(0.3)
 
 
+async def _stream_info(nc: NATS, name: str, within_s: float = 30.0) -> StreamInfo:
+    """The stream's info once it exists (the gateway creates it, retrying until it holds)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return await nc.jsm().stream_info(name)
+        except NotFoundError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.3)
+
+
 @contextlib.contextmanager
 def _tmpdir() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="nats-cluster-"))
@@ -300,9 +314,10 @@ async def test_call_survives_losing_the_gateways_node_then_an_asr_workers_node(
             await obs.subscribe(subjects.call_all(sid), cb=bus.on_msg)
             await obs.flush()
             try:
-                stream = await obs.jsm().stream_info(subjects.AUDIT_STREAM)
+                # A just-formed cluster may refuse the first try: the gateway retries.
+                stream = await _stream_info(obs, subjects.AUDIT_STREAM)
                 assert stream.config.num_replicas == 3, "VOICE_AUDIT is not R3"
-                events = await obs.jsm().stream_info(subjects.EVENTS_STREAM)
+                events = await _stream_info(obs, subjects.EVENTS_STREAM)
                 assert events.config.num_replicas == 3, "VOICE_EVENTS is not R3"
                 # An audit record before any loss (an unknown call: 404, still audited).
                 before_sid = new_sid("CA")

@@ -10,13 +10,14 @@ from uuid import uuid4
 
 import nats
 import pytest
+from nats.js.errors import NotFoundError
 
 from services.gateway.runtime import Gateway
 from shared import audit, callevents, subjects
 from shared import headers as H
 from shared.messages import CallEnded, CallStarted, ReplySegment, Transcript, event
 from shared.settings import Settings
-from tests.natsserver import private_nats_server
+from tests.natsserver import free_port, private_nats_server
 from voiceagent import ops_cli
 
 
@@ -74,6 +75,33 @@ async def test_gateway_creates_the_stream_and_retention_follows_the_setting(js_u
         assert info.config.max_age == 48 * 3600
     finally:
         await nc.close()
+        await gw.stop()
+
+
+async def test_a_gateway_started_before_jetstream_creates_the_streams_once_it_is_up() -> None:
+    # A cluster that has just formed (or a server restarted with JetStream) answers stream
+    # setup with an error for a while: the gateway keeps trying, it does not give up once.
+    port = free_port()
+    with private_nats_server(port=port) as url:
+        gw = Gateway(settings=_settings(url, events_retention_h=1), use_vad=False)
+        await gw.start()
+        assert gw.connected
+    try:
+        with private_nats_server(jetstream=True, port=port):
+            nc = await nats.connect(url)
+            try:
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        await nc.jsm().stream_info(subjects.EVENTS_STREAM)
+                        await nc.jsm().stream_info(subjects.AUDIT_STREAM)
+                        break
+                    except NotFoundError:
+                        assert time.monotonic() < deadline, "streams never created"
+                        await asyncio.sleep(0.2)
+            finally:
+                await nc.close()
+    finally:
         await gw.stop()
 
 
