@@ -71,6 +71,9 @@ FRAME_S = FRAME_MS / 1000
 # past the gateway's own HANGUP_IDLE_S (2 s after its last audio when a mark never came back),
 # with room for a loaded machine.
 HANGUP_WAIT_S = 5.0
+# Reply audio that stopped arriving this long before the caller finished talking was given up
+# for them (the gateway holds or clears a reply the caller talks over).
+GAVE_WAY_S = 0.3
 _SPEECH_RMS = 0.01  # frames below this (about -40 dBFS) count as silence for end-of-speech
 _MARK_TURN_SEQ = re.compile(r"^(\d+):(\d+)$")
 
@@ -371,6 +374,7 @@ class TurnResult:
     segments: list[ReplySegment] = field(default_factory=list)  # agent reply text (bus)
     marks: list[str] = field(default_factory=list)  # marks echoed during this exchange
     finished: bool = False  # the reply ended (not timed out, not cut by the end of the call)
+    talked_over_ms: float = 0.0  # reply audio that started, then stopped, while the caller spoke
 
     @property
     def latency_ms(self) -> float | None:
@@ -746,6 +750,18 @@ class SimulatedCall:
             )
         return sent
 
+    def _gave_way(self, turn: TurnResult) -> None:
+        """The agent started while the caller was still talking and stopped (held or cleared
+        for them): as a person would, the caller waits for the answer to all they said, and
+        its latency counts from their end. Audio still playing is listened to."""
+        if turn.first_audio_at is None or not self._playback.idle:
+            return
+        if time.monotonic() - self._last_media_at < GAVE_WAY_S:
+            return
+        turn.talked_over_ms += turn.reply_ms
+        turn.first_audio_at = turn.last_audio_at = None
+        turn.reply_audio.clear()
+
     def _reply_complete(self, turn: TurnResult) -> bool:
         """The bus said which segment is the reply's last, and its mark came back."""
         turns = {s.turn for s in turn.segments}
@@ -877,6 +893,7 @@ class SimulatedCall:
                         break
                     res.speech_end_at = done.result()
                     first_timeout = self.reply_timeout_s
+                    self._gave_way(res)
                 await self._await_reply(res, first_timeout)
                 await self._describe(res)
             if "hangup" in r.control and not self._ended.is_set():

@@ -311,6 +311,7 @@ def result_summary(result: Any) -> dict[str, Any]:
                 "agent": t.agent_text,
                 "latency_ms": None if t.latency_ms is None else round(t.latency_ms),
                 "reply_ms": round(t.reply_ms),
+                "talked_over_ms": round(t.talked_over_ms),
                 "finished": t.finished,
                 "marks": t.marks,
             }

@@ -609,7 +609,7 @@ class FakeDeepgram:
         host: str = "127.0.0.1",
         port: int = 0,
         recognizers: RecognizerFactory | None = None,
-        default_endpointing_ms: int = 600,
+        default_endpointing_ms: int = 300,
         silence_final_s: float = 1.0,
         interim_every_s: float = 1.0,
         speech_margin_s: float = 0.8,
@@ -833,7 +833,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--retry-after", type=float, default=1.0, help="Retry-After of 429s")
     p.add_argument("--cut-after-bytes", type=int, default=16000, help="cut: audio before drop")
     p.add_argument("--cut-after-s", type=float, default=None, help="cut: seconds before drop")
-    p.add_argument("--endpointing-ms", type=int, default=600, help="minimum silence ending speech")
+    p.add_argument("--endpointing-ms", type=int, default=300, help="minimum silence ending speech")
     p.add_argument("--idle-timeout", type=float, default=10.0, help="close idle sockets (s)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)

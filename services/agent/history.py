@@ -104,6 +104,16 @@ def _turn_segments(entries: list[HistoryEntry | None], turn: int) -> list[str]:
     return [by_seq[k] for k in sorted(by_seq)]
 
 
+def acted(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """What stays of a withdrawn turn's ``entry``: a tool call (without the words said with it)
+    or a tool result; None for the caller's words and the spoken reply."""
+    if entry.get("role") == "tool":
+        return entry
+    if entry.get("role") == "assistant" and entry.get("tool_calls"):
+        return {**entry, "content": None}
+    return None
+
+
 def sanitize(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Drop tool calls without results and results without calls (trimmed or cancelled turns).
 
@@ -213,12 +223,18 @@ class History:
         heard = {turn: (cut.seq, cut.text) for turn, cut in cuts.items()}
         withdrawn = await self.store.hgetall(call_key("withdrawn", call_sid))
         if withdrawn:
-            entries = [e for e in entries if str(e.get(f"{PRIVATE_PREFIX}turn")) not in withdrawn]
+            entries = [
+                kept
+                for e in entries
+                if (kept := e if str(e.get(f"{PRIVATE_PREFIX}turn")) not in withdrawn else acted(e))
+            ]
         return truncate_spoken(entries, heard)
 
     async def withdraw(self, call_sid: str, *, turn: int) -> None:
         """Leave ``turn`` (the caller's words and the reply) out of the conversation: the caller
-        went on after a fragment, and the next turn answers the whole sentence."""
+        went on, and the next turn answers the whole sentence. What the reply *did* stays (its
+        tool calls and their results, without its words): a booking made before the caller
+        went on is still known to the next answer."""
         await self.store.hset(call_key("withdrawn", call_sid), str(turn), "1", ttl_s=self.ttl_s)
 
     async def load(self, call_sid: str) -> list[dict[str, Any]]:

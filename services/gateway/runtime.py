@@ -136,7 +136,7 @@ class Gateway:
             retry=retry_if_result(lambda ok: not ok),
         )
         await retrying(attempt)
-        log.info("streams ready", **kv(events=want_events))
+        log.info("streams ready", **kv(retention_h=s.events_retention_h))
 
     async def stop(self) -> None:
         """Refuse new calls, end the ones left, drain the bus connection."""

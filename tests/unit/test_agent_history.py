@@ -166,6 +166,29 @@ def test_sanitize_drops_dangling_tool_calls_and_orphan_results() -> None:
     ]
 
 
+async def test_a_withdrawn_turn_leaves_its_words_but_keeps_what_it_did(history: History) -> None:
+    """The caller went on after "Yes." and its reply was withdrawn: the booking that reply made
+    is still in the conversation (so the next answer does not book again), its words are not."""
+    call = sid()
+    booked = {"id": "b1", "type": "function", "function": {"name": "book", "arguments": "{}"}}
+    await history.append(call, [user_message("Shall I book it?", turn=1)])
+    await history.append(
+        call,
+        [
+            user_message("Yes.", turn=2),
+            item_message({"role": "assistant", "content": "OK.", "tool_calls": [booked]}, turn=2),
+            item_message({"role": "tool", "tool_call_id": "b1", "content": "booked"}, turn=2),
+            spoken_message(["Done, you're booked."], turn=2, seq0=0),
+        ],
+    )
+    await history.withdraw(call, turn=2)
+    assert await history.load(call) == [
+        {"role": "user", "content": "Shall I book it?"},
+        {"role": "assistant", "content": None, "tool_calls": [booked]},
+        {"role": "tool", "tool_call_id": "b1", "content": "booked"},
+    ]
+
+
 async def test_generating_flag_names_the_unfinished_turn(history: History) -> None:
     call = sid()
     assert await history.mark_generating(call, 1) is None

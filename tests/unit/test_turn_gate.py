@@ -114,6 +114,34 @@ def test_a_complete_sentence_after_the_rejoin_window_is_a_new_turn() -> None:
     assert not any(e.continues for e in _ended(out))
 
 
+def test_a_finished_looking_clause_is_continued_by_words_that_follow_at_once() -> None:
+    """ "Can you check the insurance for member 842," reads finished and its turn ends at the
+    300 ms wait; the clause goes on 150 ms later: the next turn continues it (one sentence, the
+    reply to the first part withdrawn). After COMPLETE_REJOIN_MS it would be a new turn."""
+    from services.asr.turntaking.turn_gate import COMPLETE_REJOIN_MS
+
+    def run(resume_after_end_ms: int) -> list[object]:
+        gate = TurnGate(decide=_decide, rejoin_ms=1500)
+        start = 1000 + 300 + resume_after_end_ms
+        script: list[tuple[int, SpeechEvent | None]] = [
+            (0, _start(0)),
+            (1100, _final("Can you check the insurance for member 842?", 0, 1000)),
+            (start, _start(start)),
+            (start + 900, _final("date of birth January 15, 1990.", start, start + 800)),
+        ]
+        return _run(gate, script, until=start + 2000)
+
+    out = run(160)
+    assert [t for t, _ in _finals(out)] == [
+        "Can you check the insurance for member 842?",
+        "Can you check the insurance for member 842? date of birth January 15, 1990.",
+    ]
+    assert [e.continues for e in _ended(out)] == [False, True]
+    later = run(COMPLETE_REJOIN_MS + 40)
+    assert [t for t, _ in _finals(later)][-1] == "date of birth January 15, 1990."
+    assert not any(e.continues for e in _ended(later))
+
+
 def test_a_turn_is_not_ended_while_the_caller_sounds_again() -> None:
     """The wait ran out, but the audio is at the caller's speech level again (a recognizer slow
     to confirm "one, two, ..."): the turn waits up to the grace, then ends."""

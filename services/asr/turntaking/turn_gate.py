@@ -8,7 +8,9 @@ over: a finished answer ends at once, a fragment ("my date of birth is") waits u
 transcript). A turn that had to end on a fragment (the longest wait ran out) stays joinable
 for ``END_OF_TURN_REJOIN_MS``: if the caller goes on, the next turn is published as its
 continuation (``continues``), with the words of both, and the agent withdraws its reply to the
-fragment.
+fragment. A turn that ended as finished stays joinable for :data:`COMPLETE_REJOIN_MS`: a clause
+that reads finished before a comma pause ("Can you check the insurance for member 842, | date of
+birth ...") is continued by the words that follow it at once, before its reply can be heard.
 
 A pause is silence: while the audio sounds like the caller again (``sounding``: the caller's
 speech level, not line noise) the turn is not ended for up to :data:`SOUNDING_GRACE_MS` more, so
@@ -43,18 +45,21 @@ class Verdict:
 
     wait_ms: int  # pause (from the end of speech) that ends the turn; 0: at once
     reason: str  # why, for the ``end_of_turn`` event ("complete", "trailing_word", ...)
-    complete: bool  # the words read as finished (a fragment ended by the wait stays joinable)
+    complete: bool  # the words read as finished (a fragment stays joinable for longer)
 
 
 Decide = Callable[[Sequence[Segment]], Verdict]
 SOUNDING_GRACE_MS = 500  # the recognizer's onset confirmation (min speech) plus a window or two
+# Speech resuming this soon after a finished-looking turn ended continues it: inside a comma
+# pause (300 ms ended the turn; the clause goes on by ~700 ms), before the reply is audible.
+COMPLETE_REJOIN_MS = 400
 
 
 @dataclass(slots=True)
 class _Ended:
     segments: list[Segment]
     ended_ms: int  # when the turn was ended (the rejoin window runs from there)
-    joinable: bool
+    rejoin_ms: int  # speech starting within this of ``ended_ms`` continues the turn
 
 
 class TurnGate:
@@ -72,6 +77,7 @@ class TurnGate:
         self._own = 0  # segments of words the open turn added (a continuation starts with old ones)
         self._sound_end = 0  # end of the last wordless sound inside the held turn
         self._last: _Ended | None = None
+        self._rejoin_of_last = rejoin_ms  # the continued turn's own window (a noise keeps it)
 
     @property
     def held(self) -> Sequence[Segment]:
@@ -135,11 +141,10 @@ class TurnGate:
     def _open_turn(self, start: int, ev: SpeechEvent | None) -> list[SpeechEvent]:
         self._open, self._own = True, 0
         last = self._last
-        self._continues = bool(
-            last and last.joinable and start - last.ended_ms <= self._rejoin_ms and last.segments
-        )
+        self._continues = bool(last and start - last.ended_ms <= last.rejoin_ms and last.segments)
         if self._continues and last is not None:
             self._segs = list(last.segments)  # the decision sees the whole sentence
+            self._rejoin_of_last = last.rejoin_ms
         self._last = None
         return [ev] if ev is not None else []
 
@@ -189,7 +194,7 @@ class TurnGate:
         end = ev.speech_end_ms if ev.speech_end_ms is not None else ev.audio_ms
         start = ev.speech_start_ms if ev.speech_start_ms is not None else end
         if self._continues and self._segs:  # the fragment before stays joinable
-            self._last = _Ended(segments=self._segs, ended_ms=end, joinable=True)
+            self._last = _Ended(segments=self._segs, ended_ms=end, rejoin_ms=self._rejoin_of_last)
         self._segs, self._open, self._continues, self._verdict = [], False, False, None
         self._sound_end = 0
         ended = EndOfTurn(reason="not_speech", wait_ms=0, pause_ms=0, segments=0, continues=False)
@@ -212,9 +217,8 @@ class TurnGate:
             segments=len(segs),
             continues=self._continues,
         )
-        self._last = _Ended(
-            segments=list(segs), ended_ms=end + pause_ms, joinable=not verdict.complete
-        )
+        rejoin = min(self._rejoin_ms, COMPLETE_REJOIN_MS) if verdict.complete else self._rejoin_ms
+        self._last = _Ended(segments=list(segs), ended_ms=end + pause_ms, rejoin_ms=rejoin)
         self._segs, self._open, self._verdict, self._continues = [], False, None, False
         self._own, self._sound_end = 0, 0
         return [
