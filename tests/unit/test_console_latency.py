@@ -84,6 +84,17 @@ def test_turn_breakdown_is_the_same_whatever_order_events_arrive(order: tuple[in
     assert last["missing"] == [] and last["turn"] == 2 and last["at"] == 117.25
 
 
+def test_an_ended_call_is_not_followed_again_by_the_events_after_its_end() -> None:
+    tl = TurnLatencies()
+    for item in turn_events():
+        tl.on_item(item)
+    assert len(tl) == 1
+    tl.on_item(ev("call.ended", reason="stop"))
+    tl.on_item(ev("asr.released", reason="call_ended"))  # both come after call.ended
+    tl.on_item(ev("call.cost", total_usd=0.01))
+    assert len(tl) == 0
+
+
 def test_a_stage_not_reported_is_named_and_counted_as_overhead() -> None:
     tl = TurnLatencies()
     tl.on_item(ev("agent.first_sentence", 0, ms=300))

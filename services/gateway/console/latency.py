@@ -27,6 +27,15 @@ STAGES = ("endpointing", "recognition", "agent", "tts", "overhead")
 MEASURED = STAGES[:-1]
 WINDOW_S = 300.0  # the system view: turns whose first audio went out in the last five minutes
 MAX_CALLS = 2000  # calls followed at once (one whose end never came is forgotten, oldest first)
+_FOLLOWED = frozenset(
+    {
+        "asr.final",
+        "agent.turn_started",
+        "agent.first_sentence",
+        "tts.first_audio",
+        "turn.first_audio",
+    }
+)
 
 
 def _ms(v: Any) -> float | None:
@@ -74,6 +83,10 @@ class TurnLatencies:
     def __init__(self) -> None:
         self._calls: dict[str, _Call] = {}
 
+    def __len__(self) -> int:
+        """Calls followed now."""
+        return len(self._calls)
+
     def on_item(self, item: Item) -> Item | None:
         """One feed item (only ``event`` items matter); the turn's updated breakdown or None."""
         if item.get("kind") != "event":
@@ -81,6 +94,10 @@ class TurnLatencies:
         name, sid, data = item.get("name"), str(item.get("call")), item.get("data") or {}
         if name == "call.ended":
             self._calls.pop(sid, None)
+            return None
+        if name not in _FOLLOWED:
+            # Not a timing (e.g. asr.released, call.cost, sent after call.ended): following
+            # the call for it would keep an ended call until MAX_CALLS pushed it out.
             return None
         call = self._calls.get(sid)
         if call is None:
