@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from uuid import uuid4
 
+import httpx
 import nats
 import pytest
 from nats.aio.client import Client as NATS
@@ -29,11 +30,26 @@ from shared.messages import ReplySegment
 from shared.settings import Settings
 
 KEY = "fake-key-789"
+# Generous on purpose: CI machines are shared, and a slow first synthesis must not be
+# mistaken for a provider fault (these tests count requests and retries, not speed).
+PROVIDER_TIMEOUT_S = 9.0
+SPEAK_TIMEOUT_S = 25.0
 
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeElevenLabs]:
     with FakeElevenLabs(api_key=KEY, engine="espeak") as f:
+        # The fake builds its espeak synthesizer on the first request: do that here, so
+        # the first test's first-audio timeout does not pay for it.
+        warm = httpx.post(
+            f"{f.base_url}/v1/text-to-speech/{Settings().elevenlabs_voice_id}/stream",
+            params={"output_format": "ulaw_8000"},
+            headers={"xi-api-key": KEY},
+            json={"text": "Warming up."},
+            timeout=60.0,
+        )
+        assert warm.status_code == 200 and warm.content
+        f.reset()
         yield f
 
 
@@ -51,7 +67,7 @@ async def stack(private_nats: str, redis_url: str, fake: FakeElevenLabs) -> Asyn
         redis_url=redis_url,
         elevenlabs_base_url=fake.base_url,
         elevenlabs_api_key=KEY,
-        provider_timeout_s=4.0,
+        provider_timeout_s=PROVIDER_TIMEOUT_S,
         provider_retries=2,
         tts_cache_ttl_s=60,
     )
@@ -73,7 +89,7 @@ async def stack(private_nats: str, redis_url: str, fake: FakeElevenLabs) -> Asyn
     fake.reset()
 
 
-async def _speak(nc: NATS, seg: ReplySegment, *, timeout_s: float = 8.0) -> list[bytes]:
+async def _speak(nc: NATS, seg: ReplySegment, *, timeout_s: float = SPEAK_TIMEOUT_S) -> list[bytes]:
     """Publish one segment and collect its audio chunks up to the ``Va-Last`` marker."""
     chunks: list[bytes] = []
     done = asyncio.Event()
