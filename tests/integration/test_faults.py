@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from devkit.fakes import openai as fake_llm
 from devkit.simulator import CallResult, SimulatedCall, new_sid, say, word_recall
+from services.asr.transcript_filter import normalize_words
 from shared import subjects
 from shared.messages import (
     Played,
@@ -352,7 +353,12 @@ async def test_redis_stopped_mid_call_the_call_goes_on_and_recovers(faults: Faul
             hist = " ".join(await r.lrange(f"va:hist:{{{sid}}}", 0, -1)).lower()
         finally:
             await r.aclose()
-        assert "bye" in hist, f"history in Redis: {hist[:300]!r}" + ctx
+        # Judged on what the recognizer heard of the second sentence, not on fixed words: one
+        # CI run heard only "Thank you." of it (not reproduced here), and the agent's answer
+        # then had no goodbye in it either.
+        heard = normalize_words(result.turns[1].recognized_text)
+        assert heard, "the second sentence was not recognized" + ctx
+        assert set(heard) <= set(normalize_words(hist)), f"history in Redis: {hist[:300]!r}" + ctx
     finally:
         await nc.close()
 
